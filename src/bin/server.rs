@@ -1,0 +1,98 @@
+//! `server`: runs a Redstone cache.
+//!
+//! `server` alone listens on 127.0.0.1:50051 with a 1 GiB budget. The
+//! original positional form `server ADDR CACHE_SIZE` still works.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use redstone::server::{Config, Server};
+use redstone::size::parse_size;
+use tracing_subscriber::EnvFilter;
+
+/// Redstone: an in-memory tensor cache.
+///
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address of the gRPC API (port 0 picks a free port).
+    #[arg(value_name = "ADDR", default_value = "127.0.0.1:50051")]
+    addr: SocketAddr,
+
+    /// Memory budget for cached tensors: bytes, or a size like 512MiB, 10GiB.
+    #[arg(value_name = "CACHE_SIZE", default_value = "1GiB", value_parser = parse_size)]
+    cache_size: u64,
+
+    /// Seconds a shutdown (SIGINT, SIGTERM) waits for in-flight requests.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    shutdown_grace: u64,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    if args.cache_size == 0 {
+        tracing::error!("CACHE_SIZE must be more than 0 bytes");
+        return ExitCode::FAILURE;
+    }
+    let config = Config {
+        grpc_addr: args.addr,
+        memory_limit: args.cache_size,
+        shutdown_grace: Duration::from_secs(args.shutdown_grace),
+    };
+    let server = match Server::bind(config).await {
+        Ok(server) => server,
+        Err(e) => {
+            tracing::error!("{e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(
+        grpc = %server.grpc_addr(),
+        budget_bytes = args.cache_size,
+        "Redstone is listening"
+    );
+    match server.run(shutdown_signal()).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Completes on SIGINT (Ctrl-C) or SIGTERM.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!("cannot listen for Ctrl-C: {e}");
+            std::future::pending::<()>().await;
+        }
+    };
+    #[cfg(unix)]
+    let term = async {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(e) => {
+                tracing::error!("cannot listen for SIGTERM: {e}");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => tracing::info!("SIGINT received"),
+        () = term => tracing::info!("SIGTERM received"),
+    }
+}

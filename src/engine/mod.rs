@@ -1,0 +1,310 @@
+//! The cache engine: a concurrent index beside a byte budget and an
+//! approximate-LRU eviction order.
+//!
+//! # Eviction policy (CLOCK, also called second-chance FIFO)
+//! Entries sit in a list ordered by admission. A get only sets the entry's
+//! atomic `referenced` bit, under a shared read lock of one index shard, so
+//! readers never queue behind each other or behind writers on other shards.
+//! When a put needs room, it looks at the oldest entry: if its bit is set,
+//! the bit is cleared and the entry moves to the front (a second chance);
+//! otherwise it is evicted. So an entry read since it last reached the back
+//! survives a pass, keys read often stay, and among entries not read lately
+//! the oldest goes first. After a full pass without finding a victim (every
+//! entry re-read meanwhile) the oldest is evicted regardless, so a put
+//! always terminates.
+//!
+//! # Budget
+//! A stored tensor is charged [`Engine::charge`]: its payload, its key, its
+//! shape and a fixed [`ENTRY_OVERHEAD`] for the index slot, list node and
+//! allocation headers. `memory_used` only changes under the eviction lock,
+//! and a put evicts before it adds, so `memory_used ≤ memory_limit` holds at
+//! every instant, whatever number of threads put at once.
+//!
+//! The engine charges the payload's length. A `Bytes` sliced out of a larger
+//! buffer keeps all of that buffer alive, so the front ends hand the engine
+//! payloads that own exactly-sized allocations ([`Tensor::compacted`]).
+
+mod clock;
+mod counter;
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+
+use dashmap::DashMap;
+
+use crate::tensor::Tensor;
+use crate::Error;
+use clock::{ClockList, NodeId};
+use counter::StripedCounter;
+
+/// The longest key accepted, in bytes of UTF-8.
+pub const MAX_KEY_LEN: usize = 4096;
+
+/// The fixed part of every entry's charge, in bytes: the index slot, the
+/// list node, the shared reference count of the payload and the allocator's
+/// headers for the key, shape and payload allocations.
+pub const ENTRY_OVERHEAD: u64 = 320;
+
+/// A snapshot of the cache's counters.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Stats {
+    /// Tensors currently cached.
+    pub entries: u64,
+    /// Bytes charged for them (see [`Engine::charge`]).
+    pub memory_used: u64,
+    /// The byte budget.
+    pub memory_limit: u64,
+    /// Gets that found their key.
+    pub hits: u64,
+    /// Gets that did not.
+    pub misses: u64,
+    /// Entries removed to make room.
+    pub evictions: u64,
+    /// `hits / (hits + misses)`, 0 before any get.
+    pub hit_rate: f64,
+    /// `memory_used / memory_limit`.
+    pub memory_utilization: f64,
+}
+
+/// The in-memory tensor cache. Cheap to clone: clones share one cache.
+///
+/// ```
+/// use redstone::engine::Engine;
+/// use redstone::tensor::Tensor;
+///
+/// let cache = Engine::new(1 << 20);
+/// cache.put("w", Tensor::from_slice::<f32>(vec![3], &[1.0, 2.0, 3.0])?)?;
+/// let got = cache.get("w")?.expect("just stored");
+/// assert_eq!(got.to_vec::<f32>()?, vec![1.0, 2.0, 3.0]);
+/// assert!(cache.put("w", got).is_err()); // keys are put-once
+/// assert!(cache.delete("w")?);
+/// # Ok::<(), redstone::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct Engine {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    /// Key → entry. Gets only take a shard's read lock here.
+    index: DashMap<Arc<str>, Entry>,
+    /// The eviction order. Every change to the set of entries (put, delete,
+    /// evict) happens under this lock, which keeps the index, the list and
+    /// `memory_used` consistent. A std mutex: it is never held across an
+    /// `.await`, and the work under it is O(1) per entry touched.
+    order: Mutex<ClockList>,
+    /// Bytes charged; written only under `order`, read lock-free by stats.
+    memory_used: AtomicU64,
+    memory_limit: u64,
+    hits: StripedCounter,
+    misses: StripedCounter,
+    /// Written only under `order`.
+    evictions: AtomicU64,
+}
+
+#[derive(Debug)]
+struct Entry {
+    tensor: Tensor,
+    /// What this entry added to `memory_used`.
+    charge: u64,
+    /// Where the key sits in the eviction order.
+    node: NodeId,
+    /// Set by gets, cleared when the entry is given a second chance.
+    referenced: AtomicBool,
+}
+
+impl Engine {
+    /// An empty cache with a budget of `memory_limit` bytes.
+    pub fn new(memory_limit: u64) -> Engine {
+        Engine {
+            shared: Arc::new(Shared {
+                index: DashMap::new(),
+                order: Mutex::new(ClockList::new()),
+                memory_used: AtomicU64::new(0),
+                memory_limit,
+                hits: StripedCounter::default(),
+                misses: StripedCounter::default(),
+                evictions: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The bytes of budget a tensor stored under `key` is charged:
+    /// payload + key + 8 per dimension + [`ENTRY_OVERHEAD`].
+    pub fn charge(key: &str, tensor: &Tensor) -> u64 {
+        tensor.meta().byte_size()
+            + key.len() as u64
+            + 8 * tensor.meta().shape().len() as u64
+            + ENTRY_OVERHEAD
+    }
+
+    /// The byte budget.
+    pub fn memory_limit(&self) -> u64 {
+        self.shared.memory_limit
+    }
+
+    /// Returns the tensor under `key`, marking it recently used. The payload
+    /// is shared with the cache (a reference-count bump, no copy).
+    pub fn get(&self, key: &str) -> Result<Option<Tensor>, Error> {
+        validate_key(key)?;
+        let found = self.shared.index.get(key).map(|entry| {
+            // Load before store: a hot key's cache line stays shared
+            // between cores instead of being written on every hit.
+            if !entry.referenced.load(Ordering::Relaxed) {
+                entry.referenced.store(true, Ordering::Relaxed);
+            }
+            entry.tensor.clone()
+        });
+        match found {
+            Some(_) => self.shared.hits.incr(),
+            None => self.shared.misses.incr(),
+        }
+        Ok(found)
+    }
+
+    /// Whether `key` is cached, without counting a hit or a miss.
+    pub fn contains(&self, key: &str) -> bool {
+        self.shared.index.contains_key(key)
+    }
+
+    /// Stores `tensor` under `key`, evicting as needed.
+    ///
+    /// Fails with [`Error::AlreadyExists`] if the key is cached (nothing is
+    /// evicted then), and with [`Error::OutOfMemory`] at once, evicting
+    /// nothing, if the tensor's charge exceeds the whole budget.
+    pub fn put(&self, key: &str, tensor: Tensor) -> Result<(), Error> {
+        validate_key(key)?;
+        let charge = Engine::charge(key, &tensor);
+        let limit = self.shared.memory_limit;
+        if charge > limit {
+            return Err(Error::OutOfMemory {
+                needed: charge,
+                limit,
+            });
+        }
+        let evicted;
+        {
+            let mut order = self.lock_order();
+            if self.shared.index.contains_key(key) {
+                return Err(Error::AlreadyExists(key.to_owned()));
+            }
+            evicted = self.make_room(&mut order, charge);
+            let key: Arc<str> = Arc::from(key);
+            let node = order.push_front(Arc::clone(&key));
+            self.shared.index.insert(
+                key,
+                Entry {
+                    tensor,
+                    charge,
+                    node,
+                    referenced: AtomicBool::new(false),
+                },
+            );
+            self.shared.memory_used.fetch_add(charge, Ordering::Relaxed);
+        }
+        // Payloads are freed here, outside the lock.
+        drop(evicted);
+        Ok(())
+    }
+
+    /// Removes `key`; returns whether it was cached.
+    pub fn delete(&self, key: &str) -> Result<bool, Error> {
+        validate_key(key)?;
+        let removed = {
+            let mut order = self.lock_order();
+            let removed = self.shared.index.remove(key);
+            if let Some((_, entry)) = &removed {
+                order.remove(entry.node);
+                self.shared
+                    .memory_used
+                    .fetch_sub(entry.charge, Ordering::Relaxed);
+            }
+            removed
+        };
+        Ok(removed.is_some())
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> Stats {
+        let s = &self.shared;
+        let (hits, misses) = (s.hits.get(), s.misses.get());
+        let memory_used = s.memory_used.load(Ordering::Relaxed);
+        let lookups = hits + misses;
+        Stats {
+            entries: s.index.len() as u64,
+            memory_used,
+            memory_limit: s.memory_limit,
+            hits,
+            misses,
+            evictions: s.evictions.load(Ordering::Relaxed),
+            hit_rate: if lookups == 0 {
+                0.0
+            } else {
+                hits as f64 / lookups as f64
+            },
+            memory_utilization: if s.memory_limit == 0 {
+                0.0
+            } else {
+                memory_used as f64 / s.memory_limit as f64
+            },
+        }
+    }
+
+    fn lock_order(&self) -> MutexGuard<'_, ClockList> {
+        // No code under this lock can leave the list half-updated on panic
+        // in a way later operations would trip over, so poison is ignored.
+        self.shared
+            .order
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Evicts until `charge` more bytes fit; returns the evicted entries so
+    /// that the caller frees them after releasing the lock.
+    fn make_room(&self, order: &mut ClockList, charge: u64) -> Vec<Entry> {
+        let s = &self.shared;
+        let mut evicted = Vec::new();
+        // Second chances granted in this call; past one full pass the oldest
+        // entry goes whatever its bit says.
+        let mut passes_left = order.len();
+        while s.memory_used.load(Ordering::Relaxed) + charge > s.memory_limit {
+            let Some(id) = order.back() else { break };
+            let Some(key) = order.key(id).cloned() else {
+                break;
+            };
+            let second_chance = passes_left > 0
+                && s.index
+                    .get(&key)
+                    .is_some_and(|e| e.referenced.swap(false, Ordering::Relaxed));
+            if second_chance {
+                passes_left -= 1;
+                order.move_to_front(id);
+                continue;
+            }
+            order.remove(id);
+            if let Some((_, entry)) = s.index.remove(&key) {
+                s.memory_used.fetch_sub(entry.charge, Ordering::Relaxed);
+                s.evictions.fetch_add(1, Ordering::Relaxed);
+                evicted.push(entry);
+            }
+        }
+        evicted
+    }
+}
+
+fn validate_key(key: &str) -> Result<(), Error> {
+    if key.is_empty() {
+        return Err(Error::InvalidKey("the key is empty".into()));
+    }
+    if key.len() > MAX_KEY_LEN {
+        return Err(Error::InvalidKey(format!(
+            "the key is {} bytes, the maximum is {MAX_KEY_LEN}",
+            key.len()
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests;

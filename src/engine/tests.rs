@@ -1,0 +1,248 @@
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Barrier;
+
+use super::*;
+use crate::tensor::meta::{DType, StorageLayout, TensorMeta};
+
+fn bytes(n: usize, fill: u8) -> Tensor {
+    let meta = TensorMeta::new(DType::U8, vec![n as u64], StorageLayout::RowMajor).unwrap();
+    Tensor::new(meta, vec![fill; n]).unwrap()
+}
+
+/// A budget that holds exactly `n` entries of `size` payload bytes with
+/// single-character keys.
+fn budget_for(n: u64, size: usize) -> u64 {
+    n * Engine::charge("k", &bytes(size, 0))
+}
+
+#[test]
+fn get_returns_the_stored_allocation() {
+    let cache = Engine::new(1 << 20);
+    let t = bytes(1000, 9);
+    let ptr = t.data().as_ptr();
+    cache.put("k", t).unwrap();
+    let got = cache.get("k").unwrap().unwrap();
+    assert_eq!(got.data().as_ptr(), ptr, "a get must not copy the payload");
+}
+
+#[test]
+fn least_recently_used_goes_first() {
+    let cache = Engine::new(budget_for(3, 100));
+    for k in ["a", "b", "c"] {
+        cache.put(k, bytes(100, 0)).unwrap();
+    }
+    // Reading "a" gives it a second chance; "b" is then the oldest unread.
+    cache.get("a").unwrap().unwrap();
+    cache.put("d", bytes(100, 0)).unwrap();
+    assert!(cache.contains("a"));
+    assert!(!cache.contains("b"), "b was the least recently used");
+    assert!(cache.contains("c") && cache.contains("d"));
+    cache.put("e", bytes(100, 0)).unwrap();
+    // "a" used its second chance and was moved to the front, behind which
+    // "c" is now the oldest.
+    assert!(!cache.contains("c"));
+    assert!(cache.contains("a"));
+    assert_eq!(cache.stats().evictions, 2);
+}
+
+#[test]
+fn a_hot_key_survives_a_stream_of_cold_puts() {
+    let cold = Engine::charge("c0000", &bytes(64, 0));
+    let cache = Engine::new(budget_for(1, 64) + 9 * cold);
+    cache.put("k", bytes(64, 1)).unwrap();
+    for i in 0..1000 {
+        cache.get("k").unwrap().unwrap();
+        cache.put(&format!("c{i:04}"), bytes(64, 0)).unwrap();
+    }
+    assert!(cache.contains("k"));
+    assert_eq!(cache.stats().entries, 10);
+}
+
+#[test]
+fn eviction_terminates_when_every_entry_is_referenced() {
+    let cache = Engine::new(budget_for(4, 10));
+    for k in ["a", "b", "c", "d"] {
+        cache.put(k, bytes(10, 0)).unwrap();
+        cache.get(k).unwrap();
+    }
+    cache.put("e", bytes(10, 0)).unwrap();
+    assert_eq!(cache.stats().entries, 4);
+    assert_eq!(cache.stats().evictions, 1);
+    // The pass cleared every bit and then evicted the oldest, "a".
+    assert!(!cache.contains("a"));
+}
+
+#[test]
+fn oversize_put_fails_fast_and_evicts_nothing() {
+    let limit = budget_for(4, 100);
+    let cache = Engine::new(limit);
+    for k in ["a", "b", "c"] {
+        cache.put(k, bytes(100, 0)).unwrap();
+    }
+    let before = cache.stats();
+    let err = cache.put("huge", bytes(limit as usize, 0)).unwrap_err();
+    assert!(matches!(err, Error::OutOfMemory { limit: l, .. } if l == limit));
+    let after = cache.stats();
+    assert_eq!(after.entries, 3);
+    assert_eq!(after.memory_used, before.memory_used);
+    assert_eq!(after.evictions, 0);
+}
+
+#[test]
+fn a_tensor_of_exactly_the_budget_fits_after_evicting_everything() {
+    let limit = budget_for(1, 1000);
+    let cache = Engine::new(limit);
+    cache.put("a", bytes(10, 0)).unwrap();
+    cache.put("k", bytes(1000, 0)).unwrap();
+    assert_eq!(cache.stats().memory_used, limit);
+    assert!(!cache.contains("a"));
+}
+
+#[test]
+fn second_put_of_a_key_is_already_exists_and_changes_nothing() {
+    let cache = Engine::new(budget_for(2, 10));
+    cache.put("a", bytes(10, 1)).unwrap();
+    cache.put("b", bytes(10, 2)).unwrap();
+    let used = cache.stats().memory_used;
+    assert_eq!(
+        cache.put("a", bytes(10, 3)).unwrap_err(),
+        Error::AlreadyExists("a".into())
+    );
+    assert_eq!(cache.stats().memory_used, used);
+    assert_eq!(cache.stats().evictions, 0, "a refused put evicts nothing");
+    assert_eq!(cache.get("a").unwrap().unwrap().data()[0], 1);
+    // Delete, then put again, is how a key changes.
+    assert!(cache.delete("a").unwrap());
+    assert!(!cache.delete("a").unwrap());
+    cache.put("a", bytes(10, 3)).unwrap();
+    assert_eq!(cache.get("a").unwrap().unwrap().data()[0], 3);
+}
+
+#[test]
+fn keys_are_validated() {
+    let cache = Engine::new(1 << 20);
+    let long = "x".repeat(MAX_KEY_LEN + 1);
+    for key in ["", long.as_str()] {
+        assert!(matches!(cache.put(key, bytes(1, 0)), Err(Error::InvalidKey(_))));
+        assert!(matches!(cache.get(key), Err(Error::InvalidKey(_))));
+        assert!(matches!(cache.delete(key), Err(Error::InvalidKey(_))));
+    }
+    cache.put(&"x".repeat(MAX_KEY_LEN), bytes(1, 0)).unwrap();
+    cache.put("ключ/🦀", bytes(1, 0)).unwrap();
+}
+
+#[test]
+fn stats_count_hits_misses_and_memory() {
+    let cache = Engine::new(10_000);
+    assert_eq!(cache.stats().hit_rate, 0.0);
+    let t = bytes(100, 0);
+    let charge = Engine::charge("a", &t);
+    cache.put("a", t).unwrap();
+    cache.get("a").unwrap().unwrap();
+    cache.get("a").unwrap().unwrap();
+    cache.get("a").unwrap().unwrap();
+    assert!(cache.get("zz").unwrap().is_none());
+    let s = cache.stats();
+    assert_eq!((s.entries, s.hits, s.misses), (1, 3, 1));
+    assert_eq!(s.hit_rate, 0.75);
+    assert_eq!(s.memory_used, charge);
+    assert_eq!(s.memory_limit, 10_000);
+    assert_eq!(s.memory_utilization, charge as f64 / 10_000.0);
+    cache.delete("a").unwrap();
+    assert_eq!(cache.stats().memory_used, 0);
+}
+
+#[test]
+fn budget_holds_under_concurrent_puts_gets_and_deletes() {
+    const THREADS: usize = 8;
+    const PUTS: usize = 2000;
+    let limit = 64 * 1024;
+    let cache = Engine::new(limit);
+    let stop = AtomicBool::new(false);
+    let deletes = AtomicU64::new(0);
+    let puts_ok = AtomicU64::new(0);
+    let max_seen = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        // A watcher samples memory_used while the writers run.
+        s.spawn(|| {
+            while !stop.load(Ordering::Relaxed) {
+                let used = cache.stats().memory_used;
+                max_seen.fetch_max(used, Ordering::Relaxed);
+            }
+        });
+        let writers: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (cache, deletes, puts_ok) = (&cache, &deletes, &puts_ok);
+                s.spawn(move || {
+                    for i in 0..PUTS {
+                        let key = format!("t{t}-{i}");
+                        // Sizes vary so that evictions free uneven amounts.
+                        let size = 64 + (i * 37 + t * 101) % 4000;
+                        cache.put(&key, bytes(size, t as u8)).unwrap();
+                        puts_ok.fetch_add(1, Ordering::Relaxed);
+                        if i % 7 == 0 && cache.delete(&key).unwrap() {
+                            deletes.fetch_add(1, Ordering::Relaxed);
+                        }
+                        if let Some(got) = cache.get(&format!("t{t}-{}", i / 2)).unwrap() {
+                            assert!(got.data().iter().all(|&b| b == t as u8));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let s = cache.stats();
+    assert!(max_seen.load(Ordering::Relaxed) <= limit);
+    assert!(s.memory_used <= limit);
+    assert!(s.evictions > 0, "the test must actually evict");
+    assert_eq!(
+        s.entries + s.evictions + deletes.load(Ordering::Relaxed),
+        puts_ok.load(Ordering::Relaxed)
+    );
+    // memory_used is exactly the sum of what the survivors are charged.
+    let mut sum = 0;
+    for t in 0..THREADS {
+        for i in 0..PUTS {
+            let key = format!("t{t}-{i}");
+            if let Some(tensor) = cache.shared.index.get(key.as_str()).map(|e| e.tensor.clone()) {
+                sum += Engine::charge(&key, &tensor);
+            }
+        }
+    }
+    assert_eq!(sum, s.memory_used);
+    assert_eq!(cache.lock_order().len() as u64, s.entries);
+}
+
+#[test]
+fn racing_puts_of_one_key_have_exactly_one_winner() {
+    const THREADS: usize = 8;
+    let cache = Engine::new(1 << 20);
+    for round in 0..50 {
+        let key = format!("k{round}");
+        let barrier = Barrier::new(THREADS);
+        let winners: Vec<u8> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..THREADS)
+                .map(|t| {
+                    let (cache, barrier, key) = (&cache, &barrier, &key);
+                    s.spawn(move || {
+                        barrier.wait();
+                        match cache.put(key, bytes(16, t as u8)) {
+                            Ok(()) => Some(t as u8),
+                            Err(Error::AlreadyExists(_)) => None,
+                            Err(e) => panic!("unexpected {e}"),
+                        }
+                    })
+                })
+                .collect();
+            handles.into_iter().filter_map(|h| h.join().unwrap()).collect()
+        });
+        assert_eq!(winners.len(), 1);
+        let stored = cache.get(&key).unwrap().unwrap();
+        assert_eq!(stored.data()[0], winners[0], "the winner's value is stored");
+    }
+    assert_eq!(cache.stats().entries, 50);
+}

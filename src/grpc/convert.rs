@@ -1,0 +1,128 @@
+//! Conversions between the generated proto types and Redstone's own, and
+//! the one mapping of [`Error`] onto gRPC status codes.
+
+use tonic::{Code, Status};
+
+use super::proto;
+use crate::engine::Stats;
+use crate::tensor::meta::{DType, StorageLayout, TensorMeta};
+use crate::Error;
+
+/// The gRPC status for an engine error. This is the only place the mapping
+/// is made; the message is the error's own, starting with its name.
+pub fn status_from_error(err: &Error) -> Status {
+    let code = match err {
+        Error::AlreadyExists(_) => Code::AlreadyExists,
+        Error::OutOfMemory { .. } => Code::ResourceExhausted,
+        Error::InvalidKey(_)
+        | Error::InvalidTensorMetadata(_)
+        | Error::InvalidSize { .. }
+        | Error::TypeMismatch { .. }
+        | Error::Misaligned { .. } => Code::InvalidArgument,
+    };
+    Status::new(code, err.to_string())
+}
+
+impl From<Error> for Status {
+    fn from(err: Error) -> Status {
+        status_from_error(&err)
+    }
+}
+
+impl TryFrom<proto::TensorMeta> for TensorMeta {
+    type Error = Error;
+
+    fn try_from(meta: proto::TensorMeta) -> Result<TensorMeta, Error> {
+        TensorMeta::new(
+            DType::from_code(meta.dtype.into())?,
+            meta.shape,
+            StorageLayout::from_code(meta.layout.into())?,
+        )
+    }
+}
+
+/// Converts the optional `meta` field of a request: absent is an error.
+pub(crate) fn meta_from_proto(meta: Option<proto::TensorMeta>) -> Result<TensorMeta, Error> {
+    meta.ok_or_else(|| Error::InvalidTensorMetadata("the request has no meta".into()))?
+        .try_into()
+}
+
+impl From<&TensorMeta> for proto::TensorMeta {
+    fn from(meta: &TensorMeta) -> proto::TensorMeta {
+        proto::TensorMeta {
+            dtype: meta.dtype().code().into(),
+            shape: meta.shape().to_vec(),
+            layout: meta.layout().code().into(),
+        }
+    }
+}
+
+impl From<Stats> for proto::StatsResponse {
+    fn from(s: Stats) -> proto::StatsResponse {
+        proto::StatsResponse {
+            entries: s.entries,
+            memory_used: s.memory_used,
+            memory_limit: s.memory_limit,
+            hits: s.hits,
+            misses: s.misses,
+            evictions: s.evictions,
+            hit_rate: s.hit_rate,
+            memory_utilization: s.memory_utilization,
+        }
+    }
+}
+
+impl From<proto::StatsResponse> for Stats {
+    fn from(s: proto::StatsResponse) -> Stats {
+        Stats {
+            entries: s.entries,
+            memory_used: s.memory_used,
+            memory_limit: s.memory_limit,
+            hits: s.hits,
+            misses: s.misses,
+            evictions: s.evictions,
+            hit_rate: s.hit_rate,
+            memory_utilization: s.memory_utilization,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_error_maps_to_its_status() {
+        let cases = [
+            (Error::AlreadyExists("k".into()), Code::AlreadyExists),
+            (Error::OutOfMemory { needed: 2, limit: 1 }, Code::ResourceExhausted),
+            (Error::InvalidKey("x".into()), Code::InvalidArgument),
+            (Error::InvalidTensorMetadata("x".into()), Code::InvalidArgument),
+            (Error::InvalidSize { expected: 1, actual: 2 }, Code::InvalidArgument),
+        ];
+        for (err, code) in cases {
+            let status = Status::from(err.clone());
+            assert_eq!(status.code(), code, "{err}");
+            assert_eq!(status.message(), err.to_string());
+        }
+    }
+
+    #[test]
+    fn proto_meta_is_validated() {
+        let ok = proto::TensorMeta { dtype: 1, shape: vec![2, 3], layout: 2 };
+        let meta = TensorMeta::try_from(ok.clone()).unwrap();
+        assert_eq!(proto::TensorMeta::from(&meta), ok);
+        for bad in [
+            proto::TensorMeta { dtype: 0, ..ok.clone() },
+            proto::TensorMeta { dtype: 99, ..ok.clone() },
+            proto::TensorMeta { dtype: -3, ..ok.clone() },
+            proto::TensorMeta { layout: 0, ..ok.clone() },
+            proto::TensorMeta { layout: 7, ..ok.clone() },
+            proto::TensorMeta { shape: vec![u64::MAX, 3], ..ok.clone() },
+        ] {
+            let err = TensorMeta::try_from(bad).unwrap_err();
+            assert!(err.to_string().starts_with("InvalidTensorMetadata: "), "{err}");
+        }
+        assert!(meta_from_proto(None).is_err());
+    }
+}

@@ -1,0 +1,25 @@
+//! Redstone: an in-memory cache for tensors.
+//!
+//! # Layout
+//! - [`tensor`]: [`Tensor`](tensor::Tensor) and its validated
+//!   [`TensorMeta`](tensor::meta::TensorMeta) (dtype, shape, layout).
+//! - [`engine`]: the cache itself: a concurrent index, a byte budget and
+//!   CLOCK eviction. Both front doors share one [`Engine`](engine::Engine).
+//! - [`grpc`]: the gRPC front door (the original Redstone API): the
+//!   generated code, conversions and the service.
+//! - [`server`]: binds the front doors, serves them, shuts them down.
+//! - [`client`]: [`RemoteCacheClient`](client::RemoteCacheClient), the gRPC
+//!   client.
+//! - [`size`]: parses byte sizes such as `512MiB`.
+//! - [`Error`]: the one error type of the engine, mapped once per transport.
+//! - `src/bin/`: thin mains for `server` and `client`.
+
+pub mod client;
+pub mod engine;
+mod error;
+pub mod grpc;
+pub mod server;
+pub mod size;
+pub mod tensor;
+
+pub use error::Error;

@@ -1,0 +1,187 @@
+//! The server: binds the front doors over one engine, serves them, and
+//! shuts them down gracefully.
+//!
+//! ```no_run
+//! use redstone::server::{Config, Server};
+//!
+//! # async fn run() -> Result<(), redstone::server::ServerError> {
+//! let server = Server::bind(Config::default()).await?;
+//! println!("gRPC on {}", server.grpc_addr());
+//! server.run(async { tokio::signal::ctrl_c().await.ok(); }).await
+//! # }
+//! ```
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tonic::transport::server::TcpIncoming;
+
+use crate::engine::Engine;
+use crate::grpc::GrpcService;
+
+/// HTTP/2 flow-control windows. tonic's 64 KiB defaults stall a connection
+/// every 64 KiB of a large tensor waiting for a window update.
+pub(crate) const H2_STREAM_WINDOW: u32 = 8 << 20;
+pub(crate) const H2_CONNECTION_WINDOW: u32 = 16 << 20;
+
+/// Server settings. `Config::default()` is what `server` runs with no
+/// arguments.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where the gRPC door listens. Port 0 picks a free port.
+    pub grpc_addr: SocketAddr,
+    /// The cache's byte budget.
+    pub memory_limit: u64,
+    /// How long a shutdown waits for in-flight requests before giving up.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for Config {
+    fn default() -> Config {
+        Config {
+            grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            memory_limit: 1 << 30,
+            shutdown_grace: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the server could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// A listening socket could not be bound.
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The gRPC transport failed.
+    #[error("gRPC transport: {0}")]
+    Grpc(#[from] tonic::transport::Error),
+    /// The server task panicked or was cancelled.
+    #[error("the server task ended abnormally: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// A bound, not yet serving, server.
+#[derive(Debug)]
+pub struct Server {
+    engine: Engine,
+    grpc: TcpListener,
+    grpc_addr: SocketAddr,
+    config: Config,
+}
+
+impl Server {
+    /// Creates the engine and binds the listening sockets.
+    pub async fn bind(config: Config) -> Result<Server, ServerError> {
+        let bind_err = |source| ServerError::Bind {
+            addr: config.grpc_addr,
+            source,
+        };
+        let grpc = TcpListener::bind(config.grpc_addr)
+            .await
+            .map_err(bind_err)?;
+        let grpc_addr = grpc.local_addr().map_err(bind_err)?;
+        Ok(Server {
+            engine: Engine::new(config.memory_limit),
+            grpc,
+            grpc_addr,
+            config,
+        })
+    }
+
+    /// The address the gRPC door listens on (with the real port if 0 was
+    /// asked for).
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The engine behind every door.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Serves until `shutdown` completes, then stops accepting, lets
+    /// in-flight requests finish for up to `shutdown_grace`, and returns.
+    pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let grpc = tonic::transport::Server::builder()
+            .initial_stream_window_size(H2_STREAM_WINDOW)
+            .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .add_service(GrpcService::new(self.engine).into_server())
+            .serve_with_incoming_shutdown(incoming, async {
+                stop_rx.await.ok();
+            });
+        tokio::pin!(grpc);
+        tokio::select! {
+            result = &mut grpc => return result.map_err(ServerError::from),
+            () = shutdown => {}
+        }
+        tracing::info!("shutting down: no new connections, finishing in-flight requests");
+        stop_tx.send(()).ok();
+        match tokio::time::timeout(self.config.shutdown_grace, grpc).await {
+            Ok(result) => result?,
+            Err(_) => tracing::warn!(
+                grace = ?self.config.shutdown_grace,
+                "requests still running after the grace period; stopping anyway"
+            ),
+        }
+        tracing::info!("stopped");
+        Ok(())
+    }
+
+    /// Runs the server on a task of its own; the handle stops it. Dropping
+    /// the handle stops the server too.
+    pub fn spawn(self) -> ServerHandle {
+        let (trigger, stopped) = oneshot::channel::<()>();
+        let grpc_addr = self.grpc_addr;
+        let engine = self.engine.clone();
+        let task = tokio::spawn(self.run(async {
+            // Either an explicit shutdown or a dropped handle.
+            stopped.await.ok();
+        }));
+        ServerHandle {
+            grpc_addr,
+            engine,
+            trigger: Some(trigger),
+            task,
+        }
+    }
+}
+
+/// A server running on a task; see [`Server::spawn`].
+#[derive(Debug)]
+pub struct ServerHandle {
+    grpc_addr: SocketAddr,
+    engine: Engine,
+    trigger: Option<oneshot::Sender<()>>,
+    task: JoinHandle<Result<(), ServerError>>,
+}
+
+impl ServerHandle {
+    /// The address of the gRPC door.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// The engine behind the server.
+    pub fn engine(&self) -> &Engine {
+        &self.engine
+    }
+
+    /// Stops the server gracefully and waits until it has stopped.
+    pub async fn shutdown(mut self) -> Result<(), ServerError> {
+        if let Some(trigger) = self.trigger.take() {
+            trigger.send(()).ok();
+        }
+        (&mut self.task).await?
+    }
+}

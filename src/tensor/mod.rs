@@ -1,0 +1,198 @@
+//! Tensors: validated metadata plus the raw bytes it describes.
+//!
+//! The payload is a [`Bytes`]: cloning a tensor bumps a reference count and
+//! never copies the data. Elements are stored in the machine's native byte
+//! order (little-endian on every platform Redstone supports).
+
+pub mod meta;
+
+use bytes::Bytes;
+
+use crate::Error;
+use meta::{DType, StorageLayout, TensorMeta};
+
+/// A Rust element type that maps to a [`DType`], for the typed helpers
+/// [`Tensor::from_slice`], [`Tensor::as_slice`] and [`Tensor::to_vec`].
+///
+/// Implemented for `f32`, `f64`, `i8`, `i16`, `i32`, `i64`, `u8`, `u16`,
+/// `u32` and `u64`. Half floats and booleans have no native Rust type here;
+/// build those tensors from bytes with [`Tensor::new`].
+pub trait Element: bytemuck::Pod {
+    /// The dtype a tensor of this element type carries.
+    const DTYPE: DType;
+}
+
+macro_rules! element {
+    ($($t:ty => $d:ident),* $(,)?) => {
+        $(impl Element for $t { const DTYPE: DType = DType::$d; })*
+    };
+}
+
+element!(
+    f32 => F32, f64 => F64,
+    i8 => I8, i16 => I16, i32 => I32, i64 => I64,
+    u8 => U8, u16 => U16, u32 => U32, u64 => U64,
+);
+
+/// An immutable tensor: metadata plus exactly `meta.byte_size()` bytes.
+///
+/// ```
+/// use redstone::tensor::Tensor;
+///
+/// let t = Tensor::from_slice::<f32>(vec![2, 2], &[1.0, 2.0, 3.0, 4.0])?;
+/// assert_eq!(t.meta().shape(), &[2, 2]);
+/// assert_eq!(t.to_vec::<f32>()?, vec![1.0, 2.0, 3.0, 4.0]);
+/// assert!(t.to_vec::<i32>().is_err()); // wrong dtype
+/// # Ok::<(), redstone::Error>(())
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tensor {
+    meta: TensorMeta,
+    data: Bytes,
+}
+
+impl Tensor {
+    /// Builds a tensor, checking that `data` is exactly as long as the
+    /// metadata requires ([`Error::InvalidSize`] otherwise).
+    pub fn new(meta: TensorMeta, data: impl Into<Bytes>) -> Result<Tensor, Error> {
+        let data = data.into();
+        if data.len() as u64 != meta.byte_size() {
+            return Err(Error::InvalidSize {
+                expected: meta.byte_size(),
+                actual: data.len() as u64,
+            });
+        }
+        Ok(Tensor { meta, data })
+    }
+
+    /// Builds a row-major tensor of `T` from a slice, copying it once.
+    pub fn from_slice<T: Element>(
+        shape: impl Into<Vec<u64>>,
+        values: &[T],
+    ) -> Result<Tensor, Error> {
+        let meta = TensorMeta::new(T::DTYPE, shape, StorageLayout::RowMajor)?;
+        let bytes: &[u8] = bytemuck::cast_slice(values);
+        Tensor::new(meta, Bytes::copy_from_slice(bytes))
+    }
+
+    /// The tensor's metadata.
+    pub fn meta(&self) -> &TensorMeta {
+        &self.meta
+    }
+
+    /// The raw payload.
+    pub fn data(&self) -> &Bytes {
+        &self.data
+    }
+
+    /// Splits the tensor into metadata and payload.
+    pub fn into_parts(self) -> (TensorMeta, Bytes) {
+        (self.meta, self.data)
+    }
+
+    /// Views the payload as a slice of `T`, without copying.
+    ///
+    /// Fails with [`Error::TypeMismatch`] if the tensor's dtype is not `T`'s,
+    /// or [`Error::Misaligned`] if the buffer is not aligned for `T` (use
+    /// [`Tensor::to_vec`] then, which copies).
+    pub fn as_slice<T: Element>(&self) -> Result<&[T], Error> {
+        self.check_dtype::<T>()?;
+        bytemuck::try_cast_slice(&self.data).map_err(|_| Error::Misaligned {
+            align: std::mem::align_of::<T>(),
+        })
+    }
+
+    /// Copies the payload into a `Vec<T>`; works whatever the alignment.
+    pub fn to_vec<T: Element>(&self) -> Result<Vec<T>, Error> {
+        self.check_dtype::<T>()?;
+        Ok(bytemuck::pod_collect_to_vec(&self.data))
+    }
+
+    /// Returns the tensor with its payload in an allocation of its own,
+    /// exactly `byte_size` long.
+    ///
+    /// A `Bytes` sliced out of a larger buffer keeps that whole buffer alive.
+    /// The cache charges a tensor for its payload length, so a front end that
+    /// decodes payloads out of shared receive buffers compacts them before
+    /// storing. This copies the payload once.
+    pub fn compacted(self) -> Tensor {
+        Tensor {
+            data: Bytes::copy_from_slice(&self.data),
+            meta: self.meta,
+        }
+    }
+
+    fn check_dtype<T: Element>(&self) -> Result<(), Error> {
+        if self.meta.dtype() == T::DTYPE {
+            Ok(())
+        } else {
+            Err(Error::TypeMismatch {
+                stored: self.meta.dtype(),
+                requested: T::DTYPE,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn length_must_match_meta() {
+        let meta = TensorMeta::new(DType::F32, vec![2, 3], StorageLayout::RowMajor).unwrap();
+        assert!(Tensor::new(meta.clone(), vec![0u8; 24]).is_ok());
+        let err = Tensor::new(meta, vec![0u8; 23]).unwrap_err();
+        assert_eq!(
+            err,
+            Error::InvalidSize {
+                expected: 24,
+                actual: 23
+            }
+        );
+        assert!(err.to_string().starts_with("InvalidSize: "));
+    }
+
+    #[test]
+    fn typed_round_trip_for_every_element_type() {
+        fn check<T: Element + PartialEq + std::fmt::Debug>(values: &[T]) {
+            let t = Tensor::from_slice(vec![values.len() as u64], values).unwrap();
+            assert_eq!(t.meta().dtype(), T::DTYPE);
+            assert_eq!(t.to_vec::<T>().unwrap(), values);
+            assert_eq!(t.as_slice::<T>().unwrap(), values);
+        }
+        check::<f32>(&[1.5, -2.0]);
+        check::<f64>(&[1e300, -0.0]);
+        check::<i8>(&[-128, 127]);
+        check::<i16>(&[-1, 300]);
+        check::<i32>(&[i32::MIN, 7]);
+        check::<i64>(&[i64::MAX, -9]);
+        check::<u8>(&[0, 255]);
+        check::<u16>(&[65535, 1]);
+        check::<u32>(&[u32::MAX, 2]);
+        check::<u64>(&[u64::MAX, 3]);
+    }
+
+    #[test]
+    fn misaligned_view_is_an_error_not_ub() {
+        let backing = Bytes::from(vec![0u8; 17]);
+        let meta = TensorMeta::new(DType::F32, vec![4], StorageLayout::RowMajor).unwrap();
+        // One of these two offsets is misaligned for f32.
+        let a = Tensor::new(meta.clone(), backing.slice(0..16)).unwrap();
+        let b = Tensor::new(meta, backing.slice(1..17)).unwrap();
+        let results = [a.as_slice::<f32>().is_ok(), b.as_slice::<f32>().is_ok()];
+        assert!(results.contains(&false));
+        assert_eq!(b.to_vec::<f32>().unwrap(), vec![0.0; 4]);
+    }
+
+    #[test]
+    fn compacted_owns_an_exact_allocation() {
+        let big = Bytes::from(vec![7u8; 1 << 20]);
+        let meta = TensorMeta::new(DType::U8, vec![8], StorageLayout::RowMajor).unwrap();
+        let t = Tensor::new(meta, big.slice(100..108)).unwrap().compacted();
+        assert_eq!(t.data().as_ref(), &[7u8; 8]);
+        // The compacted payload no longer points into the big buffer.
+        let range = big.as_ptr() as usize..big.as_ptr() as usize + big.len();
+        assert!(!range.contains(&(t.data().as_ptr() as usize)));
+    }
+}
