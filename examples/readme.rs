@@ -22,7 +22,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let bytes: Vec<u8> = bytemuck::cast_slice(&data).to_vec();
 
     // Put tensor in cache (a second run finds the key already there)
-    match client.put("embeddings:user123".to_string(), meta, bytes).await {
+    match client
+        .put("embeddings:user123".to_string(), meta, bytes)
+        .await
+    {
         Ok(()) | Err(redstone::client::ClientError::AlreadyExists(_)) => {}
         Err(e) => return Err(e.into()),
     }

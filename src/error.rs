@@ -15,7 +15,9 @@ pub enum Error {
     AlreadyExists(String),
 
     /// The tensor's charge exceeds the whole cache budget; nothing was evicted.
-    #[error("OutOfMemory: the tensor needs {needed} bytes of budget, the whole cache holds {limit}")]
+    #[error(
+        "OutOfMemory: the tensor needs {needed} bytes of budget, the whole cache holds {limit}"
+    )]
     OutOfMemory {
         /// What the tensor would be charged.
         needed: u64,

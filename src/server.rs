@@ -116,6 +116,9 @@ impl Server {
         let grpc = tonic::transport::Server::builder()
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .layer(tower::util::MapResponseLayer::new(
+                crate::grpc::oversize_request_status,
+            ))
             .add_service(GrpcService::new(self.engine).into_server())
             .serve_with_incoming_shutdown(incoming, async {
                 stop_rx.await.ok();

@@ -52,7 +52,11 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     if got.data() != &expected || got.meta().shape() != [100, 768] {
         return Err("the tensor read back differs from the one stored".into());
     }
-    println!("get    {key}: shape {:?}, all {} bytes match", got.meta().shape(), expected.len());
+    println!(
+        "get    {key}: shape {:?}, all {} bytes match",
+        got.meta().shape(),
+        expected.len()
+    );
 
     let stats = client.get_stats().await?;
     println!(

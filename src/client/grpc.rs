@@ -89,7 +89,11 @@ impl RemoteCacheClient {
     }
 
     /// Stores a tensor under `key`.
-    pub async fn put_tensor(&self, key: impl Into<String>, tensor: Tensor) -> Result<(), ClientError> {
+    pub async fn put_tensor(
+        &self,
+        key: impl Into<String>,
+        tensor: Tensor,
+    ) -> Result<(), ClientError> {
         let (meta, data) = tensor.into_parts();
         let request = PutRequest {
             key: key.into(),
@@ -118,11 +122,23 @@ impl RemoteCacheClient {
     /// Removes `key`; returns whether it was cached.
     pub async fn delete(&self, key: impl Into<String>) -> Result<bool, ClientError> {
         let request = DeleteRequest { key: key.into() };
-        Ok(self.inner.clone().delete(request).await?.into_inner().deleted)
+        Ok(self
+            .inner
+            .clone()
+            .delete(request)
+            .await?
+            .into_inner()
+            .deleted)
     }
 
     /// The server's counters.
     pub async fn get_stats(&self) -> Result<Stats, ClientError> {
-        Ok(self.inner.clone().get_stats(StatsRequest {}).await?.into_inner().into())
+        Ok(self
+            .inner
+            .clone()
+            .get_stats(StatsRequest {})
+            .await?
+            .into_inner()
+            .into())
     }
 }

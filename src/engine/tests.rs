@@ -123,7 +123,10 @@ fn keys_are_validated() {
     let cache = Engine::new(1 << 20);
     let long = "x".repeat(MAX_KEY_LEN + 1);
     for key in ["", long.as_str()] {
-        assert!(matches!(cache.put(key, bytes(1, 0)), Err(Error::InvalidKey(_))));
+        assert!(matches!(
+            cache.put(key, bytes(1, 0)),
+            Err(Error::InvalidKey(_))
+        ));
         assert!(matches!(cache.get(key), Err(Error::InvalidKey(_))));
         assert!(matches!(cache.delete(key), Err(Error::InvalidKey(_))));
     }
@@ -208,7 +211,12 @@ fn budget_holds_under_concurrent_puts_gets_and_deletes() {
     for t in 0..THREADS {
         for i in 0..PUTS {
             let key = format!("t{t}-{i}");
-            if let Some(tensor) = cache.shared.index.get(key.as_str()).map(|e| e.tensor.clone()) {
+            if let Some(tensor) = cache
+                .shared
+                .index
+                .get(key.as_str())
+                .map(|e| e.tensor.clone())
+            {
                 sum += Engine::charge(&key, &tensor);
             }
         }
@@ -238,7 +246,10 @@ fn racing_puts_of_one_key_have_exactly_one_winner() {
                     })
                 })
                 .collect();
-            handles.into_iter().filter_map(|h| h.join().unwrap()).collect()
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().unwrap())
+                .collect()
         });
         assert_eq!(winners.len(), 1);
         let stored = cache.get(&key).unwrap().unwrap();

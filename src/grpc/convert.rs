@@ -1,6 +1,7 @@
 //! Conversions between the generated proto types and Redstone's own, and
 //! the one mapping of [`Error`] onto gRPC status codes.
 
+use tonic::codegen::http;
 use tonic::{Code, Status};
 
 use super::proto;
@@ -21,6 +22,31 @@ pub fn status_from_error(err: &Error) -> Status {
         | Error::Misaligned { .. } => Code::InvalidArgument,
     };
     Status::new(code, err.to_string())
+}
+
+/// Rewrites tonic's answer to a request over the receive limit.
+///
+/// The server's limit is the largest tensor the cache can hold, so such a
+/// request is a tensor too big for the cache: the contract says
+/// `RESOURCE_EXHAUSTED` with an `OutOfMemory: …` message, where tonic would
+/// answer `OUT_OF_RANGE`. tonic refuses the message from its 5-byte length
+/// prefix, before reading (or allocating for) the body; this layer only
+/// changes the status it reports.
+pub fn oversize_request_status<B>(mut response: http::Response<B>) -> http::Response<B> {
+    const TOO_LARGE: &str = "Error, decoded message length too large";
+    let headers = response.headers_mut();
+    let Some(status) = Status::from_header_map(headers) else {
+        return response;
+    };
+    if status.code() == Code::OutOfRange && status.message().starts_with(TOO_LARGE) {
+        let message = format!(
+            "OutOfMemory: the request is larger than the largest tensor this cache can hold ({})",
+            status.message()
+        );
+        // Only fails on a message that cannot be a header; ours always can.
+        let _ = Status::new(Code::ResourceExhausted, message).add_header(headers);
+    }
+    response
 }
 
 impl From<Error> for Status {
@@ -95,10 +121,25 @@ mod tests {
     fn every_error_maps_to_its_status() {
         let cases = [
             (Error::AlreadyExists("k".into()), Code::AlreadyExists),
-            (Error::OutOfMemory { needed: 2, limit: 1 }, Code::ResourceExhausted),
+            (
+                Error::OutOfMemory {
+                    needed: 2,
+                    limit: 1,
+                },
+                Code::ResourceExhausted,
+            ),
             (Error::InvalidKey("x".into()), Code::InvalidArgument),
-            (Error::InvalidTensorMetadata("x".into()), Code::InvalidArgument),
-            (Error::InvalidSize { expected: 1, actual: 2 }, Code::InvalidArgument),
+            (
+                Error::InvalidTensorMetadata("x".into()),
+                Code::InvalidArgument,
+            ),
+            (
+                Error::InvalidSize {
+                    expected: 1,
+                    actual: 2,
+                },
+                Code::InvalidArgument,
+            ),
         ];
         for (err, code) in cases {
             let status = Status::from(err.clone());
@@ -109,19 +150,44 @@ mod tests {
 
     #[test]
     fn proto_meta_is_validated() {
-        let ok = proto::TensorMeta { dtype: 1, shape: vec![2, 3], layout: 2 };
+        let ok = proto::TensorMeta {
+            dtype: 1,
+            shape: vec![2, 3],
+            layout: 2,
+        };
         let meta = TensorMeta::try_from(ok.clone()).unwrap();
         assert_eq!(proto::TensorMeta::from(&meta), ok);
         for bad in [
-            proto::TensorMeta { dtype: 0, ..ok.clone() },
-            proto::TensorMeta { dtype: 99, ..ok.clone() },
-            proto::TensorMeta { dtype: -3, ..ok.clone() },
-            proto::TensorMeta { layout: 0, ..ok.clone() },
-            proto::TensorMeta { layout: 7, ..ok.clone() },
-            proto::TensorMeta { shape: vec![u64::MAX, 3], ..ok.clone() },
+            proto::TensorMeta {
+                dtype: 0,
+                ..ok.clone()
+            },
+            proto::TensorMeta {
+                dtype: 99,
+                ..ok.clone()
+            },
+            proto::TensorMeta {
+                dtype: -3,
+                ..ok.clone()
+            },
+            proto::TensorMeta {
+                layout: 0,
+                ..ok.clone()
+            },
+            proto::TensorMeta {
+                layout: 7,
+                ..ok.clone()
+            },
+            proto::TensorMeta {
+                shape: vec![u64::MAX, 3],
+                ..ok.clone()
+            },
         ] {
             let err = TensorMeta::try_from(bad).unwrap_err();
-            assert!(err.to_string().starts_with("InvalidTensorMetadata: "), "{err}");
+            assert!(
+                err.to_string().starts_with("InvalidTensorMetadata: "),
+                "{err}"
+            );
         }
         assert!(meta_from_proto(None).is_err());
     }

@@ -5,8 +5,8 @@ use tonic::{Request, Response, Status};
 use super::convert::meta_from_proto;
 use super::proto::red_stone_server::{RedStone, RedStoneServer};
 use super::proto::{
-    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse,
-    StatsRequest, StatsResponse,
+    DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, StatsRequest,
+    StatsResponse,
 };
 use super::{MAX_GRPC_MESSAGE, MESSAGE_SLACK};
 use crate::engine::Engine;

@@ -203,10 +203,10 @@ impl TensorMeta {
                 .try_fold(dtype.width() as u64, |acc, &dim| acc.checked_mul(dim))
         };
         let byte_size = byte_size.ok_or_else(|| {
-                Error::InvalidTensorMetadata(format!(
-                    "shape {shape:?} of {dtype} overflows a 64-bit byte size"
-                ))
-            })?;
+            Error::InvalidTensorMetadata(format!(
+                "shape {shape:?} of {dtype} overflows a 64-bit byte size"
+            ))
+        })?;
         Ok(TensorMeta {
             dtype,
             shape,
@@ -274,7 +274,9 @@ mod tests {
     #[test]
     fn rank_is_bounded() {
         assert!(TensorMeta::new(DType::U8, vec![1; MAX_RANK], StorageLayout::RowMajor).is_ok());
-        assert!(TensorMeta::new(DType::U8, vec![1; MAX_RANK + 1], StorageLayout::RowMajor).is_err());
+        assert!(
+            TensorMeta::new(DType::U8, vec![1; MAX_RANK + 1], StorageLayout::RowMajor).is_err()
+        );
     }
 
     #[test]

@@ -1,0 +1,104 @@
+//! The `server` and `client` binaries as a user runs them.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// Starts `server ARGS…` and returns it with the gRPC address it logged.
+fn start_server(args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(args)
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn server");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("the server exited before saying where it listens")
+            .unwrap();
+        if let Some(rest) = line.split("grpc=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    // Keep draining the log so the server never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, addr)
+}
+
+fn sigterm(child: &Child) {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().ok();
+            panic!("the server did not exit within {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn client_tour_against_a_server_then_sigterm_exits_zero() {
+    // The original positional form, with a size that has a unit.
+    let (mut server, addr) = start_server(&["127.0.0.1:0", "64MiB"]);
+    let out = Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["--addr", &addr])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "client failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("all 307200 bytes match"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("/ {} bytes", 64 << 20)),
+        "{stdout}"
+    );
+    sigterm(&server);
+    let status = wait_with_timeout(&mut server, Duration::from_secs(15));
+    assert!(status.success(), "server exit status: {status}");
+}
+
+#[test]
+fn client_without_a_server_says_so_and_fails() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("cannot connect to a Redstone server"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn server_rejects_a_bad_size() {
+    let out = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["127.0.0.1:0", "12 parsecs"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("unknown unit"));
+}
