@@ -23,3 +23,8 @@ pub mod size;
 pub mod tensor;
 
 pub use error::Error;
+
+/// Compiles the README's Rust examples as doctests, so they cannot drift.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;
