@@ -7,6 +7,12 @@
 //!   CLOCK eviction. Both front doors share one [`Engine`](engine::Engine).
 //! - [`grpc`]: the gRPC front door (the original Redstone API): the
 //!   generated code, conversions and the service.
+//! - [`protocol`]: the fast path's wire format, sans I/O: the frame prefix,
+//!   rkyv headers, status codes.
+//! - [`connection`]: frames over a byte stream: a reader that gives each
+//!   payload its own allocation, a vectored writer.
+//! - [`fast`]: the fast path's server side: accept loop, limits, and the
+//!   per-connection handler.
 //! - [`server`]: binds the front doors, serves them, shuts them down.
 //! - [`client`]: [`RemoteCacheClient`](client::RemoteCacheClient), the gRPC
 //!   client.
@@ -15,9 +21,12 @@
 //! - `src/bin/`: thin mains for `server` and `client`.
 
 pub mod client;
+pub mod connection;
 pub mod engine;
 mod error;
+pub mod fast;
 pub mod grpc;
+pub mod protocol;
 pub mod server;
 pub mod size;
 pub mod tensor;

@@ -6,7 +6,7 @@
 //!
 //! # async fn run() -> Result<(), redstone::server::ServerError> {
 //! let server = Server::bind(Config::default()).await?;
-//! println!("gRPC on {}", server.grpc_addr());
+//! println!("gRPC on {}, fast path on {}", server.grpc_addr(), server.tcp_addr());
 //! server.run(async { tokio::signal::ctrl_c().await.ok(); }).await
 //! # }
 //! ```
@@ -16,11 +16,12 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::engine::Engine;
+use crate::fast::FastConfig;
 use crate::grpc::GrpcService;
 
 /// HTTP/2 flow-control windows. tonic's 64 KiB defaults stall a connection
@@ -34,8 +35,12 @@ pub(crate) const H2_CONNECTION_WINDOW: u32 = 16 << 20;
 pub struct Config {
     /// Where the gRPC door listens. Port 0 picks a free port.
     pub grpc_addr: SocketAddr,
+    /// Where the fast path listens. Port 0 picks a free port.
+    pub tcp_addr: SocketAddr,
     /// The cache's byte budget.
     pub memory_limit: u64,
+    /// The fast path's limits. `max_payload` is capped at `memory_limit`.
+    pub fast: FastConfig,
     /// How long a shutdown waits for in-flight requests before giving up.
     pub shutdown_grace: Duration,
 }
@@ -44,7 +49,9 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
+            tcp_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
             memory_limit: 1 << 30,
+            fast: FastConfig::for_budget(1 << 30),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -75,26 +82,30 @@ pub struct Server {
     engine: Engine,
     grpc: TcpListener,
     grpc_addr: SocketAddr,
+    tcp: TcpListener,
+    tcp_addr: SocketAddr,
     config: Config,
 }
 
 impl Server {
     /// Creates the engine and binds the listening sockets.
-    pub async fn bind(config: Config) -> Result<Server, ServerError> {
-        let bind_err = |source| ServerError::Bind {
-            addr: config.grpc_addr,
-            source,
-        };
-        let grpc = TcpListener::bind(config.grpc_addr)
-            .await
-            .map_err(bind_err)?;
-        let grpc_addr = grpc.local_addr().map_err(bind_err)?;
+    pub async fn bind(mut config: Config) -> Result<Server, ServerError> {
+        config.fast.max_payload = config.fast.max_payload.min(config.memory_limit);
+        let (grpc, grpc_addr) = listen(config.grpc_addr).await?;
+        let (tcp, tcp_addr) = listen(config.tcp_addr).await?;
         Ok(Server {
             engine: Engine::new(config.memory_limit),
             grpc,
             grpc_addr,
+            tcp,
+            tcp_addr,
             config,
         })
+    }
+
+    /// The address the fast path listens on.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
     }
 
     /// The address the gRPC door listens on (with the real port if 0 was
@@ -111,6 +122,14 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets
     /// in-flight requests finish for up to `shutdown_grace`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let (fast_stop, fast_stopped) = watch::channel(false);
+        let fast = tokio::spawn(crate::fast::serve(
+            self.tcp,
+            self.engine.clone(),
+            self.config.fast.clone(),
+            fast_stopped,
+            self.config.shutdown_grace,
+        ));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
         let grpc = tonic::transport::Server::builder()
@@ -125,20 +144,29 @@ impl Server {
             });
         tokio::pin!(grpc);
         tokio::select! {
-            result = &mut grpc => return result.map_err(ServerError::from),
+            result = &mut grpc => {
+                fast_stop.send_replace(true);
+                return result.map_err(ServerError::from);
+            }
             () = shutdown => {}
         }
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         stop_tx.send(()).ok();
-        match tokio::time::timeout(self.config.shutdown_grace, grpc).await {
-            Ok(result) => result?,
-            Err(_) => tracing::warn!(
-                grace = ?self.config.shutdown_grace,
-                "requests still running after the grace period; stopping anyway"
-            ),
-        }
+        fast_stop.send_replace(true);
+        let grpc_result = match tokio::time::timeout(self.config.shutdown_grace, grpc).await {
+            Ok(result) => result.map_err(ServerError::from),
+            Err(_) => {
+                tracing::warn!(
+                    grace = ?self.config.shutdown_grace,
+                    "gRPC requests still running after the grace period; stopping anyway"
+                );
+                Ok(())
+            }
+        };
+        // The fast path bounds its own wait by the same grace period.
+        fast.await?;
         tracing::info!("stopped");
-        Ok(())
+        grpc_result
     }
 
     /// Runs the server on a task of its own; the handle stops it. Dropping
@@ -146,6 +174,7 @@ impl Server {
     pub fn spawn(self) -> ServerHandle {
         let (trigger, stopped) = oneshot::channel::<()>();
         let grpc_addr = self.grpc_addr;
+        let tcp_addr = self.tcp_addr;
         let engine = self.engine.clone();
         let task = tokio::spawn(self.run(async {
             // Either an explicit shutdown or a dropped handle.
@@ -153,6 +182,7 @@ impl Server {
         }));
         ServerHandle {
             grpc_addr,
+            tcp_addr,
             engine,
             trigger: Some(trigger),
             task,
@@ -164,6 +194,7 @@ impl Server {
 #[derive(Debug)]
 pub struct ServerHandle {
     grpc_addr: SocketAddr,
+    tcp_addr: SocketAddr,
     engine: Engine,
     trigger: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
@@ -173,6 +204,11 @@ impl ServerHandle {
     /// The address of the gRPC door.
     pub fn grpc_addr(&self) -> SocketAddr {
         self.grpc_addr
+    }
+
+    /// The address of the fast path.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
     }
 
     /// The engine behind the server.
@@ -187,4 +223,11 @@ impl ServerHandle {
         }
         (&mut self.task).await?
     }
+}
+
+async fn listen(addr: SocketAddr) -> Result<(TcpListener, SocketAddr), ServerError> {
+    let bind_err = |source| ServerError::Bind { addr, source };
+    let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+    let local = listener.local_addr().map_err(bind_err)?;
+    Ok((listener, local))
 }

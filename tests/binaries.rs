@@ -53,7 +53,7 @@ fn wait_with_timeout(child: &mut Child, limit: Duration) -> std::process::ExitSt
 #[test]
 fn client_tour_against_a_server_then_sigterm_exits_zero() {
     // The original positional form, with a size that has a unit.
-    let (mut server, addr) = start_server(&["127.0.0.1:0", "64MiB"]);
+    let (mut server, addr) = start_server(&["127.0.0.1:0", "64MiB", "--tcp", "127.0.0.1:0"]);
     let out = Command::new(env!("CARGO_BIN_EXE_client"))
         .args(["--addr", &addr])
         .output()

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use redstone::fast::FastConfig;
 use redstone::server::{Config, Server};
 use redstone::size::parse_size;
 use tracing_subscriber::EnvFilter;
@@ -26,6 +27,34 @@ struct Args {
     #[arg(value_name = "CACHE_SIZE", default_value = "1GiB", value_parser = parse_size)]
     cache_size: u64,
 
+    /// Address of the fast path (binary TCP protocol). Default: the gRPC
+    /// host, port 50052. Port 0 picks a free port.
+    #[arg(long, value_name = "ADDR")]
+    tcp: Option<SocketAddr>,
+
+    /// Largest tensor accepted on the fast path (capped at CACHE_SIZE).
+    /// Default: CACHE_SIZE.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_tensor: Option<u64>,
+
+    /// Largest fast-path frame header (keys, metadata).
+    #[arg(long, value_name = "SIZE", default_value = "64KiB", value_parser = parse_size)]
+    max_header: u64,
+
+    /// Fast-path connections served at once; more are refused with Busy.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    max_connections: usize,
+
+    /// Responses queued per fast-path connection before the server stops
+    /// reading its requests (backpressure on clients that do not read).
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    max_in_flight: usize,
+
+    /// Seconds a fast-path connection may stay silent, or take to send one
+    /// frame, before it is closed.
+    #[arg(long, value_name = "SECS", default_value_t = 300)]
+    idle_timeout: u64,
+
     /// Seconds a shutdown (SIGINT, SIGTERM) waits for in-flight requests.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     shutdown_grace: u64,
@@ -43,9 +72,23 @@ async fn main() -> ExitCode {
         tracing::error!("CACHE_SIZE must be more than 0 bytes");
         return ExitCode::FAILURE;
     }
+    let Ok(max_header) = u32::try_from(args.max_header) else {
+        tracing::error!("--max-header must be below 4 GiB");
+        return ExitCode::FAILURE;
+    };
     let config = Config {
         grpc_addr: args.addr,
+        tcp_addr: args
+            .tcp
+            .unwrap_or_else(|| SocketAddr::new(args.addr.ip(), 50052)),
         memory_limit: args.cache_size,
+        fast: FastConfig {
+            max_header,
+            max_payload: args.max_tensor.unwrap_or(args.cache_size),
+            max_connections: args.max_connections.max(1),
+            max_in_flight: args.max_in_flight.max(1),
+            idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+        },
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
     let server = match Server::bind(config).await {
@@ -57,6 +100,7 @@ async fn main() -> ExitCode {
     };
     tracing::info!(
         grpc = %server.grpc_addr(),
+        tcp = %server.tcp_addr(),
         budget_bytes = args.cache_size,
         "Redstone is listening"
     );

@@ -32,6 +32,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use dashmap::DashMap;
 
+use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 use crate::Error;
 use clock::{ClockList, NodeId};
@@ -132,11 +133,10 @@ impl Engine {
 
     /// The bytes of budget a tensor stored under `key` is charged:
     /// payload + key + 8 per dimension + [`ENTRY_OVERHEAD`].
-    pub fn charge(key: &str, tensor: &Tensor) -> u64 {
-        tensor.meta().byte_size()
-            + key.len() as u64
-            + 8 * tensor.meta().shape().len() as u64
-            + ENTRY_OVERHEAD
+    /// It depends only on the key and the metadata, so a front end can
+    /// check it before receiving the payload.
+    pub fn charge(key: &str, meta: &TensorMeta) -> u64 {
+        meta.byte_size() + key.len() as u64 + 8 * meta.shape().len() as u64 + ENTRY_OVERHEAD
     }
 
     /// The byte budget.
@@ -175,7 +175,7 @@ impl Engine {
     /// nothing, if the tensor's charge exceeds the whole budget.
     pub fn put(&self, key: &str, tensor: Tensor) -> Result<(), Error> {
         validate_key(key)?;
-        let charge = Engine::charge(key, &tensor);
+        let charge = Engine::charge(key, tensor.meta());
         let limit = self.shared.memory_limit;
         if charge > limit {
             return Err(Error::OutOfMemory {
@@ -293,7 +293,10 @@ impl Engine {
     }
 }
 
-fn validate_key(key: &str) -> Result<(), Error> {
+/// Checks that `key` is a valid cache key: non-empty and at most
+/// [`MAX_KEY_LEN`] bytes. Every operation checks this; front ends may check
+/// it early.
+pub fn validate_key(key: &str) -> Result<(), Error> {
     if key.is_empty() {
         return Err(Error::InvalidKey("the key is empty".into()));
     }

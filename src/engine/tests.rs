@@ -12,7 +12,7 @@ fn bytes(n: usize, fill: u8) -> Tensor {
 /// A budget that holds exactly `n` entries of `size` payload bytes with
 /// single-character keys.
 fn budget_for(n: u64, size: usize) -> u64 {
-    n * Engine::charge("k", &bytes(size, 0))
+    n * Engine::charge("k", bytes(size, 0).meta())
 }
 
 #[test]
@@ -47,7 +47,7 @@ fn least_recently_used_goes_first() {
 
 #[test]
 fn a_hot_key_survives_a_stream_of_cold_puts() {
-    let cold = Engine::charge("c0000", &bytes(64, 0));
+    let cold = Engine::charge("c0000", bytes(64, 0).meta());
     let cache = Engine::new(budget_for(1, 64) + 9 * cold);
     cache.put("k", bytes(64, 1)).unwrap();
     for i in 0..1000 {
@@ -139,7 +139,7 @@ fn stats_count_hits_misses_and_memory() {
     let cache = Engine::new(10_000);
     assert_eq!(cache.stats().hit_rate, 0.0);
     let t = bytes(100, 0);
-    let charge = Engine::charge("a", &t);
+    let charge = Engine::charge("a", t.meta());
     cache.put("a", t).unwrap();
     cache.get("a").unwrap().unwrap();
     cache.get("a").unwrap().unwrap();
@@ -217,7 +217,7 @@ fn budget_holds_under_concurrent_puts_gets_and_deletes() {
                 .get(key.as_str())
                 .map(|e| e.tensor.clone())
             {
-                sum += Engine::charge(&key, &tensor);
+                sum += Engine::charge(&key, tensor.meta());
             }
         }
     }

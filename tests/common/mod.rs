@@ -7,6 +7,7 @@ use redstone::server::{Config, Server, ServerHandle};
 pub async fn start_server(limit: u64) -> ServerHandle {
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        tcp_addr: "127.0.0.1:0".parse().unwrap(),
         memory_limit: limit,
         ..Config::default()
     };

@@ -1,0 +1,306 @@
+//! Frames over a byte stream: a buffered reader that hands out payloads in
+//! allocations of their own, and a vectored writer.
+//!
+//! Both the server and the fast-path client use these. The protocol itself
+//! (what the bytes mean) lives in [`protocol`](crate::protocol).
+
+use std::collections::VecDeque;
+use std::io::{self, IoSlice};
+
+use bytes::{Buf, Bytes, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::protocol::{Limits, Prefix, ProtocolError, PREFIX_LEN};
+
+/// How much the reader asks the socket for at a time.
+const READ_CHUNK: usize = 64 * 1024;
+/// The most buffers handed to one `writev`.
+const MAX_IOV: usize = 64;
+
+/// Why a frame could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    /// The stream failed.
+    #[error("I/O: {0}")]
+    Io(#[from] io::Error),
+    /// The peer closed the stream in the middle of a frame.
+    #[error("the connection closed in the middle of a frame")]
+    Truncated,
+    /// The bytes are not a valid frame, or claim more than the limits.
+    #[error(transparent)]
+    Protocol(#[from] ProtocolError),
+}
+
+/// A frame's prefix and header bytes; its payload is still on the stream.
+#[derive(Debug)]
+pub struct Head {
+    /// The validated prefix.
+    pub prefix: Prefix,
+    /// The header bytes, not yet decoded.
+    pub header: BytesMut,
+}
+
+/// Reads frames from a stream; see the module docs.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    io: R,
+    /// Bytes read but not yet consumed.
+    buf: BytesMut,
+}
+
+impl<R: AsyncRead + Unpin> FrameReader<R> {
+    /// A reader over `io`.
+    pub fn new(io: R) -> FrameReader<R> {
+        FrameReader {
+            io,
+            buf: BytesMut::with_capacity(READ_CHUNK),
+        }
+    }
+
+    /// Reads the next prefix and header. `Ok(None)` is a clean end of stream
+    /// between frames. The prefix is checked against `limits` before the
+    /// header is read, so nothing is allocated for an oversize claim.
+    pub async fn read_head(&mut self, limits: &Limits) -> Result<Option<Head>, ReadError> {
+        let prefix = loop {
+            if let Some(prefix) = Prefix::parse(&self.buf)? {
+                break prefix;
+            }
+            if !self.fill().await? {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ReadError::Truncated)
+                };
+            }
+        };
+        limits.check(&prefix)?;
+        let header_len = prefix.header_len as usize;
+        while self.buf.len() < PREFIX_LEN + header_len {
+            if !self.fill().await? {
+                return Err(ReadError::Truncated);
+            }
+        }
+        self.buf.advance(PREFIX_LEN);
+        let header = self.buf.split_to(header_len);
+        Ok(Some(Head { prefix, header }))
+    }
+
+    /// Reads a payload of `len` bytes (already checked against the limits)
+    /// into a new allocation of exactly that size. What is already buffered
+    /// is copied; the rest is read from the stream straight into place.
+    pub async fn read_payload(&mut self, len: u64) -> Result<Bytes, ReadError> {
+        let len = usize::try_from(len).map_err(|_| ReadError::Truncated)?;
+        let mut payload = BytesMut::with_capacity(len);
+        let buffered = len.min(self.buf.len());
+        payload.extend_from_slice(&self.buf[..buffered]);
+        self.buf.advance(buffered);
+        while payload.len() < len {
+            let want = (len - payload.len()) as u64;
+            // `take` keeps the read inside this payload even if the
+            // allocator gave the buffer spare capacity.
+            let n = (&mut self.io).take(want).read_buf(&mut payload).await?;
+            if n == 0 {
+                return Err(ReadError::Truncated);
+            }
+        }
+        Ok(payload.freeze())
+    }
+
+    /// Reads a payload of `len` bytes straight into `dst`, which must be
+    /// exactly `len` bytes long.
+    pub async fn read_payload_into(&mut self, dst: &mut [u8]) -> Result<(), ReadError> {
+        let buffered = dst.len().min(self.buf.len());
+        dst[..buffered].copy_from_slice(&self.buf[..buffered]);
+        self.buf.advance(buffered);
+        let rest = &mut dst[buffered..];
+        if !rest.is_empty() {
+            self.io.read_exact(rest).await.map_err(|e| match e.kind() {
+                io::ErrorKind::UnexpectedEof => ReadError::Truncated,
+                _ => ReadError::Io(e),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Reads and discards `len` payload bytes, in bounded chunks.
+    pub async fn skip_payload(&mut self, mut len: u64) -> Result<(), ReadError> {
+        loop {
+            let buffered = len.min(self.buf.len() as u64) as usize;
+            self.buf.advance(buffered);
+            len -= buffered as u64;
+            if len == 0 {
+                return Ok(());
+            }
+            if !self.fill().await? {
+                return Err(ReadError::Truncated);
+            }
+        }
+    }
+
+    /// Reads more bytes into the buffer; `false` at end of stream.
+    async fn fill(&mut self) -> Result<bool, ReadError> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        Ok(self.io.read_buf(&mut self.buf).await? > 0)
+    }
+}
+
+/// A frame to send: its head (prefix and header) and its payload, kept
+/// apart so the payload goes out from its own buffer.
+#[derive(Debug, Clone)]
+pub struct OutFrame {
+    /// Prefix and header bytes.
+    pub head: Bytes,
+    /// The payload; empty for most frames.
+    pub payload: Bytes,
+}
+
+/// Writes every frame in `frames` with vectored writes: heads and payloads
+/// go to the kernel as they are, many frames per system call, without
+/// copying a payload into a staging buffer.
+pub async fn write_frames<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    frames: impl IntoIterator<Item = OutFrame>,
+) -> io::Result<()> {
+    let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    for frame in frames {
+        chunks.push_back(frame.head);
+        if !frame.payload.is_empty() {
+            chunks.push_back(frame.payload);
+        }
+    }
+    while !chunks.is_empty() {
+        let slices: Vec<IoSlice<'_>> = chunks.iter().take(MAX_IOV).map(|c| IoSlice::new(c)).collect();
+        let mut written = io.write_vectored(&slices).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        while written > 0 {
+            let Some(front) = chunks.front_mut() else { break };
+            if written >= front.len() {
+                written -= front.len();
+                chunks.pop_front();
+            } else {
+                front.advance(written);
+                written = 0;
+            }
+        }
+    }
+    io.flush().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::protocol::{encode_head, Opcode, Status};
+
+    const LIMITS: Limits = Limits {
+        max_header: 1024,
+        max_payload: 1 << 20,
+    };
+
+    fn frame(id: u64, header: &[u8], payload: &[u8]) -> Vec<u8> {
+        let mut out = encode_head(Opcode::Put, 0, id, header, payload.len() as u64);
+        out.extend_from_slice(payload);
+        out
+    }
+
+    #[tokio::test]
+    async fn reads_frames_split_at_every_boundary() {
+        let mut wire = frame(1, b"hdr", b"payload-one");
+        wire.extend(frame(2, b"", b""));
+        wire.extend(frame(3, b"h3", &[9u8; 300]));
+        for chunk in [1, 2, 7, 31, 32, 33, 1000] {
+            let (mut tx, rx) = tokio::io::duplex(chunk);
+            let wire2 = wire.clone();
+            let writer = tokio::spawn(async move {
+                for piece in wire2.chunks(chunk) {
+                    tx.write_all(piece).await.unwrap();
+                }
+            });
+            let mut reader = FrameReader::new(rx);
+            let h = reader.read_head(&LIMITS).await.unwrap().unwrap();
+            assert_eq!((h.prefix.request_id, &h.header[..]), (1, &b"hdr"[..]));
+            assert_eq!(&reader.read_payload(11).await.unwrap()[..], b"payload-one");
+            let h = reader.read_head(&LIMITS).await.unwrap().unwrap();
+            assert_eq!((h.prefix.request_id, h.header.len()), (2, 0));
+            assert!(reader.read_payload(0).await.unwrap().is_empty());
+            let h = reader.read_head(&LIMITS).await.unwrap().unwrap();
+            assert_eq!(h.prefix.request_id, 3);
+            let mut dst = vec![0u8; 300];
+            reader.read_payload_into(&mut dst).await.unwrap();
+            assert_eq!(dst, vec![9u8; 300]);
+            writer.await.unwrap();
+            assert!(reader.read_head(&LIMITS).await.unwrap().is_none(), "clean EOF");
+        }
+    }
+
+    #[tokio::test]
+    async fn payload_gets_an_exact_allocation() {
+        let wire = frame(1, b"", &[5u8; 100_000]);
+        let mut reader = FrameReader::new(&wire[..]);
+        let h = reader.read_head(&LIMITS).await.unwrap().unwrap();
+        let payload = reader.read_payload(h.prefix.payload_len).await.unwrap();
+        assert_eq!(payload.len(), 100_000);
+        // Its own allocation: converting back to a unique BytesMut shows the
+        // capacity is exactly the length.
+        let owned = payload.try_into_mut().expect("unique");
+        assert_eq!(owned.capacity(), 100_000);
+    }
+
+    #[tokio::test]
+    async fn eof_mid_frame_is_truncated_and_oversize_claims_are_refused() {
+        let wire = frame(1, b"abc", b"0123456789");
+        for cut in 1..wire.len() {
+            let mut reader = FrameReader::new(&wire[..cut]);
+            let result = match reader.read_head(&LIMITS).await {
+                Ok(Some(h)) => reader.read_payload(h.prefix.payload_len).await.map(|_| ()),
+                Ok(None) => panic!("a cut frame is not a clean EOF"),
+                Err(e) => Err(e),
+            };
+            assert!(matches!(result, Err(ReadError::Truncated)), "cut at {cut}");
+        }
+        let mut huge = encode_head(Opcode::Put, 0, 7, b"", 1 << 63);
+        huge.extend_from_slice(&[0u8; 16]);
+        let err = FrameReader::new(&huge[..]).read_head(&LIMITS).await.unwrap_err();
+        match err {
+            ReadError::Protocol(e) => assert_eq!((e.status, e.request_id), (Status::TooLarge, 7)),
+            other => panic!("{other}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn skip_payload_resynchronises() {
+        let mut wire = frame(1, b"", &[1u8; 200_000]);
+        wire.extend(frame(2, b"x", b"y"));
+        let mut reader = FrameReader::new(&wire[..]);
+        let h = reader.read_head(&LIMITS).await.unwrap().unwrap();
+        reader.skip_payload(h.prefix.payload_len).await.unwrap();
+        let h = reader.read_head(&LIMITS).await.unwrap().unwrap();
+        assert_eq!(h.prefix.request_id, 2);
+    }
+
+    #[tokio::test]
+    async fn vectored_writer_sends_everything_in_order() {
+        let (mut tx, mut rx) = tokio::io::duplex(4096);
+        let frames: Vec<OutFrame> = (0..200u8)
+            .map(|i| OutFrame {
+                head: Bytes::from(vec![i; 3]),
+                payload: Bytes::from(vec![i; i as usize * 10]),
+            })
+            .collect();
+        let expected: Vec<u8> = frames
+            .iter()
+            .flat_map(|f| f.head.iter().chain(f.payload.iter()).copied())
+            .collect();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            rx.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        write_frames(&mut tx, frames).await.unwrap();
+        drop(tx);
+        assert_eq!(reader.await.unwrap(), expected);
+    }
+}

@@ -1,0 +1,205 @@
+//! The fixed frame prefix: sans-IO encode and parse.
+//!
+//! ```text
+//! offset size  field
+//!  0      4    magic        b"RSTN"
+//!  4      1    version      1
+//!  5      1    opcode       see `Opcode`
+//!  6      1    flags        bit 0 RESPONSE, bit 1 END; other bits 0
+//!  7      1    reserved     0
+//!  8      8    request_id   u64, chosen by the client, echoed by the server
+//! 16      4    header_len   u32, bytes of rkyv header that follow
+//! 20      4    reserved     0
+//! 24      8    payload_len  u64, bytes of raw payload after the header
+//! ```
+//! All integers are little-endian. See `docs/PROTOCOL.md`.
+
+use super::{ProtocolError, Status};
+
+/// The four bytes every frame starts with.
+pub const MAGIC: [u8; 4] = *b"RSTN";
+/// The protocol version this crate speaks.
+pub const VERSION: u8 = 1;
+/// The prefix length in bytes.
+pub const PREFIX_LEN: usize = 32;
+
+/// Set on every frame the server sends.
+pub const FLAG_RESPONSE: u8 = 1;
+/// Set on the last frame of a response (every response but a batch GET's
+/// non-final frames).
+pub const FLAG_END: u8 = 2;
+const KNOWN_FLAGS: u8 = FLAG_RESPONSE | FLAG_END;
+
+/// What a frame asks for (or answers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum Opcode {
+    /// Liveness check; no header, no payload.
+    Ping = 1,
+    /// Read one tensor.
+    Get = 2,
+    /// Store one tensor; the payload is its bytes.
+    Put = 3,
+    /// Remove one key.
+    Delete = 4,
+    /// Read the cache's counters.
+    Stats = 5,
+    /// Read many tensors; answered by one frame per key.
+    GetMany = 6,
+}
+
+impl Opcode {
+    /// The opcode for a byte, if it names one.
+    pub fn from_u8(byte: u8) -> Option<Opcode> {
+        Some(match byte {
+            1 => Opcode::Ping,
+            2 => Opcode::Get,
+            3 => Opcode::Put,
+            4 => Opcode::Delete,
+            5 => Opcode::Stats,
+            6 => Opcode::GetMany,
+            _ => return None,
+        })
+    }
+}
+
+/// A decoded prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Prefix {
+    /// The opcode.
+    pub opcode: Opcode,
+    /// `FLAG_*` bits.
+    pub flags: u8,
+    /// Matches a response to its request.
+    pub request_id: u64,
+    /// Bytes of rkyv header after the prefix.
+    pub header_len: u32,
+    /// Bytes of raw payload after the header.
+    pub payload_len: u64,
+}
+
+impl Prefix {
+    /// Whether this frame is a response.
+    pub fn is_response(&self) -> bool {
+        self.flags & FLAG_RESPONSE != 0
+    }
+
+    /// Whether this frame ends its response.
+    pub fn is_end(&self) -> bool {
+        self.flags & FLAG_END != 0
+    }
+
+    /// The 32 bytes on the wire.
+    pub fn encode(&self) -> [u8; PREFIX_LEN] {
+        let mut out = [0u8; PREFIX_LEN];
+        out[0..4].copy_from_slice(&MAGIC);
+        out[4] = VERSION;
+        out[5] = self.opcode as u8;
+        out[6] = self.flags;
+        out[8..16].copy_from_slice(&self.request_id.to_le_bytes());
+        out[16..20].copy_from_slice(&self.header_len.to_le_bytes());
+        out[24..32].copy_from_slice(&self.payload_len.to_le_bytes());
+        out
+    }
+
+    /// Parses a prefix from the start of `buf`: `Ok(None)` if fewer than
+    /// [`PREFIX_LEN`] bytes are there yet.
+    ///
+    /// Limits are not checked here; see [`Limits::check`](super::Limits::check).
+    pub fn parse(buf: &[u8]) -> Result<Option<Prefix>, ProtocolError> {
+        let Some(bytes) = buf.get(..PREFIX_LEN) else {
+            return Ok(None);
+        };
+        let u32_at = |i: usize| u32::from_le_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+        let u64_at = |i: usize| {
+            let mut b = [0u8; 8];
+            b.copy_from_slice(&bytes[i..i + 8]);
+            u64::from_le_bytes(b)
+        };
+        let request_id = u64_at(8);
+        if bytes[0..4] != MAGIC {
+            return Err(ProtocolError::new(
+                Status::Malformed,
+                0,
+                "the frame does not start with the magic bytes RSTN",
+            ));
+        }
+        if bytes[4] != VERSION {
+            return Err(ProtocolError::new(
+                Status::UnsupportedVersion,
+                request_id,
+                format!(
+                    "protocol version {} is not supported; this server speaks version {VERSION}",
+                    bytes[4]
+                ),
+            ));
+        }
+        let opcode = Opcode::from_u8(bytes[5]).ok_or_else(|| {
+            ProtocolError::new(
+                Status::UnknownOpcode,
+                request_id,
+                format!("unknown opcode {}", bytes[5]),
+            )
+        })?;
+        let flags = bytes[6];
+        if flags & !KNOWN_FLAGS != 0 || bytes[7] != 0 || u32_at(20) != 0 {
+            return Err(ProtocolError::new(
+                Status::Malformed,
+                request_id,
+                "unknown flags or nonzero reserved bytes in the prefix",
+            ));
+        }
+        Ok(Some(Prefix {
+            opcode,
+            flags,
+            request_id,
+            header_len: u32_at(16),
+            payload_len: u64_at(24),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip_and_short_input() {
+        let p = Prefix {
+            opcode: Opcode::Put,
+            flags: FLAG_RESPONSE | FLAG_END,
+            request_id: u64::MAX - 3,
+            header_len: 77,
+            payload_len: 1 << 40,
+        };
+        let bytes = p.encode();
+        assert_eq!(Prefix::parse(&bytes).unwrap(), Some(p));
+        for n in 0..PREFIX_LEN {
+            assert_eq!(Prefix::parse(&bytes[..n]).unwrap(), None);
+        }
+    }
+
+    #[test]
+    fn bad_prefixes_are_typed_errors() {
+        let good = Prefix {
+            opcode: Opcode::Get,
+            flags: 0,
+            request_id: 9,
+            header_len: 1,
+            payload_len: 0,
+        }
+        .encode();
+        let with = |i: usize, b: u8| {
+            let mut x = good;
+            x[i] = b;
+            Prefix::parse(&x).unwrap_err().status
+        };
+        assert_eq!(with(0, b'X'), Status::Malformed);
+        assert_eq!(with(4, 2), Status::UnsupportedVersion);
+        assert_eq!(with(5, 0), Status::UnknownOpcode);
+        assert_eq!(with(5, 200), Status::UnknownOpcode);
+        assert_eq!(with(6, 4), Status::Malformed);
+        assert_eq!(with(7, 1), Status::Malformed);
+        assert_eq!(with(21, 1), Status::Malformed);
+    }
+}

@@ -1,0 +1,79 @@
+//! The fast-path wire protocol, sans I/O: frames in, typed values out.
+//!
+//! A frame is a 32-byte [`Prefix`], then `header_len` bytes of rkyv-archived
+//! header ([`Request`] or [`Response`]), then `payload_len` bytes of raw
+//! tensor data. `docs/PROTOCOL.md` specifies it byte by byte.
+//!
+//! - `frame`: the prefix, opcodes and flags.
+//! - `header`: the rkyv header types and their checked decoding.
+//! - `status`: response codes and the one mapping from [`Error`](crate::Error).
+
+mod frame;
+mod header;
+mod status;
+
+pub use frame::{Opcode, Prefix, FLAG_END, FLAG_RESPONSE, MAGIC, PREFIX_LEN, VERSION};
+pub use header::{
+    decode_request, decode_response, encode, Body, Request, Response, WireMeta, WireStats,
+};
+pub use status::{ProtocolError, Status};
+
+/// Size limits checked against a prefix before anything it claims is read
+/// or allocated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// The largest header accepted, in bytes.
+    pub max_header: u32,
+    /// The largest payload accepted, in bytes.
+    pub max_payload: u64,
+}
+
+impl Limits {
+    /// Fails with [`Status::TooLarge`] if the prefix claims more than the
+    /// limits allow.
+    pub fn check(&self, prefix: &Prefix) -> Result<(), ProtocolError> {
+        if prefix.header_len > self.max_header {
+            return Err(ProtocolError::new(
+                Status::TooLarge,
+                prefix.request_id,
+                format!(
+                    "the header is {} bytes, the limit is {}",
+                    prefix.header_len, self.max_header
+                ),
+            ));
+        }
+        if prefix.payload_len > self.max_payload {
+            return Err(ProtocolError::new(
+                Status::TooLarge,
+                prefix.request_id,
+                format!(
+                    "the payload is {} bytes, the limit is {}",
+                    prefix.payload_len, self.max_payload
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Encodes a whole frame head: the prefix followed by `header`. The payload,
+/// if any, is sent after it from its own buffer.
+pub fn encode_head(
+    opcode: Opcode,
+    flags: u8,
+    request_id: u64,
+    header: &[u8],
+    payload_len: u64,
+) -> Vec<u8> {
+    let prefix = Prefix {
+        opcode,
+        flags,
+        request_id,
+        header_len: header.len() as u32,
+        payload_len,
+    };
+    let mut head = Vec::with_capacity(PREFIX_LEN + header.len());
+    head.extend_from_slice(&prefix.encode());
+    head.extend_from_slice(header);
+    head
+}

@@ -1,0 +1,126 @@
+//! Response status codes, and the one mapping of [`Error`] onto them.
+
+use crate::Error;
+
+/// The outcome of a request, carried in every response header.
+///
+/// Codes are stable: new ones are added at the end, none is renumbered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u16)]
+pub enum Status {
+    /// Success.
+    Ok = 0,
+    /// The key is not cached.
+    NotFound = 1,
+    /// The key is already cached (tensors are put-once).
+    AlreadyExists = 2,
+    /// The tensor is larger than the whole cache; nothing was evicted.
+    OutOfMemory = 3,
+    /// The key is empty or too long.
+    InvalidKey = 4,
+    /// The metadata names an unknown dtype or layout, or overflows.
+    InvalidMetadata = 5,
+    /// The payload length differs from the metadata's byte size.
+    InvalidSize = 6,
+    /// A header or payload length exceeds the server's limits. Fatal: the
+    /// connection is closed after this response.
+    TooLarge = 7,
+    /// The frame or its header could not be decoded. Fatal.
+    Malformed = 8,
+    /// The frame's protocol version is not spoken here. Fatal.
+    UnsupportedVersion = 9,
+    /// The opcode is unknown. Fatal.
+    UnknownOpcode = 10,
+    /// The server is at its connection limit. Fatal.
+    Busy = 11,
+    /// The server is shutting down. Fatal.
+    ShuttingDown = 12,
+    /// The connection was idle or too slow for too long. Fatal.
+    Timeout = 13,
+    /// A server-side failure that is not the request's fault.
+    Internal = 14,
+}
+
+impl Status {
+    /// Every status, in code order.
+    pub const ALL: [Status; 15] = [
+        Status::Ok,
+        Status::NotFound,
+        Status::AlreadyExists,
+        Status::OutOfMemory,
+        Status::InvalidKey,
+        Status::InvalidMetadata,
+        Status::InvalidSize,
+        Status::TooLarge,
+        Status::Malformed,
+        Status::UnsupportedVersion,
+        Status::UnknownOpcode,
+        Status::Busy,
+        Status::ShuttingDown,
+        Status::Timeout,
+        Status::Internal,
+    ];
+
+    /// The status with wire code `code`; unknown codes read as `Internal`.
+    pub fn from_code(code: u16) -> Status {
+        Status::ALL
+            .into_iter()
+            .find(|s| *s as u16 == code)
+            .unwrap_or(Status::Internal)
+    }
+
+    /// The status for an engine error. This is the only place the mapping
+    /// is made for the fast path.
+    pub fn from_error(err: &Error) -> Status {
+        match err {
+            Error::AlreadyExists(_) => Status::AlreadyExists,
+            Error::OutOfMemory { .. } => Status::OutOfMemory,
+            Error::InvalidKey(_) => Status::InvalidKey,
+            Error::InvalidTensorMetadata(_) => Status::InvalidMetadata,
+            Error::InvalidSize { .. } => Status::InvalidSize,
+            Error::TypeMismatch { .. } | Error::Misaligned { .. } => Status::Internal,
+        }
+    }
+}
+
+/// A request-level or connection-level failure, ready to be sent as an
+/// error response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status:?}: {message}")]
+pub struct ProtocolError {
+    /// The status to answer with.
+    pub status: Status,
+    /// The request it answers (0 if the prefix could not be read).
+    pub request_id: u64,
+    /// A human-readable explanation.
+    pub message: String,
+}
+
+impl ProtocolError {
+    /// A new error.
+    pub fn new(status: Status, request_id: u64, message: impl Into<String>) -> ProtocolError {
+        ProtocolError {
+            status,
+            request_id,
+            message: message.into(),
+        }
+    }
+
+    /// An engine error as an answer to `request_id`.
+    pub fn from_error(err: &Error, request_id: u64) -> ProtocolError {
+        ProtocolError::new(Status::from_error(err), request_id, err.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip() {
+        for s in Status::ALL {
+            assert_eq!(Status::from_code(s as u16), s);
+        }
+        assert_eq!(Status::from_code(999), Status::Internal);
+    }
+}
