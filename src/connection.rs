@@ -171,13 +171,19 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
         }
     }
     while !chunks.is_empty() {
-        let slices: Vec<IoSlice<'_>> = chunks.iter().take(MAX_IOV).map(|c| IoSlice::new(c)).collect();
+        let slices: Vec<IoSlice<'_>> = chunks
+            .iter()
+            .take(MAX_IOV)
+            .map(|c| IoSlice::new(c))
+            .collect();
         let mut written = io.write_vectored(&slices).await?;
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
         while written > 0 {
-            let Some(front) = chunks.front_mut() else { break };
+            let Some(front) = chunks.front_mut() else {
+                break;
+            };
             if written >= front.len() {
                 written -= front.len();
                 chunks.pop_front();
@@ -188,6 +194,25 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
         }
     }
     io.flush().await
+}
+
+/// Drains a queue of frames onto `writer`: waits for one frame, takes
+/// whatever else is already queued (up to a bound) and writes them all with
+/// vectored writes, so pipelined small responses share system calls. Shuts
+/// the writer down when every sender is gone; stops at the first error.
+pub async fn write_loop<W: AsyncWrite + Unpin>(
+    mut writer: W,
+    mut rx: tokio::sync::mpsc::Receiver<OutFrame>,
+) {
+    const BATCH: usize = 32;
+    let mut batch = Vec::with_capacity(BATCH);
+    while rx.recv_many(&mut batch, BATCH).await > 0 {
+        if let Err(e) = write_frames(&mut writer, batch.drain(..)).await {
+            tracing::debug!("write failed: {e}");
+            return;
+        }
+    }
+    writer.shutdown().await.ok();
 }
 
 #[cfg(test)]
@@ -232,7 +257,10 @@ mod tests {
             reader.read_payload_into(&mut dst).await.unwrap();
             assert_eq!(dst, vec![9u8; 300]);
             writer.await.unwrap();
-            assert!(reader.read_head(&LIMITS).await.unwrap().is_none(), "clean EOF");
+            assert!(
+                reader.read_head(&LIMITS).await.unwrap().is_none(),
+                "clean EOF"
+            );
         }
     }
 
@@ -263,7 +291,10 @@ mod tests {
         }
         let mut huge = encode_head(Opcode::Put, 0, 7, b"", 1 << 63);
         huge.extend_from_slice(&[0u8; 16]);
-        let err = FrameReader::new(&huge[..]).read_head(&LIMITS).await.unwrap_err();
+        let err = FrameReader::new(&huge[..])
+            .read_head(&LIMITS)
+            .await
+            .unwrap_err();
         match err {
             ReadError::Protocol(e) => assert_eq!((e.status, e.request_id), (Status::TooLarge, 7)),
             other => panic!("{other}"),

@@ -2,27 +2,45 @@
 //!
 //! Puts a 100×768 f32 tensor, reads it back and checks every byte, prints
 //! the server's stats, deletes the tensor, and exits 0. Exits 1 with a clear
-//! message if no server answers.
+//! message if no server answers. `--tcp` uses the fast path instead of gRPC.
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use redstone::client::RemoteCacheClient;
+use redstone::client::{FastClient, RemoteCacheClient, TensorStore};
 use redstone::tensor::Tensor;
 
 /// Exercise a running Redstone server: put, get (verified), stats, delete.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
-    /// The server's gRPC address.
-    #[arg(long, default_value = "127.0.0.1:50051")]
-    addr: String,
+    /// The server's address. Default: 127.0.0.1:50051 (gRPC), or
+    /// 127.0.0.1:50052 with --tcp.
+    #[arg(long)]
+    addr: Option<String>,
+
+    /// Use the fast path (binary TCP protocol) instead of gRPC.
+    #[arg(long)]
+    tcp: bool,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    match run(&args).await {
+    let result = if args.tcp {
+        let addr = args.addr.unwrap_or_else(|| "127.0.0.1:50052".into());
+        match FastClient::connect(addr.as_str()).await {
+            Ok(client) => tour(&client, &addr, "fast path").await,
+            Err(e) => Err(not_running(e)),
+        }
+    } else {
+        let addr = args.addr.unwrap_or_else(|| "127.0.0.1:50051".into());
+        match RemoteCacheClient::connect(addr.as_str()).await {
+            Ok(client) => tour(&client, &addr, "gRPC").await,
+            Err(e) => Err(not_running(e)),
+        }
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");
@@ -31,22 +49,26 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
-    let client = RemoteCacheClient::connect(args.addr.as_str())
-        .await
-        .map_err(|e| format!("{e}\n(start one with: cargo run --release --bin server)"))?;
-    println!("connected to {}", args.addr);
+fn not_running(e: redstone::client::ClientError) -> Box<dyn std::error::Error> {
+    format!("{e}\n(start one with: cargo run --release --bin server)").into()
+}
 
+async fn tour(
+    store: &impl TensorStore,
+    addr: &str,
+    transport: &str,
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!("connected to {addr} ({transport})");
     let key = format!("redstone-client-demo:{}", std::process::id());
     let values: Vec<f32> = (0..100 * 768).map(|i| i as f32 * 0.5).collect();
     let tensor = Tensor::from_slice::<f32>(vec![100, 768], &values)?;
     let expected = tensor.data().clone();
 
-    client.put_tensor(key.as_str(), tensor).await?;
+    store.put_tensor(&key, tensor).await?;
     println!("put    {key}: f32 [100, 768], {} bytes", expected.len());
 
-    let got = client
-        .get(key.as_str())
+    let got = store
+        .get(&key)
         .await?
         .ok_or("the tensor just stored is missing")?;
     if got.data() != &expected || got.meta().shape() != [100, 768] {
@@ -58,7 +80,7 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         expected.len()
     );
 
-    let stats = client.get_stats().await?;
+    let stats = store.stats().await?;
     println!(
         "stats  entries {}, memory {} / {} bytes ({:.2}%), hit rate {:.1}%, evictions {}",
         stats.entries,
@@ -69,7 +91,7 @@ async fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         stats.evictions
     );
 
-    let deleted = client.delete(key.as_str()).await?;
+    let deleted = store.delete(&key).await?;
     println!("delete {key}: {deleted}");
     if !deleted {
         return Err("the delete found nothing to remove".into());

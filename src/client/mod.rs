@@ -1,11 +1,17 @@
 //! Clients for a Redstone server.
 //!
-//! [`RemoteCacheClient`] speaks the gRPC API. Errors come back as
-//! [`ClientError`], one variant per outcome a caller may want to handle.
+//! [`RemoteCacheClient`] speaks the gRPC API, [`FastClient`] the fast path.
+//! Both implement [`TensorStore`], so code written against the trait
+//! switches transports by changing the line that connects. Errors come back
+//! as [`ClientError`], one variant per outcome a caller may want to handle.
 
+mod fast;
 mod grpc;
+mod store;
 
+pub use fast::{FastClient, FastClientOptions};
 pub use grpc::RemoteCacheClient;
+pub use store::TensorStore;
 
 use tonic::{Code, Status};
 
@@ -30,6 +36,13 @@ pub enum ClientError {
     /// (`INVALID_ARGUMENT`).
     #[error("{0}")]
     InvalidArgument(String),
+    /// The request claims more than the server's limits (fast path); the
+    /// server closes the connection after saying so.
+    #[error("{0}")]
+    TooLarge(String),
+    /// No reply within the request timeout.
+    #[error("no reply within {0:?}")]
+    Timeout(std::time::Duration),
     /// The request was invalid before it was sent (bad key, size mismatch).
     #[error(transparent)]
     Invalid(#[from] crate::Error),

@@ -12,11 +12,11 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, watch};
 
 use super::{stopped, FastConfig};
-use crate::connection::{write_frames, FrameReader, OutFrame, ReadError};
+use crate::connection::{write_loop, FrameReader, OutFrame, ReadError};
 use crate::engine::{validate_key, Engine};
 use crate::protocol::{
     decode_request, encode, encode_head, Body, Limits, Opcode, Prefix, ProtocolError, Request,
@@ -119,13 +119,21 @@ async fn fail(tx: &mpsc::Sender<OutFrame>, opcode: Opcode, err: ReadError) {
 fn check_framing(prefix: &Prefix, request: Request) -> Result<Request, ProtocolError> {
     let id = prefix.request_id;
     if prefix.is_response() {
-        return Err(ProtocolError::new(Status::Malformed, id, "a client sent a response frame"));
+        return Err(ProtocolError::new(
+            Status::Malformed,
+            id,
+            "a client sent a response frame",
+        ));
     }
     if request.opcode() != prefix.opcode {
         return Err(ProtocolError::new(
             Status::Malformed,
             id,
-            format!("the prefix says {:?} but the header is {:?}", prefix.opcode, request.opcode()),
+            format!(
+                "the prefix says {:?} but the header is {:?}",
+                prefix.opcode,
+                request.opcode()
+            ),
         ));
     }
     if prefix.opcode != Opcode::Put && prefix.payload_len != 0 {
@@ -149,12 +157,16 @@ async fn handle<R: AsyncRead + Unpin>(
 ) -> Result<(), ReadError> {
     let id = prefix.request_id;
     let opcode = prefix.opcode;
-    let reply = |response: Response, payload: Bytes| response_frame(opcode, FLAG_END, id, &response, payload);
+    let reply = |response: Response, payload: Bytes| {
+        response_frame(opcode, FLAG_END, id, &response, payload)
+    };
     let frame = match request {
         Request::Ping => reply(Response::ok(Body::Empty), Bytes::new()),
         Request::Get { key } => get_frame(engine, &key, opcode, FLAG_END, id, 0),
         Request::Put { key, meta } => {
-            let checked = TensorMeta::try_from(meta).and_then(|meta| precheck_put(engine, &key, &meta, prefix.payload_len).map(|()| meta));
+            let checked = TensorMeta::try_from(meta).and_then(|meta| {
+                precheck_put(engine, &key, &meta, prefix.payload_len).map(|()| meta)
+            });
             match checked {
                 Err(e) => {
                     // Refused before reading: skip the payload without
@@ -175,7 +187,10 @@ async fn handle<R: AsyncRead + Unpin>(
             Ok(deleted) => reply(Response::ok(Body::Deleted(deleted)), Bytes::new()),
             Err(e) => error_frame(opcode, &ProtocolError::from_error(&e, id)),
         },
-        Request::Stats => reply(Response::ok(Body::Stats(engine.stats().into())), Bytes::new()),
+        Request::Stats => reply(
+            Response::ok(Body::Stats(engine.stats().into())),
+            Bytes::new(),
+        ),
         Request::GetMany { keys } => {
             if keys.is_empty() {
                 reply(Response::ok(Body::Empty), Bytes::new())
@@ -201,7 +216,12 @@ async fn send(tx: &mpsc::Sender<OutFrame>, frame: OutFrame) -> Result<(), ReadEr
 
 /// Everything a PUT can be refused for that is known before its payload
 /// arrives, so that a refused payload is never allocated.
-fn precheck_put(engine: &Engine, key: &str, meta: &TensorMeta, payload_len: u64) -> Result<(), Error> {
+fn precheck_put(
+    engine: &Engine,
+    key: &str,
+    meta: &TensorMeta,
+    payload_len: u64,
+) -> Result<(), Error> {
     validate_key(key)?;
     if meta.byte_size() != payload_len {
         return Err(Error::InvalidSize {
@@ -224,26 +244,51 @@ fn precheck_put(engine: &Engine, key: &str, meta: &TensorMeta, payload_len: u64)
 
 /// The frame answering a GET of `key` (or one key of a batch): the stored
 /// payload is attached as is, a reference to the engine's own buffer.
-fn get_frame(engine: &Engine, key: &str, opcode: Opcode, flags: u8, id: u64, index: u32) -> OutFrame {
+fn get_frame(
+    engine: &Engine,
+    key: &str,
+    opcode: Opcode,
+    flags: u8,
+    id: u64,
+    index: u32,
+) -> OutFrame {
     let (mut response, payload) = match engine.get(key) {
         Ok(Some(tensor)) => {
             let (meta, data) = tensor.into_parts();
             (Response::ok(Body::Tensor((&meta).into())), data)
         }
         Ok(None) => (
-            Response::error(Status::NotFound, format!("NotFound: key {key:?} is not cached")),
+            Response::error(
+                Status::NotFound,
+                format!("NotFound: key {key:?} is not cached"),
+            ),
             Bytes::new(),
         ),
-        Err(e) => (Response::error(Status::from_error(&e), e.to_string()), Bytes::new()),
+        Err(e) => (
+            Response::error(Status::from_error(&e), e.to_string()),
+            Bytes::new(),
+        ),
     };
     response.index = index;
     response_frame(opcode, flags, id, &response, payload)
 }
 
 /// A response frame: encoded head plus the payload as given.
-pub(crate) fn response_frame(opcode: Opcode, flags: u8, id: u64, response: &Response, payload: Bytes) -> OutFrame {
+pub(crate) fn response_frame(
+    opcode: Opcode,
+    flags: u8,
+    id: u64,
+    response: &Response,
+    payload: Bytes,
+) -> OutFrame {
     let header = encode(response);
-    let head = encode_head(opcode, flags | FLAG_RESPONSE, id, &header, payload.len() as u64);
+    let head = encode_head(
+        opcode,
+        flags | FLAG_RESPONSE,
+        id,
+        &header,
+        payload.len() as u64,
+    );
     OutFrame {
         head: Bytes::from(head),
         payload,
@@ -254,18 +299,4 @@ pub(crate) fn response_frame(opcode: Opcode, flags: u8, id: u64, response: &Resp
 pub(crate) fn error_frame(opcode: Opcode, err: &ProtocolError) -> OutFrame {
     let response = Response::error(err.status, err.message.clone());
     response_frame(opcode, FLAG_END, err.request_id, &response, Bytes::new())
-}
-
-/// Drains the queue: waits for one frame, then takes whatever else is
-/// already queued (up to a bound) and writes them all with one `writev`.
-async fn write_loop<W: AsyncWrite + Unpin>(mut writer: W, mut rx: mpsc::Receiver<OutFrame>) {
-    const BATCH: usize = 32;
-    let mut batch = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        if let Err(e) = write_frames(&mut writer, batch.drain(..)).await {
-            tracing::debug!("write failed: {e}");
-            return;
-        }
-    }
-    writer.shutdown().await.ok();
 }

@@ -92,7 +92,10 @@ pub(crate) async fn serve(
     drop(listener);
     // Every permit back means every connection has finished.
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
-    if tokio::time::timeout(grace, permits.acquire_many(all)).await.is_err() {
+    if tokio::time::timeout(grace, permits.acquire_many(all))
+        .await
+        .is_err()
+    {
         tracing::warn!("fast-path connections still open after the grace period");
     }
 }

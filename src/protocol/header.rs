@@ -131,7 +131,11 @@ impl From<WireStats> for Stats {
             hits: s.hits,
             misses: s.misses,
             evictions: s.evictions,
-            hit_rate: if lookups == 0 { 0.0 } else { s.hits as f64 / lookups as f64 },
+            hit_rate: if lookups == 0 {
+                0.0
+            } else {
+                s.hits as f64 / lookups as f64
+            },
             memory_utilization: if s.memory_limit == 0 {
                 0.0
             } else {
@@ -198,7 +202,11 @@ impl Response {
 pub fn encode<T>(header: &T) -> AlignedVec
 where
     T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<AlignedVec, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            rancor::Error,
+        >,
     >,
 {
     // Serializing plain structs into a growable vector cannot fail.
@@ -245,11 +253,19 @@ mod tests {
             Request::Get { key: "k".into() },
             Request::Put {
                 key: "ключ".into(),
-                meta: WireMeta { dtype: 1, layout: 2, shape: vec![3, 4] },
+                meta: WireMeta {
+                    dtype: 1,
+                    layout: 2,
+                    shape: vec![3, 4],
+                },
             },
-            Request::Delete { key: "x".repeat(4096) },
+            Request::Delete {
+                key: "x".repeat(4096),
+            },
             Request::Stats,
-            Request::GetMany { keys: vec!["a".into(), "b".into()] },
+            Request::GetMany {
+                keys: vec!["a".into(), "b".into()],
+            },
         ];
         for r in requests {
             let bytes = encode(&r);
@@ -279,7 +295,9 @@ mod tests {
 
     #[test]
     fn garbage_and_truncation_are_malformed_not_panics() {
-        let bytes = encode(&Request::Get { key: "hello".into() });
+        let bytes = encode(&Request::Get {
+            key: "hello".into(),
+        });
         for n in 0..bytes.len() {
             if let Err(e) = decode_request(&bytes[..n], 5) {
                 assert_eq!(e.status, Status::Malformed);

@@ -1,0 +1,469 @@
+//! The fast-path client: one multiplexed TCP connection shared by clones.
+//!
+//! Each call registers its request id, queues its frame for the writer task
+//! and waits for the reader task to route the reply back. Calls from many
+//! tasks are pipelined on the one connection; replies are matched by id, in
+//! whatever order they come.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio::sync::{mpsc, oneshot};
+
+use super::ClientError;
+use crate::connection::{write_loop, FrameReader, OutFrame, ReadError};
+use crate::engine::Stats;
+use crate::protocol::{
+    decode_response, encode, encode_head, Body, Limits, Request, Response, Status, WireMeta,
+};
+use crate::tensor::meta::TensorMeta;
+use crate::tensor::Tensor;
+
+/// Options for [`FastClient::connect_with`].
+#[derive(Debug, Clone)]
+pub struct FastClientOptions {
+    /// How long connecting may take.
+    pub connect_timeout: Duration,
+    /// How long one call may wait for its reply; `None` waits forever.
+    pub request_timeout: Option<Duration>,
+    /// The largest payload accepted from the server.
+    pub max_payload: u64,
+    /// Frames queued for the writer before callers wait.
+    pub queue: usize,
+}
+
+impl Default for FastClientOptions {
+    fn default() -> FastClientOptions {
+        FastClientOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: None,
+            max_payload: 64 << 30,
+            queue: 256,
+        }
+    }
+}
+
+/// A reply frame: its decoded header and payload.
+#[derive(Debug)]
+struct Reply {
+    response: Response,
+    payload: Bytes,
+}
+
+/// Where the reader sends a request's reply frames.
+#[derive(Debug)]
+enum Waiter {
+    One(oneshot::Sender<Result<Reply, ClientError>>),
+    Many(mpsc::UnboundedSender<Result<Reply, ClientError>>),
+}
+
+impl Waiter {
+    fn send(self, reply: Result<Reply, ClientError>) {
+        match self {
+            Waiter::One(tx) => drop(tx.send(reply)),
+            Waiter::Many(tx) => drop(tx.send(reply)),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct Pending {
+    waiters: HashMap<u64, Waiter>,
+    /// Set once the connection is gone, under the same lock as `waiters`,
+    /// so no call can register after the reader has failed everyone.
+    closed: Option<String>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    addr: String,
+    tx: mpsc::Sender<OutFrame>,
+    pending: Mutex<Pending>,
+    next_id: AtomicU64,
+    request_timeout: Option<Duration>,
+}
+
+impl Inner {
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Fails every waiting call and refuses new ones.
+    fn close(&self, why: String) {
+        let waiters = {
+            let mut pending = self.pending();
+            pending.closed.get_or_insert_with(|| why.clone());
+            std::mem::take(&mut pending.waiters)
+        };
+        for (_, waiter) in waiters {
+            waiter.send(Err(ClientError::Unavailable(why.clone())));
+        }
+    }
+}
+
+/// A client of the fast path. Cheap to clone; clones share one connection
+/// and may be used from many tasks at once.
+///
+/// ```no_run
+/// use redstone::client::FastClient;
+/// use redstone::tensor::Tensor;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let client = FastClient::connect("127.0.0.1:50052").await?;
+/// client.put_tensor("w", Tensor::from_slice::<f32>(vec![2], &[1.0, 2.0])?).await?;
+/// let batch = client.get_many(&["w", "missing"]).await?;
+/// assert!(batch[0].is_some() && batch[1].is_none());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct FastClient {
+    inner: Arc<Inner>,
+}
+
+impl FastClient {
+    /// Connects with default options.
+    pub async fn connect(
+        addr: impl ToSocketAddrs + std::fmt::Display,
+    ) -> Result<FastClient, ClientError> {
+        FastClient::connect_with(addr, FastClientOptions::default()).await
+    }
+
+    /// Connects to a server's fast path (`--tcp`, port 50052 by default).
+    pub async fn connect_with(
+        addr: impl ToSocketAddrs + std::fmt::Display,
+        options: FastClientOptions,
+    ) -> Result<FastClient, ClientError> {
+        let name = addr.to_string();
+        let connect_err = |reason: String| ClientError::Connect {
+            addr: name.clone(),
+            reason,
+        };
+        let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| connect_err("timed out".into()))?
+            .map_err(|e| connect_err(e.to_string()))?;
+        stream.set_nodelay(true).ok();
+        let (reader, writer) = stream.into_split();
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        tokio::spawn(write_loop(writer, rx));
+        let inner = Arc::new(Inner {
+            addr: name,
+            tx,
+            pending: Mutex::new(Pending::default()),
+            next_id: AtomicU64::new(1),
+            request_timeout: options.request_timeout,
+        });
+        let limits = Limits {
+            max_header: 1 << 20,
+            max_payload: options.max_payload,
+        };
+        // The reader holds a weak handle: dropping every client clone drops
+        // the writer's sender, the server closes, and the reader ends.
+        tokio::spawn(read_loop(
+            FrameReader::new(reader),
+            Arc::downgrade(&inner),
+            limits,
+        ));
+        Ok(FastClient { inner })
+    }
+
+    /// The address this client connected to.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Checks that the server answers.
+    pub async fn ping(&self) -> Result<(), ClientError> {
+        self.call(Request::Ping, Bytes::new()).await.map(drop)
+    }
+
+    /// Stores `data` under `key`; its length is checked against `meta`
+    /// before anything is sent.
+    pub async fn put(
+        &self,
+        key: &str,
+        meta: TensorMeta,
+        data: impl Into<Bytes>,
+    ) -> Result<(), ClientError> {
+        self.put_tensor(key, Tensor::new(meta, data)?).await
+    }
+
+    /// Stores a tensor under `key`. The payload is written to the socket
+    /// from the tensor's own buffer.
+    pub async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
+        let (meta, data) = tensor.into_parts();
+        let request = Request::Put {
+            key: key.to_owned(),
+            meta: WireMeta::from(&meta),
+        };
+        self.call(request, data).await.map(drop)
+    }
+
+    /// The tensor under `key`, or `None`. The payload arrives in one
+    /// allocation of exactly its size.
+    pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
+        let reply = self
+            .call_allow_missing(Request::Get {
+                key: key.to_owned(),
+            })
+            .await?;
+        reply.map(tensor_from).transpose()
+    }
+
+    /// Reads the tensor under `key` into `dst`, which must be exactly its
+    /// byte size; returns its metadata, or `None` if it is not cached.
+    ///
+    /// The payload is received into its own buffer and copied into `dst`
+    /// once (a memcpy, ~16 GB/s here: a few percent of the transfer time).
+    pub async fn get_into(
+        &self,
+        key: &str,
+        dst: &mut [u8],
+    ) -> Result<Option<TensorMeta>, ClientError> {
+        let Some(tensor) = self.get(key).await? else {
+            return Ok(None);
+        };
+        let (meta, data) = tensor.into_parts();
+        if data.len() != dst.len() {
+            return Err(ClientError::Invalid(crate::Error::InvalidSize {
+                expected: data.len() as u64,
+                actual: dst.len() as u64,
+            }));
+        }
+        dst.copy_from_slice(&data);
+        Ok(Some(meta))
+    }
+
+    /// Reads many tensors in one request; the result has one entry per key,
+    /// in order, `None` where a key is not cached.
+    pub async fn get_many<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Tensor>>, ClientError> {
+        let keys: Vec<String> = keys.iter().map(|k| k.as_ref().to_owned()).collect();
+        let n = keys.len();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let id = self
+            .send(Request::GetMany { keys }, Bytes::new(), Waiter::Many(tx))
+            .await?;
+        let mut out: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
+        let collect = async {
+            let mut answered = 0;
+            while answered < n.max(1) {
+                let Some(reply) = rx.recv().await else {
+                    return Err(ClientError::Protocol("the batch ended early".into()));
+                };
+                let reply = reply?;
+                answered += 1;
+                if n == 0 {
+                    check(reply.response.status(), &reply.response.message)?;
+                    break;
+                }
+                let index = reply.response.index as usize;
+                if index >= n {
+                    return Err(ClientError::Protocol(format!("batch index {index} of {n}")));
+                }
+                match reply.response.status() {
+                    Status::NotFound => {}
+                    status => {
+                        check(status, &reply.response.message)?;
+                        out[index] = Some(tensor_from(reply)?);
+                    }
+                }
+            }
+            Ok(())
+        };
+        self.with_timeout(id, collect).await?;
+        Ok(out)
+    }
+
+    /// Removes `key`; returns whether it was cached.
+    pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        let reply = self
+            .call(
+                Request::Delete {
+                    key: key.to_owned(),
+                },
+                Bytes::new(),
+            )
+            .await?;
+        match reply.response.body {
+            Body::Deleted(deleted) => Ok(deleted),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// The server's counters.
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        let reply = self.call(Request::Stats, Bytes::new()).await?;
+        match reply.response.body {
+            Body::Stats(stats) => Ok(stats.into()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// One request, one reply; a `NotFound` reply is `Ok(None)`.
+    async fn call_allow_missing(&self, request: Request) -> Result<Option<Reply>, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.send(request, Bytes::new(), Waiter::One(tx)).await?;
+        let reply = self
+            .with_timeout(id, async {
+                rx.await
+                    .map_err(|_| ClientError::Unavailable("the connection closed".into()))?
+            })
+            .await?;
+        match reply.response.status() {
+            Status::NotFound => Ok(None),
+            status => check(status, &reply.response.message).map(|()| Some(reply)),
+        }
+    }
+
+    /// One request, one successful reply.
+    async fn call(&self, request: Request, payload: Bytes) -> Result<Reply, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.send(request, payload, Waiter::One(tx)).await?;
+        let reply = self
+            .with_timeout(id, async {
+                rx.await
+                    .map_err(|_| ClientError::Unavailable("the connection closed".into()))?
+            })
+            .await?;
+        check(reply.response.status(), &reply.response.message)?;
+        Ok(reply)
+    }
+
+    /// Registers a waiter and queues the request; returns its id.
+    async fn send(
+        &self,
+        request: Request,
+        payload: Bytes,
+        waiter: Waiter,
+    ) -> Result<u64, ClientError> {
+        let inner = &self.inner;
+        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+        let header = encode(&request);
+        let head = encode_head(request.opcode(), 0, id, &header, payload.len() as u64);
+        {
+            let mut pending = inner.pending();
+            if let Some(why) = &pending.closed {
+                return Err(ClientError::Unavailable(why.clone()));
+            }
+            pending.waiters.insert(id, waiter);
+        }
+        let frame = OutFrame {
+            head: Bytes::from(head),
+            payload,
+        };
+        if inner.tx.send(frame).await.is_err() {
+            inner.pending().waiters.remove(&id);
+            return Err(ClientError::Unavailable("the connection closed".into()));
+        }
+        Ok(id)
+    }
+
+    /// Waits for `work` within the request timeout; on timeout the waiter
+    /// is dropped so a late reply is discarded.
+    async fn with_timeout<T>(
+        &self,
+        id: u64,
+        work: impl std::future::Future<Output = Result<T, ClientError>>,
+    ) -> Result<T, ClientError> {
+        let Some(limit) = self.inner.request_timeout else {
+            return work.await;
+        };
+        match tokio::time::timeout(limit, work).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.inner.pending().waiters.remove(&id);
+                Err(ClientError::Timeout(limit))
+            }
+        }
+    }
+}
+
+/// Routes reply frames to their waiters until the connection ends.
+async fn read_loop(
+    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
+    inner: std::sync::Weak<Inner>,
+    limits: Limits,
+) {
+    let why = loop {
+        let head = match reader.read_head(&limits).await {
+            Ok(Some(head)) => head,
+            Ok(None) => break "the server closed the connection".to_owned(),
+            Err(e) => break read_error(e),
+        };
+        let prefix = head.prefix;
+        let response = match decode_response(&head.header, prefix.request_id) {
+            Ok(response) => response,
+            Err(e) => break format!("undecodable reply: {e}"),
+        };
+        let payload = match reader.read_payload(prefix.payload_len).await {
+            Ok(payload) => payload,
+            Err(e) => break read_error(e),
+        };
+        let Some(inner) = inner.upgrade() else { return };
+        if prefix.request_id == 0 && response.status() != Status::Ok {
+            break format!("{:?}: {}", response.status(), response.message);
+        }
+        let waiter = {
+            let mut pending = inner.pending();
+            if prefix.is_end() {
+                pending.waiters.remove(&prefix.request_id)
+            } else {
+                match pending.waiters.get(&prefix.request_id) {
+                    Some(Waiter::Many(tx)) => Some(Waiter::Many(tx.clone())),
+                    _ => None,
+                }
+            }
+        };
+        // A reply nobody waits for (timed out, cancelled) is dropped.
+        if let Some(waiter) = waiter {
+            waiter.send(Ok(Reply { response, payload }));
+        }
+    };
+    if let Some(inner) = inner.upgrade() {
+        inner.close(why);
+    }
+}
+
+fn read_error(e: ReadError) -> String {
+    format!("connection lost: {e}")
+}
+
+/// The client error for a status, or `Ok` for success. The only place fast
+/// path statuses are mapped to client errors.
+fn check(status: Status, message: &str) -> Result<(), ClientError> {
+    let message = message.to_owned();
+    Err(match status {
+        Status::Ok => return Ok(()),
+        Status::AlreadyExists => ClientError::AlreadyExists(message),
+        Status::OutOfMemory => ClientError::OutOfMemory(message),
+        Status::InvalidKey | Status::InvalidMetadata | Status::InvalidSize => {
+            ClientError::InvalidArgument(message)
+        }
+        Status::TooLarge => ClientError::TooLarge(message),
+        Status::Busy | Status::ShuttingDown | Status::Timeout => ClientError::Unavailable(message),
+        Status::NotFound
+        | Status::Malformed
+        | Status::UnsupportedVersion
+        | Status::UnknownOpcode
+        | Status::Internal => ClientError::Protocol(format!("{status:?}: {message}")),
+    })
+}
+
+fn tensor_from(reply: Reply) -> Result<Tensor, ClientError> {
+    let Body::Tensor(meta) = reply.response.body else {
+        return Err(unexpected(&reply.response.body));
+    };
+    let meta = TensorMeta::try_from(meta).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Tensor::new(meta, reply.payload).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+fn unexpected(body: &Body) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply body {body:?}"))
+}
