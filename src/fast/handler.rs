@@ -300,3 +300,58 @@ pub(crate) fn error_frame(opcode: Opcode, err: &ProtocolError) -> OutFrame {
     let response = Response::error(err.status, err.message.clone());
     response_frame(opcode, FLAG_END, err.request_id, &response, Bytes::new())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn get_frame_sends_the_engines_own_buffer() {
+        let engine = Engine::new(1 << 20);
+        let tensor = Tensor::from_slice::<u8>(vec![4096], &[3u8; 4096]).unwrap();
+        let stored_ptr = tensor.data().as_ptr();
+        engine.put("k", tensor).unwrap();
+        let frame = get_frame(&engine, "k", Opcode::Get, FLAG_END, 1, 0);
+        // Zero copy: the payload chunk handed to writev is the very
+        // allocation the engine holds.
+        assert_eq!(frame.payload.as_ptr(), stored_ptr);
+        assert_eq!(frame.payload.len(), 4096);
+    }
+
+    #[test]
+    fn put_is_refused_before_its_payload_when_it_cannot_succeed() {
+        let engine = Engine::new(10_000);
+        let meta = TensorMeta::new(
+            crate::tensor::meta::DType::U8,
+            vec![100],
+            crate::tensor::meta::StorageLayout::RowMajor,
+        )
+        .unwrap();
+        assert!(precheck_put(&engine, "k", &meta, 100).is_ok());
+        assert!(matches!(
+            precheck_put(&engine, "k", &meta, 99),
+            Err(Error::InvalidSize { .. })
+        ));
+        assert!(matches!(
+            precheck_put(&engine, "", &meta, 100),
+            Err(Error::InvalidKey(_))
+        ));
+        let big = TensorMeta::new(
+            crate::tensor::meta::DType::U8,
+            vec![20_000],
+            crate::tensor::meta::StorageLayout::RowMajor,
+        )
+        .unwrap();
+        assert!(matches!(
+            precheck_put(&engine, "k", &big, 20_000),
+            Err(Error::OutOfMemory { .. })
+        ));
+        engine
+            .put("k", Tensor::new(meta.clone(), vec![0u8; 100]).unwrap())
+            .unwrap();
+        assert!(matches!(
+            precheck_put(&engine, "k", &meta, 100),
+            Err(Error::AlreadyExists(_))
+        ));
+    }
+}
