@@ -1,0 +1,464 @@
+//! `redstone-bench`: a closed-loop load generator for Redstone's fast path,
+//! its gRPC API, and Redis, through one harness.
+//!
+//! Every figure in the README comes from this tool; see `--help`.
+
+mod resp;
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use clap::{Parser, ValueEnum};
+use redstone::client::{ClientError, FastClient, RemoteCacheClient, TensorStore};
+use redstone::size::parse_size;
+use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
+use redstone::tensor::Tensor;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Target {
+    /// Redstone's fast path (binary TCP protocol).
+    Tcp,
+    /// Redstone's gRPC API.
+    Grpc,
+    /// A Redis server (SET / GET).
+    Redis,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Op {
+    /// Reads of keys written before the run.
+    Get,
+    /// Writes of fresh keys (the cache evicts as it fills).
+    Put,
+    /// 80% gets, 20% puts.
+    Mixed,
+}
+
+/// Closed-loop load generator: N workers, each with D requests in flight,
+/// for a fixed duration; prints throughput and latency percentiles.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Args {
+    /// What to drive.
+    #[arg(long, value_enum, default_value = "tcp")]
+    target: Target,
+    /// The server's address. Default: 127.0.0.1 and 50052 (tcp), 50051
+    /// (grpc) or 6379 (redis).
+    #[arg(long)]
+    addr: Option<String>,
+    /// The operation.
+    #[arg(long, value_enum, default_value = "get")]
+    op: Op,
+    /// Value size: bytes or a size such as 3KiB, 1MiB.
+    #[arg(long, default_value = "3KiB", value_parser = parse_size)]
+    size: u64,
+    /// Closed-loop workers.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Connections the workers share (Redis: one per worker, always).
+    /// Default: one per worker.
+    #[arg(long)]
+    connections: Option<usize>,
+    /// Requests each worker keeps in flight.
+    #[arg(long, default_value_t = 1)]
+    pipeline: usize,
+    /// Seconds to measure, after a one-second warm-up.
+    #[arg(long, default_value_t = 10.0)]
+    duration: f64,
+    /// Distinct keys read. Default: as many as fit in 512 MiB, at most 1000.
+    #[arg(long)]
+    keys: Option<u64>,
+    /// Check every value read byte for byte; mismatches count as errors.
+    #[arg(long)]
+    verify: bool,
+    /// End with one line of JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+/// One connection to the target.
+#[derive(Clone)]
+enum Conn {
+    Tcp(FastClient),
+    Grpc(RemoteCacheClient),
+}
+
+/// What a worker measured.
+#[derive(Default)]
+struct Tally {
+    latencies_ns: Vec<u32>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+impl Tally {
+    fn error(&mut self, what: String) {
+        self.errors += 1;
+        self.first_error.get_or_insert(what);
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The value stored under key number `i`: a shared base buffer with the
+/// key's number stamped in front, so a value swapped between keys fails
+/// verification.
+fn value_for(base: &[u8], i: u64) -> Bytes {
+    let mut v = base.to_vec();
+    let stamp = i.to_le_bytes();
+    let n = stamp.len().min(v.len());
+    v[..n].copy_from_slice(&stamp[..n]);
+    Bytes::from(v)
+}
+
+/// Keys name their value size, so runs of different sizes never read each
+/// other's values.
+fn key_for(size: usize, i: u64) -> String {
+    format!("bench:{size}:{i}")
+}
+
+async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let size = usize::try_from(args.size)?;
+    let addr = args.addr.clone().unwrap_or_else(|| {
+        let port = match args.target {
+            Target::Tcp => 50052,
+            Target::Grpc => 50051,
+            Target::Redis => 6379,
+        };
+        format!("127.0.0.1:{port}")
+    });
+    let keys = args
+        .keys
+        .unwrap_or_else(|| ((512u64 << 20) / args.size.max(1)).clamp(1, 1000));
+    let concurrency = args.concurrency.max(1);
+    let pipeline = args.pipeline.max(1);
+    let connections = match args.target {
+        Target::Redis => concurrency,
+        _ => args
+            .connections
+            .unwrap_or(concurrency)
+            .clamp(1, concurrency),
+    };
+    let base: Vec<u8> = (0..size)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
+        .collect();
+    let values: Arc<Vec<Bytes>> = Arc::new(if args.op == Op::Put && !args.verify {
+        Vec::new()
+    } else {
+        (0..keys).map(|i| value_for(&base, i)).collect()
+    });
+    let base = Bytes::from(base);
+    eprintln!(
+        "{:?} {:?} size={size} keys={keys} concurrency={concurrency} connections={connections} pipeline={pipeline} duration={}s",
+        args.target, args.op, args.duration
+    );
+
+    let run_id = std::process::id();
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let mut workers = Vec::new();
+    match args.target {
+        Target::Tcp | Target::Grpc => {
+            let mut conns = Vec::new();
+            for _ in 0..connections {
+                conns.push(match args.target {
+                    Target::Tcp => Conn::Tcp(FastClient::connect(addr.as_str()).await?),
+                    _ => Conn::Grpc(RemoteCacheClient::connect(addr.as_str()).await?),
+                });
+            }
+            if args.op != Op::Put {
+                prefill(&conns[0], &values, size).await?;
+            }
+            for w in 0..concurrency * pipeline {
+                let conn = conns[w % connections].clone();
+                let ctx = Ctx {
+                    op: args.op,
+                    verify: args.verify,
+                    size,
+                    keys,
+                    values: Arc::clone(&values),
+                    base: base.clone(),
+                    prefix: format!("bench:w{run_id}:{w}:"),
+                };
+                let (stop, measuring) = (Arc::clone(&stop), Arc::clone(&measuring));
+                workers.push(tokio::spawn(async move {
+                    store_worker(conn, ctx, w as u64, stop, measuring).await
+                }));
+            }
+        }
+        Target::Redis => {
+            if args.op != Op::Put {
+                let mut conn = resp::Resp::connect(&addr).await?;
+                for (i, v) in values.iter().enumerate() {
+                    let mut out = Vec::new();
+                    resp::Resp::set(&mut out, &key_for(size, i as u64), v);
+                    conn.send(&mut out).await?;
+                    conn.read().await?;
+                }
+            }
+            for w in 0..concurrency {
+                let conn = resp::Resp::connect(&addr).await?;
+                let ctx = Ctx {
+                    op: args.op,
+                    verify: args.verify,
+                    size,
+                    keys,
+                    values: Arc::clone(&values),
+                    base: base.clone(),
+                    prefix: format!("bench:w{run_id}:{w}:"),
+                };
+                let (stop, measuring) = (Arc::clone(&stop), Arc::clone(&measuring));
+                workers.push(tokio::spawn(async move {
+                    redis_worker(conn, ctx, pipeline, w as u64, stop, measuring).await
+                }));
+            }
+        }
+    }
+
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let started = Instant::now();
+    tokio::time::sleep(Duration::from_secs_f64(args.duration)).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed().as_secs_f64();
+
+    let mut all = Tally::default();
+    for w in workers {
+        let t = w.await?;
+        all.latencies_ns.extend(t.latencies_ns);
+        all.errors += t.errors;
+        if all.first_error.is_none() {
+            all.first_error = t.first_error;
+        }
+    }
+    report(
+        &args,
+        size,
+        concurrency,
+        connections,
+        pipeline,
+        elapsed,
+        all,
+    );
+    Ok(())
+}
+
+/// Writes every key read by the run, ignoring keys already there.
+async fn prefill(conn: &Conn, values: &[Bytes], size: usize) -> Result<(), ClientError> {
+    let meta = TensorMeta::new(DType::U8, vec![size as u64], StorageLayout::RowMajor)?;
+    for (i, v) in values.iter().enumerate() {
+        let tensor = Tensor::new(meta.clone(), v.clone())?;
+        match conn.put(&key_for(size, i as u64), tensor).await {
+            Ok(()) | Err(ClientError::AlreadyExists(_)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+impl Conn {
+    async fn put(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
+        match self {
+            Conn::Tcp(c) => TensorStore::put_tensor(c, key, tensor).await,
+            Conn::Grpc(c) => TensorStore::put_tensor(c, key, tensor).await,
+        }
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
+        match self {
+            Conn::Tcp(c) => TensorStore::get(c, key).await,
+            Conn::Grpc(c) => TensorStore::get(c, key).await,
+        }
+    }
+}
+
+/// What every worker needs to know.
+struct Ctx {
+    op: Op,
+    verify: bool,
+    size: usize,
+    keys: u64,
+    values: Arc<Vec<Bytes>>,
+    base: Bytes,
+    /// Keys this worker puts start with this, so workers never collide.
+    prefix: String,
+}
+
+/// A tiny xorshift, so key choice costs nothing measurable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+}
+
+impl Ctx {
+    /// Whether the next operation is a put.
+    fn is_put(&self, rng: &mut Rng) -> bool {
+        match self.op {
+            Op::Get => false,
+            Op::Put => true,
+            Op::Mixed => rng.next() % 5 == 0,
+        }
+    }
+}
+
+async fn store_worker(
+    conn: Conn,
+    ctx: Ctx,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    measuring: Arc<AtomicBool>,
+) -> Tally {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut tally = Tally::default();
+    let meta = TensorMeta::new(DType::U8, vec![ctx.size as u64], StorageLayout::RowMajor)
+        .expect("u8 vector meta");
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        let outcome = if ctx.is_put(&mut rng) {
+            seq += 1;
+            let tensor = Tensor::new(meta.clone(), ctx.base.clone()).expect("sized to meta");
+            conn.put(&format!("{}{seq}", ctx.prefix), tensor)
+                .await
+                .map_err(|e| e.to_string())
+        } else {
+            let i = rng.next() % ctx.keys;
+            match conn.get(&key_for(ctx.size, i)).await {
+                Ok(Some(t)) if ctx.verify && t.data() != &ctx.values[i as usize] => {
+                    Err(format!("key {i}: value differs"))
+                }
+                Ok(Some(_)) => Ok(()),
+                Ok(None) => Err(format!("key {i}: missing (evicted? use fewer --keys)")),
+                Err(e) => Err(e.to_string()),
+            }
+        };
+        if measuring.load(Ordering::Relaxed) {
+            record(&mut tally, started, outcome);
+        }
+    }
+    tally
+}
+
+async fn redis_worker(
+    mut conn: resp::Resp,
+    ctx: Ctx,
+    pipeline: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    measuring: Arc<AtomicBool>,
+) -> Tally {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut tally = Tally::default();
+    let mut out = Vec::new();
+    let mut sent: Vec<Option<u64>> = Vec::with_capacity(pipeline);
+    let mut seq = 0u64;
+    while !stop.load(Ordering::Relaxed) {
+        let started = Instant::now();
+        sent.clear();
+        for _ in 0..pipeline {
+            if ctx.is_put(&mut rng) {
+                seq += 1;
+                resp::Resp::set(&mut out, &format!("{}{seq}", ctx.prefix), &ctx.base);
+                sent.push(None);
+            } else {
+                let i = rng.next() % ctx.keys;
+                resp::Resp::get(&mut out, &key_for(ctx.size, i));
+                sent.push(Some(i));
+            }
+        }
+        if let Err(e) = conn.send(&mut out).await {
+            tally.error(e.to_string());
+            return tally;
+        }
+        for key in sent.iter() {
+            let outcome = match (conn.read().await, key) {
+                (Err(e), _) => {
+                    tally.error(e.to_string());
+                    return tally;
+                }
+                (Ok(resp::Reply::Bulk(v)), Some(i))
+                    if ctx.verify && v != ctx.values[*i as usize] =>
+                {
+                    Err(format!("key {i}: value differs"))
+                }
+                (Ok(resp::Reply::Nil), Some(i)) => Err(format!("key {i}: missing")),
+                (Ok(_), _) => Ok(()),
+            };
+            if measuring.load(Ordering::Relaxed) {
+                record(&mut tally, started, outcome);
+            }
+        }
+    }
+    tally
+}
+
+fn record(tally: &mut Tally, started: Instant, outcome: Result<(), String>) {
+    match outcome {
+        Ok(()) => {
+            let ns = started.elapsed().as_nanos().min(u32::MAX as u128) as u32;
+            tally.latencies_ns.push(ns);
+        }
+        Err(e) => tally.error(e),
+    }
+}
+
+fn report(
+    args: &Args,
+    size: usize,
+    concurrency: usize,
+    connections: usize,
+    pipeline: usize,
+    elapsed: f64,
+    mut all: Tally,
+) {
+    all.latencies_ns.sort_unstable();
+    let ops = all.latencies_ns.len() as f64;
+    let pct = |p: f64| -> f64 {
+        if all.latencies_ns.is_empty() {
+            return 0.0;
+        }
+        let idx = ((p * ops).ceil() as usize).clamp(1, all.latencies_ns.len()) - 1;
+        all.latencies_ns[idx] as f64 / 1000.0
+    };
+    let ops_per_sec = ops / elapsed;
+    let mb_per_sec = ops_per_sec * size as f64 / 1e6;
+    let (p50, p99, p999) = (pct(0.50), pct(0.99), pct(0.999));
+    let target = format!("{:?}", args.target).to_lowercase();
+    let op = format!("{:?}", args.op).to_lowercase();
+    println!(
+        "{target} {op} size={size} concurrency={concurrency} connections={connections} pipeline={pipeline}: \
+         {ops_per_sec:.0} ops/s, {mb_per_sec:.1} MB/s, p50 {p50:.1} us, p99 {p99:.1} us, p999 {p999:.1} us, errors {}",
+        all.errors
+    );
+    if let Some(e) = &all.first_error {
+        eprintln!("first error: {e}");
+    }
+    if args.json {
+        println!(
+            "{{\"target\":\"{target}\",\"op\":\"{op}\",\"size\":{size},\"concurrency\":{concurrency},\
+             \"connections\":{connections},\"pipeline\":{pipeline},\"duration_s\":{elapsed:.3},\
+             \"ops\":{ops},\"ops_per_sec\":{ops_per_sec:.1},\"mb_per_sec\":{mb_per_sec:.2},\
+             \"p50_us\":{p50:.1},\"p99_us\":{p99:.1},\"p999_us\":{p999:.1},\"errors\":{}}}",
+            all.errors
+        );
+    }
+}
