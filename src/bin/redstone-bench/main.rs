@@ -315,7 +315,7 @@ impl Ctx {
         match self.op {
             Op::Get => false,
             Op::Put => true,
-            Op::Mixed => rng.next() % 5 == 0,
+            Op::Mixed => rng.next().is_multiple_of(5),
         }
     }
 }
