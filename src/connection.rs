@@ -163,14 +163,27 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     io: &mut W,
     frames: impl IntoIterator<Item = OutFrame>,
 ) -> io::Result<()> {
-    let mut chunks: VecDeque<Bytes> = VecDeque::new();
+    let mut chunks = VecDeque::new();
+    queue_chunks(&mut chunks, frames);
+    write_chunks(io, &mut chunks).await
+}
+
+fn queue_chunks(chunks: &mut VecDeque<Bytes>, frames: impl IntoIterator<Item = OutFrame>) {
     for frame in frames {
         chunks.push_back(frame.head);
         if !frame.payload.is_empty() {
             chunks.push_back(frame.payload);
         }
     }
+}
+
+/// Writes and empties `chunks`, up to [`MAX_IOV`] buffers per `writev`.
+async fn write_chunks<W: AsyncWrite + Unpin>(
+    io: &mut W,
+    chunks: &mut VecDeque<Bytes>,
+) -> io::Result<()> {
     while !chunks.is_empty() {
+        // One small allocation per system call; the buffers are not copied.
         let slices: Vec<IoSlice<'_>> = chunks
             .iter()
             .take(MAX_IOV)
@@ -206,8 +219,10 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
 ) {
     const BATCH: usize = 32;
     let mut batch = Vec::with_capacity(BATCH);
+    let mut chunks = VecDeque::with_capacity(2 * BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        if let Err(e) = write_frames(&mut writer, batch.drain(..)).await {
+        queue_chunks(&mut chunks, batch.drain(..));
+        if let Err(e) = write_chunks(&mut writer, &mut chunks).await {
             tracing::debug!("write failed: {e}");
             return;
         }

@@ -19,8 +19,8 @@ use super::{stopped, FastConfig};
 use crate::connection::{write_loop, FrameReader, OutFrame, ReadError};
 use crate::engine::{validate_key, Engine};
 use crate::protocol::{
-    decode_request, encode, encode_head, Body, Limits, Opcode, Prefix, ProtocolError, Request,
-    Response, Status, FLAG_END, FLAG_RESPONSE,
+    decode_request, encode_frame, Body, Limits, Opcode, Prefix, ProtocolError, Request, Response,
+    Status, FLAG_END, FLAG_RESPONSE,
 };
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
@@ -281,12 +281,11 @@ pub(crate) fn response_frame(
     response: &Response,
     payload: Bytes,
 ) -> OutFrame {
-    let header = encode(response);
-    let head = encode_head(
+    let head = encode_frame(
         opcode,
         flags | FLAG_RESPONSE,
         id,
-        &header,
+        response,
         payload.len() as u64,
     );
     OutFrame {

@@ -198,19 +198,30 @@ impl Response {
     }
 }
 
-/// Serializes a header.
-pub fn encode<T>(header: &T) -> AlignedVec
-where
-    T: for<'a> rkyv::Serialize<
-        rkyv::api::high::HighSerializer<
-            AlignedVec,
-            rkyv::ser::allocator::ArenaHandle<'a>,
-            rancor::Error,
-        >,
-    >,
+/// A header type: serializable by rkyv into a plain byte vector.
+pub trait Header:
+    for<'a> rkyv::Serialize<
+    rkyv::api::high::HighSerializer<Vec<u8>, rkyv::ser::allocator::ArenaHandle<'a>, rancor::Error>,
+>
 {
-    // Serializing plain structs into a growable vector cannot fail.
-    rkyv::to_bytes::<rancor::Error>(header).unwrap_or_default()
+}
+
+impl Header for Request {}
+impl Header for Response {}
+
+/// Serializes a header on its own.
+pub fn encode<T: Header>(header: &T) -> Vec<u8> {
+    encode_after(Vec::with_capacity(128), header)
+}
+
+/// Serializes `header` after what `out` already holds. rkyv's pointers are
+/// relative, so the archive is valid wherever it starts, provided the
+/// reader copies it to an aligned buffer (it does) and `out.len()` is a
+/// multiple of 16 (keeping the archive's internal alignment).
+pub(crate) fn encode_after<T: Header>(out: Vec<u8>, header: &T) -> Vec<u8> {
+    debug_assert_eq!(out.len() % 16, 0);
+    // Serializing plain data into a growable vector cannot fail.
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(header, out).unwrap_or_default()
 }
 
 /// Validates and deserializes a request header from `bytes` (any alignment).

@@ -14,7 +14,7 @@ mod status;
 
 pub use frame::{Opcode, Prefix, FLAG_END, FLAG_RESPONSE, MAGIC, PREFIX_LEN, VERSION};
 pub use header::{
-    decode_request, decode_response, encode, Body, Request, Response, WireMeta, WireStats,
+    decode_request, decode_response, encode, Body, Header, Request, Response, WireMeta, WireStats,
 };
 pub use status::{ProtocolError, Status};
 
@@ -56,8 +56,32 @@ impl Limits {
     }
 }
 
-/// Encodes a whole frame head: the prefix followed by `header`. The payload,
-/// if any, is sent after it from its own buffer.
+/// Encodes a frame head, the prefix then `header` serialized in place, in
+/// one allocation. The payload, if any, is sent after it from its own
+/// buffer.
+pub fn encode_frame<T: Header>(
+    opcode: Opcode,
+    flags: u8,
+    request_id: u64,
+    header: &T,
+    payload_len: u64,
+) -> Vec<u8> {
+    let mut head = Vec::with_capacity(PREFIX_LEN + 160);
+    head.resize(PREFIX_LEN, 0);
+    let mut head = header::encode_after(head, header);
+    let prefix = Prefix {
+        opcode,
+        flags,
+        request_id,
+        header_len: (head.len() - PREFIX_LEN) as u32,
+        payload_len,
+    };
+    head[..PREFIX_LEN].copy_from_slice(&prefix.encode());
+    head
+}
+
+/// Encodes a frame head from header bytes already serialized (or, in
+/// tests, deliberately not a valid header).
 pub fn encode_head(
     opcode: Opcode,
     flags: u8,

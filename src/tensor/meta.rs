@@ -4,6 +4,7 @@
 //! describes a tensor whose byte size fits in a `u64`.
 
 use std::fmt;
+use std::sync::Arc;
 
 use crate::Error;
 
@@ -172,7 +173,9 @@ impl StorageLayout {
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct TensorMeta {
     dtype: DType,
-    shape: Vec<u64>,
+    /// Shared, so that cloning metadata (every cache hit does) is a
+    /// reference-count bump, not an allocation.
+    shape: Arc<[u64]>,
     layout: StorageLayout,
     /// `numel × width`, computed once with checked arithmetic at construction.
     byte_size: u64,
@@ -209,7 +212,7 @@ impl TensorMeta {
         })?;
         Ok(TensorMeta {
             dtype,
-            shape,
+            shape: shape.into(),
             layout,
             byte_size,
         })

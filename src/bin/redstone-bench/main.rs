@@ -62,7 +62,9 @@ struct Args {
     /// Default: one per worker.
     #[arg(long)]
     connections: Option<usize>,
-    /// Requests each worker keeps in flight.
+    /// Requests each worker keeps in flight. Redis: that many commands per
+    /// write. tcp get: one GET_MANY of that many keys. Otherwise: that
+    /// many concurrent requests per worker.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
     /// Seconds to measure, after a one-second warm-up.
@@ -74,6 +76,10 @@ struct Args {
     /// Check every value read byte for byte; mismatches count as errors.
     #[arg(long)]
     verify: bool,
+    /// tcp only: read into a buffer each worker reuses
+    /// (`FastClient::get_into`) instead of a fresh allocation per get.
+    #[arg(long)]
+    into: bool,
     /// End with one line of JSON.
     #[arg(long)]
     json: bool,
@@ -182,11 +188,21 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             if args.op != Op::Put {
                 prefill(&conns[0], &values, size).await?;
             }
-            for w in 0..concurrency * pipeline {
+            // On the fast path a pipelined read is a batch: one GET_MANY of
+            // `pipeline` keys per worker, like Redis' pipelined GETs.
+            let batch =
+                args.target == Target::Tcp && args.op == Op::Get && pipeline > 1 && !args.into;
+            let tasks = if batch {
+                concurrency
+            } else {
+                concurrency * pipeline
+            };
+            for w in 0..tasks {
                 let conn = conns[w % connections].clone();
                 let ctx = Ctx {
                     op: args.op,
                     verify: args.verify,
+                    into: args.into,
                     size,
                     keys,
                     values: Arc::clone(&values),
@@ -194,9 +210,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                     prefix: format!("bench:w{run_id}:{w}:"),
                 };
                 let (stop, measuring) = (Arc::clone(&stop), Arc::clone(&measuring));
-                workers.push(tokio::spawn(async move {
-                    store_worker(conn, ctx, w as u64, stop, measuring).await
-                }));
+                workers.push(match (batch, conn) {
+                    (true, Conn::Tcp(client)) => tokio::spawn(async move {
+                        batch_worker(client, ctx, pipeline, w as u64, stop, measuring).await
+                    }),
+                    (_, conn) => tokio::spawn(async move {
+                        store_worker(conn, ctx, w as u64, stop, measuring).await
+                    }),
+                });
             }
         }
         Target::Redis => {
@@ -214,6 +235,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let ctx = Ctx {
                     op: args.op,
                     verify: args.verify,
+                    into: args.into,
                     size,
                     keys,
                     values: Arc::clone(&values),
@@ -283,12 +305,28 @@ impl Conn {
             Conn::Grpc(c) => TensorStore::get(c, key).await,
         }
     }
+
+    /// Reads into `buf` where the transport can (tcp), else gets and copies.
+    async fn get_into(&self, key: &str, buf: &mut [u8]) -> Result<bool, ClientError> {
+        match self {
+            Conn::Tcp(c) => Ok(c.get_into(key, buf).await?.is_some()),
+            Conn::Grpc(_) => match self.get(key).await? {
+                Some(t) if t.data().len() == buf.len() => {
+                    buf.copy_from_slice(t.data());
+                    Ok(true)
+                }
+                Some(_) => Err(ClientError::Protocol("size differs".into())),
+                None => Ok(false),
+            },
+        }
+    }
 }
 
 /// What every worker needs to know.
 struct Ctx {
     op: Op,
     verify: bool,
+    into: bool,
     size: usize,
     keys: u64,
     values: Arc<Vec<Bytes>>,
@@ -332,6 +370,11 @@ async fn store_worker(
     let meta = TensorMeta::new(DType::U8, vec![ctx.size as u64], StorageLayout::RowMajor)
         .expect("u8 vector meta");
     let mut seq = 0u64;
+    let mut buf = if ctx.into {
+        vec![0u8; ctx.size]
+    } else {
+        Vec::new()
+    };
     while !stop.load(Ordering::Relaxed) {
         let started = Instant::now();
         let outcome = if ctx.is_put(&mut rng) {
@@ -340,6 +383,16 @@ async fn store_worker(
             conn.put(&format!("{}{seq}", ctx.prefix), tensor)
                 .await
                 .map_err(|e| e.to_string())
+        } else if ctx.into {
+            let i = rng.next() % ctx.keys;
+            match conn.get_into(&key_for(ctx.size, i), &mut buf).await {
+                Ok(true) if ctx.verify && buf[..] != ctx.values[i as usize][..] => {
+                    Err(format!("key {i}: value differs"))
+                }
+                Ok(true) => Ok(()),
+                Ok(false) => Err(format!("key {i}: missing (evicted? use fewer --keys)")),
+                Err(e) => Err(e.to_string()),
+            }
         } else {
             let i = rng.next() % ctx.keys;
             match conn.get(&key_for(ctx.size, i)).await {
@@ -353,6 +406,54 @@ async fn store_worker(
         };
         if measuring.load(Ordering::Relaxed) {
             record(&mut tally, started, outcome);
+        }
+    }
+    tally
+}
+
+async fn batch_worker(
+    client: FastClient,
+    ctx: Ctx,
+    pipeline: usize,
+    seed: u64,
+    stop: Arc<AtomicBool>,
+    measuring: Arc<AtomicBool>,
+) -> Tally {
+    let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
+    let mut tally = Tally::default();
+    let mut picks = Vec::with_capacity(pipeline);
+    let mut keys = Vec::with_capacity(pipeline);
+    while !stop.load(Ordering::Relaxed) {
+        picks.clear();
+        keys.clear();
+        for _ in 0..pipeline {
+            let i = rng.next() % ctx.keys;
+            picks.push(i);
+            keys.push(key_for(ctx.size, i));
+        }
+        let started = Instant::now();
+        let result = client.get_many(&keys).await;
+        if !measuring.load(Ordering::Relaxed) {
+            continue;
+        }
+        match result {
+            Err(e) => {
+                for _ in 0..pipeline {
+                    tally.error(e.to_string());
+                }
+            }
+            Ok(tensors) => {
+                for (i, t) in picks.iter().zip(tensors) {
+                    let outcome = match t {
+                        Some(t) if ctx.verify && t.data() != &ctx.values[*i as usize] => {
+                            Err(format!("key {i}: value differs"))
+                        }
+                        Some(_) => Ok(()),
+                        None => Err(format!("key {i}: missing")),
+                    };
+                    record(&mut tally, started, outcome);
+                }
+            }
         }
     }
     tally
