@@ -14,6 +14,8 @@
 //! - [`fast`]: the fast path's server side: accept loop, limits, and the
 //!   per-connection handler.
 //! - [`server`]: binds the front doors, serves them, shuts them down.
+//! - `fuzzing` (hidden): the fuzz targets' entry points, shared with the
+//!   corpus replay test.
 //! - [`client`]: [`RemoteCacheClient`](client::RemoteCacheClient), the gRPC
 //!   client.
 //! - [`size`]: parses byte sizes such as `512MiB`.
@@ -25,6 +27,8 @@ pub mod connection;
 pub mod engine;
 mod error;
 pub mod fast;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod grpc;
 pub mod protocol;
 pub mod server;

@@ -4,11 +4,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{pattern, start_server, start_server_with, RawConn};
+use common::{pattern, prefix_bytes, start_server, start_server_with, RawConn};
 use redstone::client::{ClientError, FastClient, TensorStore};
 use redstone::fast::FastConfig;
 use redstone::protocol::{
-    encode, Body, Opcode, Request, Status, WireMeta, FLAG_END, FLAG_RESPONSE, MAGIC, PREFIX_LEN,
+    encode, Body, Opcode, Request, Status, WireMeta, FLAG_END, FLAG_RESPONSE, MAGIC,
 };
 use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use redstone::tensor::Tensor;
@@ -260,17 +260,6 @@ async fn fatal_status(server: &redstone::server::ServerHandle, bytes: &[u8]) -> 
         "the server closes after a fatal error"
     );
     (prefix.request_id, response.status())
-}
-
-fn prefix_bytes(version: u8, opcode: u8, id: u64, header_len: u32, payload_len: u64) -> Vec<u8> {
-    let mut p = vec![0u8; PREFIX_LEN];
-    p[0..4].copy_from_slice(&MAGIC);
-    p[4] = version;
-    p[5] = opcode;
-    p[8..16].copy_from_slice(&id.to_le_bytes());
-    p[16..20].copy_from_slice(&header_len.to_le_bytes());
-    p[24..32].copy_from_slice(&payload_len.to_le_bytes());
-    p
 }
 
 #[tokio::test]

@@ -19,6 +19,20 @@ use crate::protocol::{Opcode, ProtocolError, Status};
 
 pub(crate) use handler::serve_connection;
 
+/// Serves one fast-path connection over any byte stream (a socket's two
+/// halves, an in-memory pipe) until the peer closes it or breaks the
+/// protocol. The accept loop uses the same handler; this entry point has no
+/// shutdown signal and no connection limit.
+pub async fn serve_io<R, W>(reader: R, writer: W, engine: Engine, config: Arc<FastConfig>)
+where
+    R: tokio::io::AsyncRead + Unpin + Send,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // The sender lives as long as the connection: nothing ever stops it.
+    let (_never, shutdown) = watch::channel(false);
+    serve_connection(reader, writer, engine, config, shutdown).await;
+}
+
 /// Limits and timeouts of the fast path. Every one is a `server` flag.
 #[derive(Debug, Clone)]
 pub struct FastConfig {

@@ -100,3 +100,90 @@ pub async fn start_server_with(limit: u64, fast: redstone::fast::FastConfig) -> 
     };
     Server::bind(config).await.expect("bind").spawn()
 }
+
+/// A well-behaved client doing byte-exact puts and gets in a loop until
+/// stopped; `finish` returns how many round trips it verified and fails the
+/// test on any error or mismatch.
+pub struct GoodClient {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    task: tokio::task::JoinHandle<u64>,
+}
+
+impl GoodClient {
+    pub async fn start(addr: std::net::SocketAddr, tag: &str) -> GoodClient {
+        use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
+        let client = redstone::client::FastClient::connect(addr).await.unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let tag = tag.to_string();
+        let task = tokio::spawn(async move {
+            let mut done = 0u64;
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let key = format!("good/{tag}/{done}");
+                let data = pattern(8192, done);
+                let meta = TensorMeta::new(DType::U8, vec![8192], StorageLayout::RowMajor).unwrap();
+                client
+                    .put(&key, meta, data.clone())
+                    .await
+                    .expect("good put");
+                let got = client
+                    .get(&key)
+                    .await
+                    .expect("good get")
+                    .expect("just stored");
+                assert_eq!(
+                    got.data().as_ref(),
+                    data.as_slice(),
+                    "good client read corrupted data"
+                );
+                client.delete(&key).await.expect("good delete");
+                done += 1;
+                tokio::task::yield_now().await;
+            }
+            done
+        });
+        GoodClient { stop, task }
+    }
+
+    pub async fn finish(self) -> u64 {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let done = self.task.await.expect("the good client failed");
+        assert!(done > 0, "the good client made no progress");
+        done
+    }
+}
+
+/// This process's resident set size, in bytes (Linux).
+pub fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map_or(0, |kb| kb * 1024)
+}
+
+/// A raw prefix with chosen fields (no validation), for hostile frames.
+pub fn prefix_bytes(
+    version: u8,
+    opcode: u8,
+    id: u64,
+    header_len: u32,
+    payload_len: u64,
+) -> Vec<u8> {
+    let mut p = vec![0u8; redstone::protocol::PREFIX_LEN];
+    p[0..4].copy_from_slice(&redstone::protocol::MAGIC);
+    p[4] = version;
+    p[5] = opcode;
+    p[8..16].copy_from_slice(&id.to_le_bytes());
+    p[16..20].copy_from_slice(&header_len.to_le_bytes());
+    p[24..32].copy_from_slice(&payload_len.to_le_bytes());
+    p
+}
+
+impl RawConn {
+    /// Reads exactly `buf.len()` raw bytes of whatever the server sends.
+    pub async fn reader_mut_read_exact(&mut self, buf: &mut [u8]) {
+        self.reader.read_payload_into(buf).await.unwrap();
+    }
+}

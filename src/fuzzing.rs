@@ -1,0 +1,303 @@
+//! Entry points for the cargo-fuzz targets in `fuzz/`, shared with the
+//! corpus replay test (`tests/fuzz_replay.rs`), so that CI runs every saved
+//! input through the same code on a stable toolchain without libFuzzer.
+//!
+//! Each function takes arbitrary bytes, must never panic on them, and
+//! asserts invariants on what it decoded: an assertion failure is a bug.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use prost::Message;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+use crate::connection::FrameReader;
+use crate::engine::Engine;
+use crate::fast::FastConfig;
+use crate::grpc::proto;
+use crate::protocol::{
+    decode_request, decode_response, encode, encode_frame, Body, Limits, Prefix, Request, Response,
+    Status, WireMeta, WireStats, PREFIX_LEN,
+};
+use crate::tensor::meta::TensorMeta;
+use crate::tensor::Tensor;
+
+const LIMITS: Limits = Limits {
+    max_header: 4096,
+    max_payload: 64 * 1024,
+};
+
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    thread_local! {
+        static RUNTIME: tokio::runtime::Runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .expect("a current-thread runtime");
+    }
+    RUNTIME.with(|rt| rt.block_on(future))
+}
+
+/// A reader that hands out its bytes in chunks of varying size, so frames
+/// are split at arbitrary read boundaries.
+struct Chunked<'a> {
+    data: &'a [u8],
+    sizes: &'a [u8],
+    turn: usize,
+}
+
+impl AsyncRead for Chunked<'_> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let size = match self.sizes.get(self.turn % self.sizes.len().max(1)) {
+            Some(&s) => usize::from(s).max(1),
+            None => 7,
+        };
+        self.turn += 1;
+        let n = size.min(self.data.len()).min(buf.remaining());
+        let (now, later) = self.data.split_at(n);
+        buf.put_slice(now);
+        self.data = later;
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// Target 1: the frame decoder on arbitrary bytes split at arbitrary read
+/// boundaries. The first 8 bytes choose the chunk sizes.
+pub fn frame_decoder(data: &[u8]) {
+    let (sizes, stream) = data.split_at(data.len().min(8));
+    let mut reader = FrameReader::new(Chunked {
+        data: stream,
+        sizes,
+        turn: 0,
+    });
+    block_on(async {
+        let mut consumed = 0usize;
+        while let Ok(Some(head)) = reader.read_head(&LIMITS).await {
+            let p = head.prefix;
+            assert!(p.header_len <= LIMITS.max_header && p.payload_len <= LIMITS.max_payload);
+            assert_eq!(head.header.len(), p.header_len as usize);
+            let Ok(payload) = reader.read_payload(p.payload_len).await else {
+                break;
+            };
+            assert_eq!(payload.len() as u64, p.payload_len);
+            consumed += PREFIX_LEN + head.header.len() + payload.len();
+            assert!(
+                consumed <= stream.len(),
+                "decoded more bytes than were sent"
+            );
+            let _ = decode_request(&head.header, p.request_id);
+        }
+    });
+}
+
+/// Target 2: header validation (rkyv checked access) on arbitrary bytes.
+/// Whatever validates must re-encode to something that decodes to itself.
+pub fn header(data: &[u8]) {
+    if let Ok(request) = decode_request(data, 1) {
+        assert_eq!(decode_request(&encode(&request), 1).ok(), Some(request));
+    }
+    if let Ok(response) = decode_response(data, 1) {
+        assert_eq!(decode_response(&encode(&response), 1).ok(), Some(response));
+    }
+}
+
+/// Target 3: a whole server connection fed an arbitrary byte stream over an
+/// in-memory pipe, against a small engine. The handler must end, keep the
+/// budget, and answer only with well-formed response frames.
+pub fn connection(data: &[u8]) {
+    const BUDGET: u64 = 64 * 1024;
+    let engine = Engine::new(BUDGET);
+    // A key the stream may read, delete or collide with.
+    let seed = Tensor::from_slice::<u8>(vec![16], &[7u8; 16]).expect("a valid tensor");
+    engine.put("k", seed).expect("room for the seed");
+    let config = FastConfig {
+        max_header: 4096,
+        max_payload: 32 * 1024,
+        max_connections: 1,
+        max_in_flight: 4,
+        idle_timeout: Duration::from_secs(5),
+    };
+    let input = data.to_vec();
+    let served = engine.clone();
+    block_on(async move {
+        let (client, server) = tokio::io::duplex(8192);
+        let (server_read, server_write) = tokio::io::split(server);
+        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let handler = tokio::spawn(crate::fast::serve_io(
+            server_read,
+            server_write,
+            served,
+            Arc::new(config),
+        ));
+        let writer = tokio::spawn(async move {
+            // The server may close first; that is fine.
+            let _ = client_write.write_all(&input).await;
+            let _ = client_write.shutdown().await;
+        });
+        let mut replies = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut client_read, &mut replies).await;
+        let ended = tokio::time::timeout(Duration::from_secs(60), handler).await;
+        assert!(
+            matches!(ended, Ok(Ok(()))),
+            "the connection handler must end"
+        );
+        writer.abort();
+        // Every reply frame is a well-formed response.
+        let mut reader = FrameReader::new(&replies[..]);
+        let limits = Limits {
+            max_header: 1 << 20,
+            max_payload: BUDGET,
+        };
+        while let Some(head) = reader
+            .read_head(&limits)
+            .await
+            .expect("the server sends valid frames")
+        {
+            assert!(head.prefix.is_response());
+            let response =
+                decode_response(&head.header, 0).expect("the server sends valid headers");
+            let payload = reader
+                .read_payload(head.prefix.payload_len)
+                .await
+                .expect("whole frames");
+            if let Body::Tensor(meta) = response.body {
+                let meta = TensorMeta::try_from(meta).expect("stored metadata is valid");
+                assert_eq!(meta.byte_size(), payload.len() as u64);
+            }
+        }
+    });
+    let stats = engine.stats();
+    assert!(stats.memory_used <= BUDGET);
+}
+
+/// Target 4: gRPC metadata conversion. The bytes are a protobuf
+/// `PutRequest`, as the gRPC door would receive it.
+pub fn grpc_meta(data: &[u8]) {
+    let Ok(request) = proto::PutRequest::decode(data) else {
+        return;
+    };
+    let Ok(meta) = crate::grpc::meta_from_proto(request.meta.clone()) else {
+        return;
+    };
+    let width = meta.dtype().width() as u64;
+    let numel = meta
+        .shape()
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d));
+    if !meta.shape().contains(&0) {
+        assert_eq!(
+            numel.and_then(|n| n.checked_mul(width)),
+            Some(meta.byte_size())
+        );
+    } else {
+        assert_eq!(meta.byte_size(), 0);
+    }
+    assert_eq!(
+        proto::TensorMeta::from(&meta),
+        request.meta.unwrap_or_default()
+    );
+    if let Ok(t) = Tensor::new(meta, request.data) {
+        assert_eq!(t.data().len() as u64, t.meta().byte_size());
+    }
+}
+
+/// Bytes read as a sequence of choices, for structured fuzzing: libFuzzer
+/// mutates the bytes, this turns them into values. Running out of bytes
+/// yields zeros and empty values.
+struct Choices<'a>(&'a [u8]);
+
+impl Choices<'_> {
+    fn byte(&mut self) -> u8 {
+        let (&b, rest) = self.0.split_first().unwrap_or((&0, &[]));
+        self.0 = rest;
+        b
+    }
+
+    fn u64(&mut self) -> u64 {
+        (0..8).fold(0, |acc, _| acc << 8 | u64::from(self.byte()))
+    }
+
+    fn string(&mut self) -> String {
+        let len = usize::from(self.byte()) % 40;
+        let take = len.min(self.0.len());
+        let (s, rest) = self.0.split_at(take);
+        self.0 = rest;
+        String::from_utf8_lossy(s).into_owned()
+    }
+
+    fn meta(&mut self) -> WireMeta {
+        let (dtype, layout) = (self.byte(), self.byte());
+        let rank = usize::from(self.byte()) % 6;
+        WireMeta {
+            dtype,
+            layout,
+            shape: (0..rank).map(|_| self.u64()).collect(),
+        }
+    }
+}
+
+/// Target 5: any request or response, built from the bytes, encodes to a
+/// frame that decodes to itself.
+pub fn roundtrip(data: &[u8]) {
+    let mut c = Choices(data);
+    let request = match c.byte() % 6 {
+        0 => Request::Ping,
+        1 => Request::Get { key: c.string() },
+        2 => Request::Put {
+            key: c.string(),
+            meta: c.meta(),
+        },
+        3 => Request::Delete { key: c.string() },
+        4 => Request::Stats,
+        _ => Request::GetMany {
+            keys: (0..c.byte() % 8).map(|_| c.string()).collect(),
+        },
+    };
+    let id = c.u64();
+    let payload_len = c.u64() >> 40;
+    let frame = encode_frame(request.opcode(), 0, id, &request, payload_len);
+    let prefix = Prefix::parse(&frame)
+        .expect("an encoded prefix parses")
+        .expect("a whole prefix");
+    assert_eq!(
+        (prefix.opcode, prefix.request_id, prefix.payload_len),
+        (request.opcode(), id, payload_len)
+    );
+    assert_eq!(frame.len(), PREFIX_LEN + prefix.header_len as usize);
+    assert_eq!(
+        decode_request(&frame[PREFIX_LEN..], id).expect("an encoded header decodes"),
+        request
+    );
+
+    let body = match c.byte() % 4 {
+        0 => Body::Empty,
+        1 => Body::Tensor(c.meta()),
+        2 => Body::Deleted(c.byte() & 1 == 1),
+        _ => Body::Stats(WireStats {
+            entries: c.u64(),
+            memory_used: c.u64(),
+            memory_limit: c.u64(),
+            hits: c.u64(),
+            misses: c.u64(),
+            evictions: c.u64(),
+        }),
+    };
+    let response = Response {
+        status: u16::from(c.byte()) % Status::ALL.len() as u16,
+        index: c.u64() as u32,
+        message: c.string(),
+        body,
+    };
+    let encoded = encode(&response);
+    assert_eq!(
+        decode_response(&encoded, 0).expect("an encoded response decodes"),
+        response
+    );
+    let _ = Bytes::from(encoded);
+}

@@ -1,0 +1,226 @@
+//! Hostile clients over real sockets. Each misbehaves while a well-behaved
+//! client does byte-exact puts and gets on another connection, and must
+//! not disturb it.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{pattern, prefix_bytes, start_server, start_server_with, GoodClient, RawConn};
+use redstone::client::FastClient;
+use redstone::fast::FastConfig;
+use redstone::protocol::{encode_frame, Request, Status, WireMeta};
+use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn u8_meta(n: u64) -> TensorMeta {
+    TensorMeta::new(DType::U8, vec![n], StorageLayout::RowMajor).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_garbage() {
+    let server = start_server(64 << 20).await;
+    let good = GoodClient::start(server.tcp_addr(), "garbage").await;
+    for round in 0..100u64 {
+        let mut s = TcpStream::connect(server.tcp_addr()).await.unwrap();
+        let _ = s
+            .write_all(&pattern(100 + (round as usize * 997) % 20_000, round))
+            .await;
+        // Read whatever the server answers until it closes.
+        let mut sink = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut sink)).await;
+    }
+    good.finish().await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absurd_length_claims_are_refused_from_the_prefix() {
+    let server = start_server(64 << 20).await;
+    let good = GoodClient::start(server.tcp_addr(), "claims").await;
+    let rss_before = common::rss_bytes();
+    for (header_len, payload_len) in [(0u32, 1u64 << 63), (u32::MAX, 0), (64, u64::MAX)] {
+        let mut raw = RawConn::connect(server.tcp_addr()).await;
+        raw.send_bytes(&prefix_bytes(1, 3, 42, header_len, payload_len))
+            .await
+            .unwrap();
+        let started = Instant::now();
+        let (prefix, response, _) = raw.recv().await.expect("an error frame");
+        assert_eq!(
+            (prefix.request_id, response.status()),
+            (42, Status::TooLarge)
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "refused at once"
+        );
+        assert!(raw.recv().await.is_none(), "then closed");
+    }
+    // Nothing near the claimed sizes was allocated.
+    assert!(common::rss_bytes() < rss_before + (256 << 20));
+    good.finish().await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_cut_mid_payload_stores_nothing() {
+    let server = start_server(64 << 20).await;
+    let good = GoodClient::start(server.tcp_addr(), "cut").await;
+    let mut raw = RawConn::connect(server.tcp_addr()).await;
+    let request = Request::Put {
+        key: "cut".into(),
+        meta: WireMeta::from(&u8_meta(1 << 20)),
+    };
+    raw.send_bytes(&encode_frame(request.opcode(), 0, 1, &request, 1 << 20))
+        .await
+        .unwrap();
+    raw.send_bytes(&vec![1u8; 100_000]).await.unwrap();
+    drop(raw);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!server.engine().contains("cut"));
+    good.finish().await;
+    assert_eq!(
+        server.engine().stats().entries,
+        0,
+        "only the good client's keys came and went"
+    );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_leaves_halfway_through_a_large_get() {
+    let server = start_server(256 << 20).await;
+    let client = FastClient::connect(server.tcp_addr()).await.unwrap();
+    client
+        .put("big", u8_meta(64 << 20), vec![9u8; 64 << 20])
+        .await
+        .unwrap();
+    let good = GoodClient::start(server.tcp_addr(), "leaver").await;
+    for _ in 0..5 {
+        let mut raw = RawConn::connect(server.tcp_addr()).await;
+        raw.send(1, &Request::Get { key: "big".into() }, &[]).await;
+        let mut some = vec![0u8; 1 << 20];
+        raw.reader_mut_read_exact(&mut some).await;
+        drop(raw);
+    }
+    good.finish().await;
+    // The tensor is intact for everyone else.
+    let mut buf = vec![0u8; 64 << 20];
+    client.get_into("big", &mut buf).await.unwrap().unwrap();
+    assert!(buf.iter().all(|&b| b == 9));
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_off_by_the_read_timeout() {
+    let fast = FastConfig {
+        idle_timeout: Duration::from_secs(1),
+        ..FastConfig::for_budget(64 << 20)
+    };
+    let server = start_server_with(64 << 20, fast).await;
+    let good = GoodClient::start(server.tcp_addr(), "slowloris").await;
+    let request = Request::Get { key: "k".into() };
+    let frame = encode_frame(request.opcode(), 0, 5, &request, 0);
+    let mut s = TcpStream::connect(server.tcp_addr()).await.unwrap();
+    let started = Instant::now();
+    let mut closed_after = None;
+    for byte in frame.iter().cycle().take(40) {
+        // One byte every 200 ms: never idle for a full second, but one
+        // frame takes far longer than a second to arrive.
+        if s.write_all(&[*byte]).await.is_err() {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+        let mut probe = [0u8; 256];
+        if let Ok(Ok(0) | Ok(_)) =
+            tokio::time::timeout(Duration::from_millis(200), s.read(&mut probe)).await
+        {
+            closed_after = Some(started.elapsed());
+            break;
+        }
+    }
+    let closed_after = closed_after.expect("the server must cut the connection");
+    assert!(
+        closed_after < Duration::from_secs(4),
+        "took {closed_after:?}"
+    );
+    good.finish().await;
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_thousand_idle_connections_hit_the_limit_cleanly() {
+    let fast = FastConfig {
+        max_connections: 100,
+        ..FastConfig::for_budget(64 << 20)
+    };
+    let server = start_server_with(64 << 20, fast).await;
+    let good = GoodClient::start(server.tcp_addr(), "crowd").await;
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        idle.push(TcpStream::connect(server.tcp_addr()).await.unwrap());
+    }
+    // The good client holds one slot; 99 idle ones got the rest, and every
+    // other one is told Busy and closed.
+    let mut busy = 0;
+    for s in idle.iter_mut() {
+        let mut buf = vec![0u8; 256];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(20), s.read(&mut buf)).await {
+            if n > 0 {
+                busy += 1;
+            }
+        }
+    }
+    assert!(busy >= 900, "{busy} connections were refused");
+    let started = Instant::now();
+    let probe = TcpStream::connect(server.tcp_addr()).await;
+    assert!(
+        probe.is_ok() && started.elapsed() < Duration::from_secs(1),
+        "still accepting"
+    );
+    good.finish().await;
+    drop(idle);
+    // Once the crowd leaves, new clients are served again.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    FastClient::connect(server.tcp_addr())
+        .await
+        .unwrap()
+        .ping()
+        .await
+        .unwrap();
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_gets_backpressure() {
+    let server = start_server(64 << 20).await;
+    let client = FastClient::connect(server.tcp_addr()).await.unwrap();
+    client
+        .put("v", u8_meta(65536), vec![3u8; 65536])
+        .await
+        .unwrap();
+    let good = GoodClient::start(server.tcp_addr(), "flood").await;
+    // 200,000 pipelined GETs of a 64 KiB tensor: 13 GB of answers if the
+    // server buffered them.
+    let request = Request::Get { key: "v".into() };
+    let one = encode_frame(request.opcode(), 0, 1, &request, 0);
+    let flood: Vec<u8> = one
+        .iter()
+        .copied()
+        .cycle()
+        .take(one.len() * 200_000)
+        .collect();
+    let rss_before = common::rss_bytes();
+    let mut s = TcpStream::connect(server.tcp_addr()).await.unwrap();
+    let wrote_all = tokio::time::timeout(Duration::from_secs(3), s.write_all(&flood)).await;
+    assert!(
+        wrote_all.is_err(),
+        "the server must stop reading a client that does not read"
+    );
+    let grown = common::rss_bytes().saturating_sub(rss_before);
+    assert!(grown < 128 << 20, "memory grew by {grown} bytes");
+    good.finish().await;
+    drop(s);
+    server.shutdown().await.unwrap();
+}
