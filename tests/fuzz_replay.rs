@@ -7,7 +7,10 @@ use std::path::Path;
 
 use redstone::fuzzing;
 
-const TARGETS: [(&str, fn(&[u8])); 5] = [
+/// A fuzz target's entry point.
+type Target = fn(&[u8]);
+
+const TARGETS: [(&str, Target); 5] = [
     ("frame_decoder", fuzzing::frame_decoder),
     ("header", fuzzing::header),
     ("connection", fuzzing::connection),
@@ -15,7 +18,7 @@ const TARGETS: [(&str, fn(&[u8])); 5] = [
     ("roundtrip", fuzzing::roundtrip),
 ];
 
-fn replay(kind: &str, target: &str, run: fn(&[u8])) -> usize {
+fn replay(kind: &str, target: &str, run: Target) -> usize {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz")
         .join(kind)
