@@ -18,11 +18,15 @@
 //!   corpus replay test.
 //! - [`client`]: [`RemoteCacheClient`](client::RemoteCacheClient), the gRPC
 //!   client.
+//! - [`cluster`]: [`ClusterClient`](cluster::ClusterClient): placement by
+//!   rendezvous hashing, replication, failover and read repair, all in the
+//!   client.
 //! - [`size`]: parses byte sizes such as `512MiB`.
 //! - [`Error`]: the one error type of the engine, mapped once per transport.
 //! - `src/bin/`: thin mains for `server` and `client`.
 
 pub mod client;
+pub mod cluster;
 pub mod connection;
 pub mod engine;
 mod error;

@@ -40,6 +40,9 @@ pub enum ClientError {
     /// server closes the connection after saying so.
     #[error("{0}")]
     TooLarge(String),
+    /// A cluster put reached fewer replicas than its write quorum.
+    #[error("write quorum not reached: {0}")]
+    Quorum(String),
     /// No reply within the request timeout.
     #[error("no reply within {0:?}")]
     Timeout(std::time::Duration),

@@ -1,0 +1,233 @@
+//! Cluster settings: from a `--nodes` list or a small TOML file.
+
+use std::time::Duration;
+
+/// Why a cluster configuration was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("cluster configuration: {0}")]
+pub struct ConfigError(pub String);
+
+/// How a [`ClusterClient`](super::ClusterClient) places, replicates and
+/// times out.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterConfig {
+    /// Fast-path addresses (`host:port`) of the nodes. Placement depends on
+    /// these exact strings: every client of a cluster must list the same.
+    pub nodes: Vec<String>,
+    /// Copies of each tensor, R. Default: `min(3, nodes)`.
+    pub replicas: usize,
+    /// Replicas that must acknowledge a put, W. Default: R. With W = R a
+    /// get after a successful put finds the tensor while any one replica
+    /// survives; a smaller W makes puts survive node failures at the cost
+    /// of that guarantee.
+    pub write_quorum: usize,
+    /// How long one request to one node may take before the client tries
+    /// the next replica and marks the node down.
+    pub timeout: Duration,
+    /// How long connecting to a node may take.
+    pub connect_timeout: Duration,
+    /// A node that failed is skipped for this long, doubling with each
+    /// further failure up to `backoff_max`; then it is tried again.
+    pub backoff_min: Duration,
+    /// The longest a failed node is skipped.
+    pub backoff_max: Duration,
+}
+
+impl ClusterConfig {
+    /// Defaults for `nodes`.
+    pub fn new(nodes: Vec<String>) -> ClusterConfig {
+        let replicas = nodes.len().clamp(1, 3);
+        ClusterConfig {
+            nodes,
+            replicas,
+            write_quorum: replicas,
+            timeout: Duration::from_secs(2),
+            connect_timeout: Duration::from_secs(1),
+            backoff_min: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(5),
+        }
+    }
+
+    /// Parses a comma-separated node list: `a:50052,b:50052,c:50052`.
+    pub fn parse_nodes(list: &str) -> Result<Vec<String>, ConfigError> {
+        let nodes: Vec<String> = list
+            .split(',')
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .collect();
+        if nodes.is_empty() {
+            return Err(ConfigError("the node list is empty".into()));
+        }
+        Ok(nodes)
+    }
+
+    /// Checks the settings: at least one node, no duplicates,
+    /// `1 ≤ W ≤ R ≤ nodes`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let n = self.nodes.len();
+        if n == 0 {
+            return Err(ConfigError("no nodes".into()));
+        }
+        let mut sorted = self.nodes.clone();
+        sorted.sort();
+        sorted.dedup();
+        if sorted.len() != n {
+            return Err(ConfigError("a node is listed twice".into()));
+        }
+        if self.replicas == 0 || self.replicas > n {
+            return Err(ConfigError(format!(
+                "replicas must be 1 to {n} (the number of nodes), not {}",
+                self.replicas
+            )));
+        }
+        if self.write_quorum == 0 || self.write_quorum > self.replicas {
+            return Err(ConfigError(format!(
+                "write_quorum must be 1 to {} (replicas), not {}",
+                self.replicas, self.write_quorum
+            )));
+        }
+        Ok(())
+    }
+
+    /// Reads the TOML subset below; unknown keys are errors.
+    ///
+    /// ```toml
+    /// nodes = ["10.0.0.1:50052", "10.0.0.2:50052", "10.0.0.3:50052"]
+    /// replicas = 2          # optional, default min(3, nodes)
+    /// write_quorum = 2      # optional, default replicas
+    /// timeout_ms = 2000     # optional
+    /// connect_timeout_ms = 1000
+    /// backoff_min_ms = 100
+    /// backoff_max_ms = 5000
+    /// ```
+    ///
+    /// ```
+    /// use redstone::cluster::ClusterConfig;
+    /// let c = ClusterConfig::from_toml("nodes = [\"a:1\", \"b:1\"]\nreplicas = 1\n")?;
+    /// assert_eq!((c.nodes.len(), c.replicas, c.write_quorum), (2, 1, 1));
+    /// # Ok::<(), redstone::cluster::ConfigError>(())
+    /// ```
+    pub fn from_toml(text: &str) -> Result<ClusterConfig, ConfigError> {
+        let mut nodes = None;
+        let mut numbers: Vec<(String, u64)> = Vec::new();
+        let mut lines = text.lines().enumerate();
+        while let Some((i, line)) = lines.next() {
+            let line = strip_comment(line).trim();
+            if line.is_empty() {
+                continue;
+            }
+            let err = |what: &str| ConfigError(format!("line {}: {what}", i + 1));
+            let (key, value) = line
+                .split_once('=')
+                .ok_or_else(|| err("expected `key = value`"))?;
+            let (key, mut value) = (key.trim(), value.trim().to_owned());
+            if key == "nodes" {
+                // An array may span lines until its closing bracket.
+                while !value.contains(']') {
+                    let (_, more) = lines.next().ok_or_else(|| err("unclosed ["))?;
+                    value.push_str(strip_comment(more));
+                }
+                nodes = Some(parse_string_array(&value).map_err(|e| err(&e))?);
+            } else {
+                let n = value
+                    .parse::<u64>()
+                    .map_err(|_| err(&format!("{key} must be a whole number")))?;
+                numbers.push((key.to_owned(), n));
+            }
+        }
+        let nodes = nodes.ok_or_else(|| ConfigError("`nodes` is missing".into()))?;
+        let mut config = ClusterConfig::new(nodes);
+        let mut quorum = None;
+        for (key, n) in numbers {
+            let ms = Duration::from_millis(n);
+            match key.as_str() {
+                "replicas" => config.replicas = n as usize,
+                "write_quorum" => quorum = Some(n as usize),
+                "timeout_ms" => config.timeout = ms,
+                "connect_timeout_ms" => config.connect_timeout = ms,
+                "backoff_min_ms" => config.backoff_min = ms,
+                "backoff_max_ms" => config.backoff_max = ms,
+                other => return Err(ConfigError(format!("unknown key `{other}`"))),
+            }
+        }
+        config.write_quorum = quorum.unwrap_or(config.replicas);
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Reads [`from_toml`](Self::from_toml) from a file.
+    pub fn load(path: &std::path::Path) -> Result<ClusterConfig, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
+        ClusterConfig::from_toml(&text)
+    }
+}
+
+fn strip_comment(line: &str) -> &str {
+    // Node addresses never contain '#', so a '#' always starts a comment.
+    line.split('#').next().unwrap_or("")
+}
+
+fn parse_string_array(value: &str) -> Result<Vec<String>, String> {
+    let inner = value
+        .trim()
+        .strip_prefix('[')
+        .and_then(|v| v.strip_suffix(']'))
+        .ok_or("`nodes` must be an array of strings: [\"host:port\", …]")?;
+    inner
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            s.strip_prefix('"')
+                .and_then(|s| s.strip_suffix('"'))
+                .map(str::to_owned)
+                .ok_or_else(|| format!("{s} is not a quoted string"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn toml_with_comments_and_multiline_array() {
+        let c = ClusterConfig::from_toml(
+            "# three nodes\nnodes = [\n  \"a:1\", # first\n  \"b:1\",\n  \"c:1\",\n]\nreplicas = 2\ntimeout_ms = 250\n",
+        )
+        .unwrap();
+        assert_eq!(c.nodes, ["a:1", "b:1", "c:1"]);
+        assert_eq!((c.replicas, c.write_quorum), (2, 2));
+        assert_eq!(c.timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn bad_configs_are_refused() {
+        for bad in [
+            "",
+            "nodes = []",
+            "nodes = [\"a:1\"]\nreplicas = 2",
+            "nodes = [\"a:1\", \"b:1\"]\nwrite_quorum = 3",
+            "nodes = [\"a:1\", \"a:1\"]",
+            "nodes = [a:1]",
+            "nodes = [\"a:1\"]\ncolour = 3",
+            "nodes = [\"a:1\"]\nreplicas = two",
+        ] {
+            assert!(ClusterConfig::from_toml(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(
+            ClusterConfig::parse_nodes(" a:1, b:2 ,").unwrap(),
+            ["a:1", "b:2"]
+        );
+        assert!(ClusterConfig::parse_nodes(" , ").is_err());
+    }
+
+    #[test]
+    fn defaults_follow_the_node_count() {
+        assert_eq!(ClusterConfig::new(vec!["a".into()]).replicas, 1);
+        let five = ClusterConfig::new((0..5).map(|i| i.to_string()).collect());
+        assert_eq!((five.replicas, five.write_quorum), (3, 3));
+    }
+}

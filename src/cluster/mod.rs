@@ -1,0 +1,435 @@
+//! The cluster lives in the client: every server is a plain single-node
+//! cache, and [`ClusterClient`] decides where each key goes.
+//!
+//! - `placement`: rendezvous hashing; a key's replica set is its top R
+//!   nodes.
+//! - `config`: [`ClusterConfig`], from a node list or a TOML file.
+//!
+//! Tensors are immutable, so replicas never conflict: a replica has the
+//! tensor or it does not. A put writes all R replicas at once and succeeds
+//! when W acknowledge. A get asks the replicas in placement order, skipping
+//! nodes marked down, and falls over to the next on a timeout, a connection
+//! error or `NotFound`; when a replica missed a tensor another had, the
+//! client writes it back in the background (read repair). A node that fails
+//! is skipped for a backoff that doubles with each failure, then tried
+//! again: it rejoins by answering.
+
+mod config;
+pub mod placement;
+
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use tokio::task::JoinSet;
+
+pub use config::{ClusterConfig, ConfigError};
+
+use crate::client::{ClientError, FastClient, FastClientOptions, TensorStore};
+use crate::engine::Stats;
+use crate::tensor::Tensor;
+
+/// One node as the client sees it.
+#[derive(Debug)]
+struct Node {
+    addr: String,
+    state: Mutex<NodeState>,
+}
+
+#[derive(Debug, Default)]
+struct NodeState {
+    /// The connection, once made; dropped when the node fails.
+    client: Option<FastClient>,
+    /// Consecutive failures, for the backoff.
+    failures: u32,
+    /// Skipped until then.
+    down_until: Option<Instant>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    nodes: Vec<Node>,
+    config: ClusterConfig,
+}
+
+/// One node's health and counters, from [`ClusterClient::node_stats`].
+#[derive(Debug)]
+pub struct NodeStats {
+    /// The node's address.
+    pub addr: String,
+    /// Whether the client currently considers it up.
+    pub up: bool,
+    /// Its counters, or why they could not be read.
+    pub stats: Result<Stats, ClientError>,
+}
+
+/// A client of a Redstone cluster: consistent-hash placement, replication
+/// and failover over the fast path. Cheap to clone.
+///
+/// ```no_run
+/// use redstone::cluster::{ClusterClient, ClusterConfig};
+/// use redstone::client::TensorStore;
+/// use redstone::tensor::Tensor;
+///
+/// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+/// let nodes = ClusterConfig::parse_nodes("127.0.0.1:50052,127.0.0.1:50062,127.0.0.1:50072")?;
+/// let cluster = ClusterClient::new(ClusterConfig::new(nodes))?;
+/// cluster.put_tensor("w", Tensor::from_slice::<f32>(vec![2], &[1.0, 2.0])?).await?;
+/// assert!(cluster.get("w").await?.is_some());
+/// # Ok(()) }
+/// ```
+#[derive(Debug, Clone)]
+pub struct ClusterClient {
+    inner: Arc<Inner>,
+}
+
+impl ClusterClient {
+    /// A client for the nodes of `config`. Connections are made on first
+    /// use, so this succeeds even while nodes are down.
+    pub fn new(config: ClusterConfig) -> Result<ClusterClient, ConfigError> {
+        config.validate()?;
+        let nodes = config
+            .nodes
+            .iter()
+            .map(|addr| Node {
+                addr: addr.clone(),
+                state: Mutex::new(NodeState::default()),
+            })
+            .collect();
+        Ok(ClusterClient {
+            inner: Arc::new(Inner { nodes, config }),
+        })
+    }
+
+    /// The configuration in use.
+    pub fn config(&self) -> &ClusterConfig {
+        &self.inner.config
+    }
+
+    /// The addresses of `key`'s replicas, best first.
+    pub fn replicas_of(&self, key: &str) -> Vec<&str> {
+        self.inner
+            .replica_set(key)
+            .into_iter()
+            .map(|i| self.inner.nodes[i].addr.as_str())
+            .collect()
+    }
+
+    /// Stores `tensor` on all of `key`'s replicas at once; succeeds once W
+    /// acknowledge (the others finish in the background). A replica that
+    /// already holds the key acknowledges; if every acknowledgement is of
+    /// that kind, the put is [`ClientError::AlreadyExists`], as on one node.
+    pub async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
+        let needed = self.inner.config.write_quorum;
+        let mut writes = JoinSet::new();
+        for i in self.inner.replica_set(key) {
+            let (inner, key, tensor) = (Arc::clone(&self.inner), key.to_owned(), tensor.clone());
+            writes.spawn(async move { inner.put_on(i, &key, tensor).await });
+        }
+        let (mut stored, mut held) = (0, 0);
+        let mut errors = Vec::new();
+        while let Some(joined) = writes.join_next().await {
+            match joined {
+                Ok(Ok(())) => stored += 1,
+                Ok(Err(ClientError::AlreadyExists(_))) => held += 1,
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(ClientError::Protocol(format!("write task failed: {e}"))),
+            }
+            if stored > 0 && stored + held >= needed {
+                // Quorum: let the rest finish on their own.
+                writes.detach_all();
+                return Ok(());
+            }
+        }
+        if stored + held >= needed {
+            return Err(ClientError::AlreadyExists(format!(
+                "AlreadyExists: key {key:?} is already cached"
+            )));
+        }
+        // A refusal that every node would give (too big, bad key) is the
+        // answer; otherwise say how far the write got.
+        if let Some(pos) = errors.iter().position(|e| !is_node_failure(e)) {
+            return Err(errors.swap_remove(pos));
+        }
+        let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        Err(ClientError::Quorum(format!(
+            "{} of {needed} replicas acknowledged: {}",
+            stored + held,
+            why.join("; ")
+        )))
+    }
+
+    /// The tensor under `key`, from the first replica that has it.
+    pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
+        let inner = &self.inner;
+        let mut missing_on = Vec::new();
+        let mut last_failure = None;
+        for i in inner.read_order(key) {
+            match inner.get_on(i, key).await {
+                Ok(Some(tensor)) => {
+                    if !missing_on.is_empty() {
+                        inner.repair(key, &tensor, missing_on);
+                    }
+                    return Ok(Some(tensor));
+                }
+                Ok(None) => missing_on.push(i),
+                Err(e) if is_node_failure(&e) => last_failure = Some(e),
+                Err(e) => return Err(e),
+            }
+        }
+        match last_failure {
+            Some(e) if missing_on.is_empty() => Err(e),
+            _ => Ok(None),
+        }
+    }
+
+    /// Removes `key` from all its replicas; whether any held it.
+    pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        let mut deletes = JoinSet::new();
+        for i in self.inner.replica_set(key) {
+            let (inner, key) = (Arc::clone(&self.inner), key.to_owned());
+            deletes.spawn(async move { inner.delete_on(i, &key).await });
+        }
+        let mut any = false;
+        let mut answered = false;
+        let mut last_error = None;
+        while let Some(joined) = deletes.join_next().await {
+            match joined {
+                Ok(Ok(deleted)) => {
+                    answered = true;
+                    any |= deleted;
+                }
+                Ok(Err(e)) => last_error = Some(e),
+                Err(e) => {
+                    last_error = Some(ClientError::Protocol(format!("delete task failed: {e}")))
+                }
+            }
+        }
+        match last_error {
+            Some(e) if !answered => Err(e),
+            _ => Ok(any),
+        }
+    }
+
+    /// The counters of every node, with whether the client sees it up.
+    pub async fn node_stats(&self) -> Vec<NodeStats> {
+        let mut out = Vec::new();
+        for i in 0..self.inner.nodes.len() {
+            let stats = self.inner.stats_on(i).await;
+            let node = &self.inner.nodes[i];
+            out.push(NodeStats {
+                addr: node.addr.clone(),
+                up: node.is_up(),
+                stats,
+            });
+        }
+        out
+    }
+
+    /// The counters summed over the nodes that answer (replicas count once
+    /// per node). Fails only if no node answers.
+    pub async fn stats(&self) -> Result<Stats, ClientError> {
+        let mut total: Option<Stats> = None;
+        let mut last_error = None;
+        for node in self.node_stats().await {
+            match node.stats {
+                Ok(s) => {
+                    let t = total.get_or_insert(Stats {
+                        entries: 0,
+                        memory_used: 0,
+                        memory_limit: 0,
+                        hits: 0,
+                        misses: 0,
+                        evictions: 0,
+                        hit_rate: 0.0,
+                        memory_utilization: 0.0,
+                    });
+                    t.entries += s.entries;
+                    t.memory_used += s.memory_used;
+                    t.memory_limit += s.memory_limit;
+                    t.hits += s.hits;
+                    t.misses += s.misses;
+                    t.evictions += s.evictions;
+                }
+                Err(e) => last_error = Some(e),
+            }
+        }
+        let mut total = total
+            .ok_or_else(|| last_error.unwrap_or(ClientError::Unavailable("no nodes".into())))?;
+        let lookups = total.hits + total.misses;
+        total.hit_rate = if lookups == 0 {
+            0.0
+        } else {
+            total.hits as f64 / lookups as f64
+        };
+        total.memory_utilization = if total.memory_limit == 0 {
+            0.0
+        } else {
+            total.memory_used as f64 / total.memory_limit as f64
+        };
+        Ok(total)
+    }
+}
+
+impl TensorStore for ClusterClient {
+    async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
+        ClusterClient::put_tensor(self, key, tensor).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
+        ClusterClient::get(self, key).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        ClusterClient::delete(self, key).await
+    }
+    async fn stats(&self) -> Result<Stats, ClientError> {
+        ClusterClient::stats(self).await
+    }
+}
+
+/// Errors that say the node, not the request, is the problem: the client
+/// marks the node down and, for reads, tries the next replica.
+fn is_node_failure(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Connect { .. }
+            | ClientError::Unavailable(_)
+            | ClientError::Timeout(_)
+            | ClientError::Protocol(_)
+            | ClientError::Rpc(_)
+    )
+}
+
+impl Node {
+    fn state(&self) -> MutexGuard<'_, NodeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn is_up(&self) -> bool {
+        self.state().down_until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    fn mark_down(&self, config: &ClusterConfig) {
+        let mut s = self.state();
+        s.client = None;
+        s.failures = s.failures.saturating_add(1);
+        let factor = 1u32 << (s.failures - 1).min(16);
+        let backoff = config
+            .backoff_min
+            .saturating_mul(factor)
+            .min(config.backoff_max);
+        s.down_until = Some(Instant::now() + backoff);
+        tracing::warn!(node = %self.addr, ?backoff, "node marked down");
+    }
+
+    fn mark_up(&self) {
+        let mut s = self.state();
+        if s.failures > 0 {
+            tracing::info!(node = %self.addr, "node is back");
+        }
+        s.failures = 0;
+        s.down_until = None;
+    }
+}
+
+impl Inner {
+    fn replica_set(&self, key: &str) -> Vec<usize> {
+        let mut ranked = placement::rank(&self.config.nodes, key);
+        ranked.truncate(self.config.replicas);
+        ranked
+    }
+
+    /// Replicas in placement order, those marked down last (still tried:
+    /// they may be back).
+    fn read_order(&self, key: &str) -> Vec<usize> {
+        let (up, down): (Vec<usize>, Vec<usize>) = self
+            .replica_set(key)
+            .into_iter()
+            .partition(|&i| self.nodes[i].is_up());
+        up.into_iter().chain(down).collect()
+    }
+
+    /// The node's connection, made if needed. A node inside its backoff is
+    /// refused at once, without a connection attempt.
+    async fn client(&self, i: usize) -> Result<FastClient, ClientError> {
+        let node = &self.nodes[i];
+        {
+            let s = node.state();
+            if let Some(client) = &s.client {
+                return Ok(client.clone());
+            }
+            if s.down_until.is_some_and(|t| Instant::now() < t) {
+                return Err(ClientError::Unavailable(format!(
+                    "{} is marked down",
+                    node.addr
+                )));
+            }
+        }
+        let options = FastClientOptions {
+            connect_timeout: self.config.connect_timeout,
+            request_timeout: Some(self.config.timeout),
+            ..FastClientOptions::default()
+        };
+        match FastClient::connect_with(node.addr.as_str(), options).await {
+            Ok(client) => {
+                node.state().client.get_or_insert(client.clone());
+                Ok(client)
+            }
+            Err(e) => {
+                node.mark_down(&self.config);
+                Err(e)
+            }
+        }
+    }
+
+    /// Runs one request on node `i` within the timeout, keeping the node's
+    /// health up to date.
+    async fn on<T, F, Fut>(&self, i: usize, call: F) -> Result<T, ClientError>
+    where
+        F: FnOnce(FastClient) -> Fut,
+        Fut: std::future::Future<Output = Result<T, ClientError>>,
+    {
+        let client = self.client(i).await?;
+        let limit = self.config.timeout;
+        let result = tokio::time::timeout(limit, call(client))
+            .await
+            .unwrap_or(Err(ClientError::Timeout(limit)));
+        match &result {
+            Err(e) if is_node_failure(e) => self.nodes[i].mark_down(&self.config),
+            _ => self.nodes[i].mark_up(),
+        }
+        result
+    }
+
+    async fn put_on(&self, i: usize, key: &str, tensor: Tensor) -> Result<(), ClientError> {
+        self.on(i, |c| async move { c.put_tensor(key, tensor).await })
+            .await
+    }
+
+    async fn get_on(&self, i: usize, key: &str) -> Result<Option<Tensor>, ClientError> {
+        self.on(i, |c| async move { c.get(key).await }).await
+    }
+
+    async fn delete_on(&self, i: usize, key: &str) -> Result<bool, ClientError> {
+        self.on(i, |c| async move { c.delete(key).await }).await
+    }
+
+    async fn stats_on(&self, i: usize) -> Result<Stats, ClientError> {
+        self.on(i, |c| async move { c.stats().await }).await
+    }
+
+    /// Writes `tensor` back to the replicas that answered `NotFound`, in the
+    /// background.
+    fn repair(self: &Arc<Self>, key: &str, tensor: &Tensor, nodes: Vec<usize>) {
+        for i in nodes {
+            let (inner, key, tensor) = (Arc::clone(self), key.to_owned(), tensor.clone());
+            tokio::spawn(async move {
+                match inner.put_on(i, &key, tensor).await {
+                    Ok(()) => tracing::debug!(node = %inner.nodes[i].addr, key, "read repair"),
+                    Err(ClientError::AlreadyExists(_)) => {}
+                    Err(e) => {
+                        tracing::debug!(node = %inner.nodes[i].addr, key, "read repair failed: {e}")
+                    }
+                }
+            });
+        }
+    }
+}

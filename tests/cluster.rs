@@ -1,0 +1,222 @@
+//! The cluster client against real servers on ephemeral ports.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::pattern;
+use redstone::client::ClientError;
+use redstone::cluster::{ClusterClient, ClusterConfig};
+use redstone::server::{Config, Server, ServerHandle};
+use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
+use redstone::tensor::Tensor;
+
+async fn node_at(tcp: SocketAddr) -> ServerHandle {
+    let config = Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        tcp_addr: tcp,
+        memory_limit: 256 << 20,
+        ..Config::default()
+    };
+    Server::bind(config).await.expect("bind").spawn()
+}
+
+async fn nodes(n: usize) -> Vec<ServerHandle> {
+    let mut out = Vec::new();
+    for _ in 0..n {
+        out.push(node_at("127.0.0.1:0".parse().unwrap()).await);
+    }
+    out
+}
+
+fn config(servers: &[ServerHandle], replicas: usize, quorum: usize) -> ClusterConfig {
+    ClusterConfig {
+        replicas,
+        write_quorum: quorum,
+        timeout: Duration::from_millis(500),
+        backoff_min: Duration::from_millis(20),
+        backoff_max: Duration::from_millis(100),
+        ..ClusterConfig::new(servers.iter().map(|s| s.tcp_addr().to_string()).collect())
+    }
+}
+
+fn tensor_for(i: u64) -> Tensor {
+    let data = pattern(512 + (i as usize % 7) * 100, i);
+    let meta =
+        TensorMeta::new(DType::U8, vec![data.len() as u64], StorageLayout::RowMajor).unwrap();
+    Tensor::new(meta, data).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_a_node_loss_and_read_repair_refills_a_restarted_node() {
+    let mut servers = nodes(3).await;
+    let cluster = ClusterClient::new(config(&servers, 2, 2)).unwrap();
+    const N: u64 = 2000;
+    for i in 0..N {
+        cluster
+            .put_tensor(&format!("t{i}"), tensor_for(i))
+            .await
+            .unwrap();
+    }
+    let held: u64 = servers.iter().map(|s| s.engine().stats().entries).sum();
+    assert_eq!(held, 2 * N, "every tensor on exactly two nodes");
+
+    // Lose node 1: every tensor is still readable, byte for byte.
+    let lost = servers.remove(1);
+    let lost_addr = lost.tcp_addr();
+    lost.shutdown().await.unwrap();
+    for i in 0..N {
+        let got = cluster
+            .get(&format!("t{i}"))
+            .await
+            .unwrap()
+            .expect("a replica survives");
+        assert_eq!(got, tensor_for(i), "t{i}");
+    }
+
+    // It comes back empty at the same address and rejoins by itself.
+    let back = node_at(lost_addr).await;
+    tokio::time::sleep(Duration::from_millis(150)).await; // past the backoff
+    for i in 0..N {
+        let got = cluster
+            .get(&format!("t{i}"))
+            .await
+            .unwrap()
+            .expect("still readable");
+        assert_eq!(got, tensor_for(i), "t{i}");
+    }
+    // Read repair: every key for which the restarted node is the first
+    // replica was found missing there and written back.
+    let primary: Vec<String> = (0..N)
+        .map(|i| format!("t{i}"))
+        .filter(|k| cluster.replicas_of(k)[0] == lost_addr.to_string())
+        .collect();
+    assert!(!primary.is_empty());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while back.engine().stats().entries < primary.len() as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for k in &primary {
+        assert!(back.engine().contains(k), "{k} was not repaired");
+    }
+    let nodes = cluster.node_stats().await;
+    assert!(
+        nodes.iter().all(|n| n.up && n.stats.is_ok()),
+        "all three nodes are up again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_node_costs_at_most_the_timeout() {
+    // Accepts connections and never answers.
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = hung.accept().await {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let real = nodes(1).await;
+    let timeout = Duration::from_millis(300);
+    let cluster = ClusterClient::new(ClusterConfig {
+        replicas: 2,
+        write_quorum: 1,
+        timeout,
+        backoff_min: Duration::from_secs(5),
+        backoff_max: Duration::from_secs(5),
+        ..ClusterConfig::new(vec![hung_addr.to_string(), real[0].tcp_addr().to_string()])
+    })
+    .unwrap();
+    // A key whose first replica is the hung node.
+    let key = (0..)
+        .map(|i| format!("k{i}"))
+        .find(|k| cluster.replicas_of(k)[0] == hung_addr.to_string())
+        .unwrap();
+    cluster.put_tensor(&key, tensor_for(1)).await.unwrap(); // W = 1: the real node
+    let started = Instant::now();
+    let got = cluster.get(&key).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(got, Some(tensor_for(1)));
+    assert!(took >= timeout, "the hung node was asked first");
+    assert!(took < timeout + Duration::from_millis(700), "took {took:?}");
+    // Now marked down, it is skipped: no more waiting.
+    let started = Instant::now();
+    assert_eq!(cluster.get(&key).await.unwrap(), Some(tensor_for(1)));
+    assert!(started.elapsed() < timeout, "a down node is skipped");
+    let stats = cluster.node_stats().await;
+    assert!(!stats[0].up && stats[1].up);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_during_a_failure_lose_no_acknowledged_tensor() {
+    let mut servers = nodes(3).await;
+    let cluster = ClusterClient::new(config(&servers, 2, 2)).unwrap();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let mut writers = Vec::new();
+    for w in 0..4u64 {
+        let (cluster, acked) = (cluster.clone(), acked.clone());
+        writers.push(tokio::spawn(async move {
+            let mut refused = 0;
+            for i in 0..300u64 {
+                let id = w * 1000 + i;
+                match cluster.put_tensor(&format!("c{id}"), tensor_for(id)).await {
+                    Ok(()) => acked.lock().unwrap().push(id),
+                    Err(
+                        ClientError::Quorum(_)
+                        | ClientError::Unavailable(_)
+                        | ClientError::Timeout(_),
+                    ) => refused += 1,
+                    Err(e) => panic!("unexpected {e}"),
+                }
+                tokio::task::yield_now().await;
+            }
+            refused
+        }));
+    }
+    // Fail a node while the writers run: once 200 puts are acknowledged.
+    while acked.lock().unwrap().len() < 200 {
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    servers.remove(2).shutdown().await.unwrap();
+    let mut refused = 0;
+    for w in writers {
+        refused += w.await.unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    assert!(!acked.is_empty());
+    assert_eq!(acked.len() + refused, 1200, "every put was answered");
+    assert!(
+        refused > 0,
+        "the failure happened while writes were running"
+    );
+    for id in acked {
+        let got = cluster.get(&format!("c{id}")).await.unwrap();
+        assert_eq!(
+            got,
+            Some(tensor_for(id)),
+            "acknowledged tensor c{id} was lost"
+        );
+    }
+}
+
+#[tokio::test]
+async fn puts_are_put_once_and_deletes_reach_every_replica() {
+    let servers = nodes(3).await;
+    let cluster = ClusterClient::new(config(&servers, 3, 3)).unwrap();
+    cluster.put_tensor("k", tensor_for(1)).await.unwrap();
+    assert!(matches!(
+        cluster.put_tensor("k", tensor_for(2)).await,
+        Err(ClientError::AlreadyExists(_))
+    ));
+    assert_eq!(cluster.get("k").await.unwrap(), Some(tensor_for(1)));
+    assert!(cluster.delete("k").await.unwrap());
+    assert!(servers.iter().all(|s| !s.engine().contains("k")));
+    assert!(!cluster.delete("k").await.unwrap());
+    assert_eq!(cluster.get("k").await.unwrap(), None);
+    let stats = cluster.stats().await.unwrap();
+    assert_eq!(stats.memory_limit, 3 * (256 << 20));
+}
