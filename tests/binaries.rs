@@ -155,3 +155,83 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
     let status = wait_with_timeout(&mut server, Duration::from_secs(15));
     assert!(status.success(), "server exit status: {status}");
 }
+
+/// Runs `redstone-bench ARGS… --json` and returns its JSON line's fields.
+fn bench_json(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_redstone-bench"))
+        .args(args)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let last = stdout.lines().last().unwrap_or_default().to_string();
+    (out.status.success(), last)
+}
+
+#[test]
+fn bench_fill_then_check_a_cluster_across_a_node_loss() {
+    let mut servers: Vec<(Child, String)> = (0..3)
+        .map(|_| {
+            let (child, _, tcp) =
+                start_server_both(&["127.0.0.1:0", "64MiB", "--tcp", "127.0.0.1:0"]);
+            (child, tcp)
+        })
+        .collect();
+    let nodes = servers
+        .iter()
+        .map(|(_, tcp)| tcp.as_str())
+        .collect::<Vec<_>>()
+        .join(",");
+    let common = [
+        "--nodes",
+        &nodes,
+        "--replicas",
+        "2",
+        "--keys",
+        "300",
+        "--size",
+        "4KiB",
+        "--key-prefix",
+        "deploy",
+    ];
+    let (ok, json) = bench_json(&[&["--op", "fill"][..], &common[..]].concat());
+    assert!(ok, "{json}");
+    assert!(
+        json.contains("\"written\":300") && json.contains("\"errors\":0"),
+        "{json}"
+    );
+
+    // One node goes away: with two replicas every key is still found.
+    let (mut gone, _) = servers.remove(0);
+    gone.kill().unwrap();
+    gone.wait().unwrap();
+    let (ok, json) = bench_json(&[&["--op", "check"][..], &common[..]].concat());
+    assert!(ok, "{json}");
+    assert!(
+        json.contains("\"found\":300")
+            && json.contains("\"missing\":0")
+            && json.contains("\"corrupt\":0"),
+        "{json}"
+    );
+
+    // A check of keys never written reports them missing and fails.
+    let single = servers[0].1.clone();
+    let (ok, json) = bench_json(&[
+        "--addr",
+        &single,
+        "--op",
+        "check",
+        "--keys",
+        "5",
+        "--size",
+        "4KiB",
+        "--key-prefix",
+        "never",
+    ]);
+    assert!(!ok);
+    assert!(json.contains("\"missing\":5"), "{json}");
+    for (mut child, _) in servers {
+        sigterm(&child);
+        assert!(wait_with_timeout(&mut child, Duration::from_secs(15)).success());
+    }
+}

@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use redstone::client::{FastClient, RemoteCacheClient, TensorStore};
+use redstone::cluster::{ClusterClient, ClusterConfig};
 use redstone::tensor::Tensor;
 
 /// Exercise a running Redstone server: put, get (verified), stats, delete.
@@ -22,12 +23,22 @@ struct Args {
     /// Use the fast path (binary TCP protocol) instead of gRPC.
     #[arg(long)]
     tcp: bool,
+
+    /// Use a cluster: the nodes' fast-path addresses, comma-separated, or
+    /// the path of a cluster TOML file.
+    #[arg(long, conflicts_with_all = ["tcp", "addr"])]
+    nodes: Option<String>,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let result = if args.tcp {
+    let result = if let Some(nodes) = &args.nodes {
+        match cluster(nodes) {
+            Ok(cluster) => tour(&cluster, nodes, "cluster").await,
+            Err(e) => Err(e),
+        }
+    } else if args.tcp {
         let addr = args.addr.unwrap_or_else(|| "127.0.0.1:50052".into());
         match FastClient::connect(addr.as_str()).await {
             Ok(client) => tour(&client, &addr, "fast path").await,
@@ -47,6 +58,16 @@ async fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn cluster(nodes: &str) -> Result<ClusterClient, Box<dyn std::error::Error>> {
+    let path = std::path::Path::new(nodes);
+    let config = if path.is_file() {
+        ClusterConfig::load(path)?
+    } else {
+        ClusterConfig::new(ClusterConfig::parse_nodes(nodes)?)
+    };
+    Ok(ClusterClient::new(config)?)
 }
 
 fn not_running(e: redstone::client::ClientError) -> Box<dyn std::error::Error> {

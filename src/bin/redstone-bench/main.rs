@@ -3,6 +3,7 @@
 //!
 //! Every figure in the README comes from this tool; see `--help`.
 
+mod oneshot;
 mod resp;
 
 use std::process::ExitCode;
@@ -13,6 +14,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use clap::{Parser, ValueEnum};
 use redstone::client::{ClientError, FastClient, RemoteCacheClient, TensorStore};
+use redstone::cluster::{ClusterClient, ClusterConfig};
 use redstone::size::parse_size;
 use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use redstone::tensor::Tensor;
@@ -35,6 +37,10 @@ enum Op {
     Put,
     /// 80% gets, 20% puts.
     Mixed,
+    /// One pass: write keys 0..K once each, content derived from the key.
+    Fill,
+    /// One pass: read keys 0..K once each and verify them against `fill`.
+    Check,
 }
 
 /// Closed-loop load generator: N workers, each with D requests in flight,
@@ -83,6 +89,19 @@ struct Args {
     /// End with one line of JSON.
     #[arg(long)]
     json: bool,
+    /// Cluster mode: the nodes' fast-path addresses, comma-separated
+    /// (`a:50052,b:50052,c:50052`), or the path of a cluster TOML file.
+    #[arg(long)]
+    nodes: Option<String>,
+    /// Cluster mode: copies of each tensor (default min(3, nodes)).
+    #[arg(long)]
+    replicas: Option<usize>,
+    /// Cluster mode: replicas that must acknowledge a put (default R).
+    #[arg(long)]
+    write_quorum: Option<usize>,
+    /// fill/check: keys are PREFIX:0 … PREFIX:K-1.
+    #[arg(long, default_value = "bench")]
+    key_prefix: String,
 }
 
 /// One connection to the target.
@@ -90,6 +109,25 @@ struct Args {
 enum Conn {
     Tcp(FastClient),
     Grpc(RemoteCacheClient),
+    Cluster(ClusterClient),
+}
+
+/// The cluster client described by `--nodes` (a list or a TOML file),
+/// `--replicas` and `--write-quorum`.
+fn cluster_from(args: &Args, nodes: &str) -> Result<ClusterClient, Box<dyn std::error::Error>> {
+    let mut config = if std::path::Path::new(nodes).is_file() {
+        ClusterConfig::load(std::path::Path::new(nodes))?
+    } else {
+        ClusterConfig::new(ClusterConfig::parse_nodes(nodes)?)
+    };
+    if let Some(r) = args.replicas {
+        config.replicas = r;
+        config.write_quorum = r;
+    }
+    if let Some(w) = args.write_quorum {
+        config.write_quorum = w;
+    }
+    Ok(ClusterClient::new(config)?)
 }
 
 /// What a worker measured.
@@ -176,13 +214,31 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
+    let cluster = match &args.nodes {
+        Some(nodes) => Some(cluster_from(&args, nodes)?),
+        None => None,
+    };
+    if matches!(args.op, Op::Fill | Op::Check) {
+        let conn = match (&cluster, args.target) {
+            (Some(c), _) => Conn::Cluster(c.clone()),
+            (None, Target::Tcp) => Conn::Tcp(FastClient::connect(addr.as_str()).await?),
+            (None, Target::Grpc) => Conn::Grpc(RemoteCacheClient::connect(addr.as_str()).await?),
+            (None, Target::Redis) => {
+                return Err(
+                    "fill and check drive Redstone (tcp, grpc or --nodes), not Redis".into(),
+                )
+            }
+        };
+        return oneshot::run(&args, conn, size, concurrency).await;
+    }
     match args.target {
-        Target::Tcp | Target::Grpc => {
+        _ if cluster.is_some() || args.target != Target::Redis => {
             let mut conns = Vec::new();
             for _ in 0..connections {
-                conns.push(match args.target {
-                    Target::Tcp => Conn::Tcp(FastClient::connect(addr.as_str()).await?),
-                    _ => Conn::Grpc(RemoteCacheClient::connect(addr.as_str()).await?),
+                conns.push(match (&cluster, args.target) {
+                    (Some(c), _) => Conn::Cluster(c.clone()),
+                    (None, Target::Tcp) => Conn::Tcp(FastClient::connect(addr.as_str()).await?),
+                    (None, _) => Conn::Grpc(RemoteCacheClient::connect(addr.as_str()).await?),
                 });
             }
             if args.op != Op::Put {
@@ -220,7 +276,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 });
             }
         }
-        Target::Redis => {
+        _ => {
             if args.op != Op::Put {
                 let mut conn = resp::Resp::connect(&addr).await?;
                 for (i, v) in values.iter().enumerate() {
@@ -296,6 +352,7 @@ impl Conn {
         match self {
             Conn::Tcp(c) => TensorStore::put_tensor(c, key, tensor).await,
             Conn::Grpc(c) => TensorStore::put_tensor(c, key, tensor).await,
+            Conn::Cluster(c) => TensorStore::put_tensor(c, key, tensor).await,
         }
     }
 
@@ -303,6 +360,7 @@ impl Conn {
         match self {
             Conn::Tcp(c) => TensorStore::get(c, key).await,
             Conn::Grpc(c) => TensorStore::get(c, key).await,
+            Conn::Cluster(c) => TensorStore::get(c, key).await,
         }
     }
 
@@ -310,7 +368,7 @@ impl Conn {
     async fn get_into(&self, key: &str, buf: &mut [u8]) -> Result<bool, ClientError> {
         match self {
             Conn::Tcp(c) => Ok(c.get_into(key, buf).await?.is_some()),
-            Conn::Grpc(_) => match self.get(key).await? {
+            Conn::Grpc(_) | Conn::Cluster(_) => match self.get(key).await? {
                 Some(t) if t.data().len() == buf.len() => {
                     buf.copy_from_slice(t.data());
                     Ok(true)
@@ -354,6 +412,7 @@ impl Ctx {
             Op::Get => false,
             Op::Put => true,
             Op::Mixed => rng.next().is_multiple_of(5),
+            Op::Fill | Op::Check => unreachable!("one-shot operations have their own loop"),
         }
     }
 }
@@ -522,6 +581,20 @@ fn record(tally: &mut Tally, started: Instant, outcome: Result<(), String>) {
     }
 }
 
+/// Latency percentiles in µs: p50, p99, p999.
+fn percentiles(latencies_ns: &mut [u32]) -> (f64, f64, f64) {
+    latencies_ns.sort_unstable();
+    let pct = |p: f64| -> f64 {
+        if latencies_ns.is_empty() {
+            return 0.0;
+        }
+        let idx =
+            ((p * latencies_ns.len() as f64).ceil() as usize).clamp(1, latencies_ns.len()) - 1;
+        latencies_ns[idx] as f64 / 1000.0
+    };
+    (pct(0.50), pct(0.99), pct(0.999))
+}
+
 fn report(
     args: &Args,
     size: usize,
@@ -531,18 +604,10 @@ fn report(
     elapsed: f64,
     mut all: Tally,
 ) {
-    all.latencies_ns.sort_unstable();
     let ops = all.latencies_ns.len() as f64;
-    let pct = |p: f64| -> f64 {
-        if all.latencies_ns.is_empty() {
-            return 0.0;
-        }
-        let idx = ((p * ops).ceil() as usize).clamp(1, all.latencies_ns.len()) - 1;
-        all.latencies_ns[idx] as f64 / 1000.0
-    };
+    let (p50, p99, p999) = percentiles(&mut all.latencies_ns);
     let ops_per_sec = ops / elapsed;
     let mb_per_sec = ops_per_sec * size as f64 / 1e6;
-    let (p50, p99, p999) = (pct(0.50), pct(0.99), pct(0.999));
     let target = format!("{:?}", args.target).to_lowercase();
     let op = format!("{:?}", args.op).to_lowercase();
     println!(
