@@ -14,9 +14,10 @@
 //! always terminates.
 //!
 //! # Budget
-//! A stored tensor is charged [`Engine::charge`]: its payload, its key, its
-//! shape and a fixed [`ENTRY_OVERHEAD`] for the index slot, list node and
-//! allocation headers. `memory_used` only changes under the eviction lock,
+//! A stored tensor is charged [`Engine::charge`]: its payload (in whole
+//! pages when large, as the allocator maps it), its key, its shape and a
+//! fixed [`ENTRY_OVERHEAD`] for the index slot, list node and allocation
+//! headers. `benches/memory.py` measures the real footprint against it. `memory_used` only changes under the eviction lock,
 //! and a put evicts before it adds, so `memory_used ≤ memory_limit` holds at
 //! every instant, whatever number of threads put at once.
 //!
@@ -45,6 +46,22 @@ pub const MAX_KEY_LEN: usize = 4096;
 /// list node, the shared reference count of the payload and the allocator's
 /// headers for the key, shape and payload allocations.
 pub const ENTRY_OVERHEAD: u64 = 320;
+
+/// Payloads at least this large are mapped by the allocator in whole pages.
+const PAGE_MAPPED_FROM: u64 = 128 * 1024;
+const PAGE: u64 = 4096;
+
+/// The memory a payload of `len` bytes really occupies: large allocations
+/// are whole pages (glibc maps them, with a 16-byte header, from 128 KiB up),
+/// so a 1 MiB tensor costs 1 MiB + 4 KiB. Smaller ones carry a header that
+/// [`ENTRY_OVERHEAD`] covers.
+pub fn payload_footprint(len: u64) -> u64 {
+    if len >= PAGE_MAPPED_FROM {
+        (len + 16).div_ceil(PAGE).saturating_mul(PAGE)
+    } else {
+        len
+    }
+}
 
 /// A snapshot of the cache's counters.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -131,12 +148,17 @@ impl Engine {
         }
     }
 
-    /// The bytes of budget a tensor stored under `key` is charged:
-    /// payload + key + 8 per dimension + [`ENTRY_OVERHEAD`].
+    /// The bytes of budget a tensor stored under `key` is charged: its
+    /// payload as the allocator holds it ([`payload_footprint`]), plus the
+    /// key, 8 per dimension and [`ENTRY_OVERHEAD`].
+    ///
     /// It depends only on the key and the metadata, so a front end can
     /// check it before receiving the payload.
     pub fn charge(key: &str, meta: &TensorMeta) -> u64 {
-        meta.byte_size() + key.len() as u64 + 8 * meta.shape().len() as u64 + ENTRY_OVERHEAD
+        payload_footprint(meta.byte_size())
+            + key.len() as u64
+            + 8 * meta.shape().len() as u64
+            + ENTRY_OVERHEAD
     }
 
     /// The byte budget.

@@ -257,3 +257,16 @@ fn racing_puts_of_one_key_have_exactly_one_winner() {
     }
     assert_eq!(cache.stats().entries, 50);
 }
+
+#[test]
+fn large_payloads_are_charged_in_whole_pages() {
+    assert_eq!(payload_footprint(3072), 3072);
+    assert_eq!(payload_footprint(1 << 20), (1 << 20) + 4096);
+    assert_eq!(payload_footprint(128 * 1024 - 1), 128 * 1024 - 1);
+    assert_eq!(payload_footprint(128 * 1024), 33 * 4096);
+    let t = bytes(1 << 20, 0);
+    assert_eq!(
+        Engine::charge("k", t.meta()),
+        (1 << 20) + 4096 + 1 + 8 + ENTRY_OVERHEAD
+    );
+}

@@ -364,6 +364,14 @@ impl Conn {
         }
     }
 
+    async fn stats(&self) -> Result<redstone::engine::Stats, ClientError> {
+        match self {
+            Conn::Tcp(c) => TensorStore::stats(c).await,
+            Conn::Grpc(c) => TensorStore::stats(c).await,
+            Conn::Cluster(c) => TensorStore::stats(c).await,
+        }
+    }
+
     /// Reads into `buf` where the transport can (tcp), else gets and copies.
     async fn get_into(&self, key: &str, buf: &mut [u8]) -> Result<bool, ClientError> {
         match self {

@@ -114,6 +114,14 @@ pub async fn run(
     let ops_per_sec = ops / elapsed;
     let mb_per_sec = ops_per_sec * size as f64 / 1e6;
     let op = if args.op == Op::Fill { "fill" } else { "check" };
+    // The target's counters after the pass (summed over a cluster's nodes).
+    let server = match conn.stats().await {
+        Ok(s) => format!(
+            ",\"entries\":{},\"memory_used\":{},\"memory_limit\":{},\"evictions\":{}",
+            s.entries, s.memory_used, s.memory_limit, s.evictions
+        ),
+        Err(_) => String::new(),
+    };
     println!(
         "{op} {keys} keys of {size} bytes: written {written}, found {found}, missing {missing}, corrupt {corrupt}, \
          errors {errors}; {ops_per_sec:.0} ops/s, {mb_per_sec:.1} MB/s, p50 {p50:.1} us, p99 {p99:.1} us"
@@ -126,7 +134,7 @@ pub async fn run(
             "{{\"op\":\"{op}\",\"keys\":{keys},\"size\":{size},\"written\":{written},\"found\":{found},\
              \"missing\":{missing},\"corrupt\":{corrupt},\"errors\":{errors},\"duration_s\":{elapsed:.3},\
              \"ops_per_sec\":{ops_per_sec:.1},\"mb_per_sec\":{mb_per_sec:.2},\"p50_us\":{p50:.1},\
-             \"p99_us\":{p99:.1},\"p999_us\":{p999:.1}}}"
+             \"p99_us\":{p99:.1},\"p999_us\":{p999:.1}{server}}}"
         );
     }
     if errors > 0 || corrupt > 0 || (op == "check" && missing > 0) {
