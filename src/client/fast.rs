@@ -143,16 +143,11 @@ impl FastClient {
         options: FastClientOptions,
     ) -> Result<FastClient, ClientError> {
         let name = addr.to_string();
-        let connect_err = |reason: String| ClientError::Connect {
+        let stream = connect_stream(addr, &name, options.connect_timeout).await?;
+        let peer = stream.peer_addr().map_err(|e| ClientError::Connect {
             addr: name.clone(),
-            reason,
-        };
-        let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(addr))
-            .await
-            .map_err(|_| connect_err("timed out".into()))?
-            .map_err(|e| connect_err(e.to_string()))?;
-        stream.set_nodelay(true).ok();
-        let peer = stream.peer_addr().map_err(|e| connect_err(e.to_string()))?;
+            reason: e.to_string(),
+        })?;
         let (reader, writer) = stream.into_split();
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         tokio::spawn(write_loop(writer, rx));
@@ -414,6 +409,24 @@ impl FastClient {
     }
 }
 
+/// A TCP connection with Nagle off, within `timeout`.
+async fn connect_stream(
+    addr: impl ToSocketAddrs,
+    name: &str,
+    timeout: Duration,
+) -> Result<TcpStream, ClientError> {
+    let connect_err = |reason: String| ClientError::Connect {
+        addr: name.to_owned(),
+        reason,
+    };
+    let stream = tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| connect_err("timed out".into()))?
+        .map_err(|e| connect_err(e.to_string()))?;
+    stream.set_nodelay(true).ok();
+    Ok(stream)
+}
+
 fn limits(options: &FastClientOptions) -> Limits {
     Limits {
         max_header: 1 << 20,
@@ -435,15 +448,7 @@ impl Exclusive {
         peer: std::net::SocketAddr,
         options: &FastClientOptions,
     ) -> Result<Exclusive, ClientError> {
-        let connect_err = |reason: String| ClientError::Connect {
-            addr: peer.to_string(),
-            reason,
-        };
-        let stream = tokio::time::timeout(options.connect_timeout, TcpStream::connect(peer))
-            .await
-            .map_err(|_| connect_err("timed out".into()))?
-            .map_err(|e| connect_err(e.to_string()))?;
-        stream.set_nodelay(true).ok();
+        let stream = connect_stream(peer, &peer.to_string(), options.connect_timeout).await?;
         let (reader, writer) = stream.into_split();
         Ok(Exclusive {
             reader: FrameReader::new(reader),

@@ -228,45 +228,36 @@ impl ClusterClient {
     /// The counters summed over the nodes that answer (replicas count once
     /// per node). Fails only if no node answers.
     pub async fn stats(&self) -> Result<Stats, ClientError> {
-        let mut total: Option<Stats> = None;
+        // entries, memory_used, memory_limit, hits, misses, evictions.
+        let mut sum = [0u64; 6];
+        let mut answered = false;
         let mut last_error = None;
         for node in self.node_stats().await {
             match node.stats {
                 Ok(s) => {
-                    let t = total.get_or_insert(Stats {
-                        entries: 0,
-                        memory_used: 0,
-                        memory_limit: 0,
-                        hits: 0,
-                        misses: 0,
-                        evictions: 0,
-                        hit_rate: 0.0,
-                        memory_utilization: 0.0,
-                    });
-                    t.entries += s.entries;
-                    t.memory_used += s.memory_used;
-                    t.memory_limit += s.memory_limit;
-                    t.hits += s.hits;
-                    t.misses += s.misses;
-                    t.evictions += s.evictions;
+                    answered = true;
+                    let counts = [
+                        s.entries,
+                        s.memory_used,
+                        s.memory_limit,
+                        s.hits,
+                        s.misses,
+                        s.evictions,
+                    ];
+                    for (total, n) in sum.iter_mut().zip(counts) {
+                        *total += n;
+                    }
                 }
                 Err(e) => last_error = Some(e),
             }
         }
-        let mut total = total
-            .ok_or_else(|| last_error.unwrap_or(ClientError::Unavailable("no nodes".into())))?;
-        let lookups = total.hits + total.misses;
-        total.hit_rate = if lookups == 0 {
-            0.0
-        } else {
-            total.hits as f64 / lookups as f64
-        };
-        total.memory_utilization = if total.memory_limit == 0 {
-            0.0
-        } else {
-            total.memory_used as f64 / total.memory_limit as f64
-        };
-        Ok(total)
+        if !answered {
+            return Err(last_error.unwrap_or(ClientError::Unavailable("no nodes".into())));
+        }
+        let [entries, used, limit, hits, misses, evictions] = sum;
+        Ok(Stats::from_counts(
+            entries, used, limit, hits, misses, evictions,
+        ))
     }
 }
 

@@ -84,6 +84,30 @@ pub struct Stats {
     pub memory_utilization: f64,
 }
 
+impl Stats {
+    /// Counters with the two ratios derived from them.
+    pub fn from_counts(
+        entries: u64,
+        memory_used: u64,
+        memory_limit: u64,
+        hits: u64,
+        misses: u64,
+        evictions: u64,
+    ) -> Stats {
+        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+        Stats {
+            entries,
+            memory_used,
+            memory_limit,
+            hits,
+            misses,
+            evictions,
+            hit_rate: ratio(hits, hits + misses),
+            memory_utilization: ratio(memory_used, memory_limit),
+        }
+    }
+}
+
 /// The in-memory tensor cache. Cheap to clone: clones share one cache.
 ///
 /// ```
@@ -250,27 +274,14 @@ impl Engine {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
-        let (hits, misses) = (s.hits.get(), s.misses.get());
-        let memory_used = s.memory_used.load(Ordering::Relaxed);
-        let lookups = hits + misses;
-        Stats {
-            entries: s.index.len() as u64,
-            memory_used,
-            memory_limit: s.memory_limit,
-            hits,
-            misses,
-            evictions: s.evictions.load(Ordering::Relaxed),
-            hit_rate: if lookups == 0 {
-                0.0
-            } else {
-                hits as f64 / lookups as f64
-            },
-            memory_utilization: if s.memory_limit == 0 {
-                0.0
-            } else {
-                memory_used as f64 / s.memory_limit as f64
-            },
-        }
+        Stats::from_counts(
+            s.index.len() as u64,
+            s.memory_used.load(Ordering::Relaxed),
+            s.memory_limit,
+            s.hits.get(),
+            s.misses.get(),
+            s.evictions.load(Ordering::Relaxed),
+        )
     }
 
     fn lock_order(&self) -> MutexGuard<'_, ClockList> {

@@ -123,25 +123,14 @@ impl From<Stats> for WireStats {
 
 impl From<WireStats> for Stats {
     fn from(s: WireStats) -> Stats {
-        let lookups = s.hits + s.misses;
-        Stats {
-            entries: s.entries,
-            memory_used: s.memory_used,
-            memory_limit: s.memory_limit,
-            hits: s.hits,
-            misses: s.misses,
-            evictions: s.evictions,
-            hit_rate: if lookups == 0 {
-                0.0
-            } else {
-                s.hits as f64 / lookups as f64
-            },
-            memory_utilization: if s.memory_limit == 0 {
-                0.0
-            } else {
-                s.memory_used as f64 / s.memory_limit as f64
-            },
-        }
+        Stats::from_counts(
+            s.entries,
+            s.memory_used,
+            s.memory_limit,
+            s.hits,
+            s.misses,
+            s.evictions,
+        )
     }
 }
 

@@ -211,6 +211,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     );
 
     let run_id = std::process::id();
+    let make_ctx = |w: usize| Ctx {
+        op: args.op,
+        verify: args.verify,
+        into: args.into,
+        size,
+        keys,
+        values: Arc::clone(&values),
+        base: base.clone(),
+        prefix: format!("bench:w{run_id}:{w}:"),
+    };
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
@@ -255,16 +265,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             };
             for w in 0..tasks {
                 let conn = conns[w % connections].clone();
-                let ctx = Ctx {
-                    op: args.op,
-                    verify: args.verify,
-                    into: args.into,
-                    size,
-                    keys,
-                    values: Arc::clone(&values),
-                    base: base.clone(),
-                    prefix: format!("bench:w{run_id}:{w}:"),
-                };
+                let ctx = make_ctx(w);
                 let (stop, measuring) = (Arc::clone(&stop), Arc::clone(&measuring));
                 workers.push(match (batch, conn) {
                     (true, Conn::Tcp(client)) => tokio::spawn(async move {
@@ -288,16 +289,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             }
             for w in 0..concurrency {
                 let conn = resp::Resp::connect(&addr).await?;
-                let ctx = Ctx {
-                    op: args.op,
-                    verify: args.verify,
-                    into: args.into,
-                    size,
-                    keys,
-                    values: Arc::clone(&values),
-                    base: base.clone(),
-                    prefix: format!("bench:w{run_id}:{w}:"),
-                };
+                let ctx = make_ctx(w);
                 let (stop, measuring) = (Arc::clone(&stop), Arc::clone(&measuring));
                 workers.push(tokio::spawn(async move {
                     redis_worker(conn, ctx, pipeline, w as u64, stop, measuring).await

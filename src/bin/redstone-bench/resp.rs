@@ -6,7 +6,8 @@
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use redstone::connection::{write_frames, OutFrame};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 /// One Redis connection.
@@ -55,31 +56,14 @@ impl Resp {
         )));
     }
 
-    /// Writes the queued commands with vectored writes.
+    /// Writes the queued commands with vectored writes (Redstone's own
+    /// frame writer, which takes any buffers).
     pub async fn send(&mut self, chunks: &mut Vec<Bytes>) -> io::Result<()> {
-        let mut chunks: std::collections::VecDeque<Bytes> = chunks.drain(..).collect();
-        while !chunks.is_empty() {
-            let slices: Vec<io::IoSlice<'_>> = chunks
-                .iter()
-                .take(64)
-                .map(|c| io::IoSlice::new(c))
-                .collect();
-            let mut n = self.stream.write_vectored(&slices).await?;
-            if n == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            while n > 0 {
-                let front = chunks.front_mut().expect("wrote more than queued");
-                if n >= front.len() {
-                    n -= front.len();
-                    chunks.pop_front();
-                } else {
-                    front.advance(n);
-                    n = 0;
-                }
-            }
-        }
-        Ok(())
+        let frames = chunks.drain(..).map(|head| OutFrame {
+            head,
+            payload: Bytes::new(),
+        });
+        write_frames(&mut self.stream, frames).await
     }
 
     /// Reads one reply.
