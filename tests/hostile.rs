@@ -14,6 +14,10 @@ use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// Tests that measure this process's RSS, and the one that allocates
+/// large buffers, take turns: tests in one binary run in parallel.
+static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn u8_meta(n: u64) -> TensorMeta {
     TensorMeta::new(DType::U8, vec![n], StorageLayout::RowMajor).unwrap()
 }
@@ -37,6 +41,7 @@ async fn random_garbage() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn absurd_length_claims_are_refused_from_the_prefix() {
+    let _turn = MEMORY.lock().await;
     let server = start_server(64 << 20).await;
     let good = GoodClient::start(server.tcp_addr(), "claims").await;
     let rss_before = common::rss_bytes();
@@ -90,6 +95,7 @@ async fn a_frame_cut_mid_payload_stores_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_that_leaves_halfway_through_a_large_get() {
+    let _turn = MEMORY.lock().await;
     let server = start_server(256 << 20).await;
     let client = FastClient::connect(server.tcp_addr()).await.unwrap();
     client
@@ -194,6 +200,7 @@ async fn a_thousand_idle_connections_hit_the_limit_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_gets_backpressure() {
+    let _turn = MEMORY.lock().await;
     let server = start_server(64 << 20).await;
     let client = FastClient::connect(server.tcp_addr()).await.unwrap();
     client
