@@ -220,3 +220,47 @@ async fn puts_are_put_once_and_deletes_reach_every_replica() {
     let stats = cluster.stats().await.unwrap();
     assert_eq!(stats.memory_limit, 3 * (256 << 20));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hedged_read_does_not_wait_for_a_hung_replica() {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let hung_addr = hung.local_addr().unwrap();
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = hung.accept().await {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let real = nodes(1).await;
+    let cluster = ClusterClient::new(ClusterConfig {
+        replicas: 2,
+        write_quorum: 1,
+        timeout: Duration::from_secs(3),
+        hedge_after: Some(Duration::from_millis(50)),
+        ..ClusterConfig::new(vec![hung_addr.to_string(), real[0].tcp_addr().to_string()])
+    })
+    .unwrap();
+    let key = (0..)
+        .map(|i| format!("h{i}"))
+        .find(|k| cluster.replicas_of(k)[0] == hung_addr.to_string())
+        .unwrap();
+    cluster.put_tensor(&key, tensor_for(3)).await.unwrap();
+    let started = Instant::now();
+    assert_eq!(cluster.get(&key).await.unwrap(), Some(tensor_for(3)));
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_millis(50),
+        "the hedge waited its delay"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "took {took:?}: the hedge did not fire"
+    );
+    // A key missing everywhere still answers None (both replicas asked).
+    let absent = (0..)
+        .map(|i| format!("absent{i}"))
+        .find(|k| cluster.replicas_of(k)[0] == real[0].tcp_addr().to_string())
+        .unwrap();
+    assert_eq!(cluster.get(&absent).await.unwrap(), None);
+}

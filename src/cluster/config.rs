@@ -31,6 +31,10 @@ pub struct ClusterConfig {
     pub backoff_min: Duration,
     /// The longest a failed node is skipped.
     pub backoff_max: Duration,
+    /// Hedged reads: if the first replica has not answered a get after
+    /// this long, ask the second as well and take the first answer. Costs
+    /// extra load on slow reads; `None` (the default) reads one at a time.
+    pub hedge_after: Option<Duration>,
 }
 
 impl ClusterConfig {
@@ -45,6 +49,7 @@ impl ClusterConfig {
             connect_timeout: Duration::from_secs(1),
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
+            hedge_after: None,
         }
     }
 
@@ -100,6 +105,7 @@ impl ClusterConfig {
     /// connect_timeout_ms = 1000
     /// backoff_min_ms = 100
     /// backoff_max_ms = 5000
+    /// hedge_after_ms = 20   # optional: hedged reads
     /// ```
     ///
     /// ```
@@ -148,6 +154,7 @@ impl ClusterConfig {
                 "connect_timeout_ms" => config.connect_timeout = ms,
                 "backoff_min_ms" => config.backoff_min = ms,
                 "backoff_max_ms" => config.backoff_max = ms,
+                "hedge_after_ms" => config.hedge_after = Some(ms),
                 other => return Err(ConfigError(format!("unknown key `{other}`"))),
             }
         }

@@ -17,6 +17,8 @@
 mod config;
 pub mod placement;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -158,28 +160,48 @@ impl ClusterClient {
         )))
     }
 
-    /// The tensor under `key`, from the first replica that has it.
+    /// The tensor under `key`, from the first replica that has it. With
+    /// [`ClusterConfig::hedge_after`] set, a second replica is asked too if
+    /// the first has not answered by then, and the first answer wins.
     pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
         let inner = &self.inner;
-        let mut missing_on = Vec::new();
-        let mut last_failure = None;
-        for i in inner.read_order(key) {
-            match inner.get_on(i, key).await {
-                Ok(Some(tensor)) => {
-                    if !missing_on.is_empty() {
-                        inner.repair(key, &tensor, missing_on);
-                    }
-                    return Ok(Some(tensor));
-                }
-                Ok(None) => missing_on.push(i),
-                Err(e) if is_node_failure(&e) => last_failure = Some(e),
-                Err(e) => return Err(e),
+        let order = inner.read_order(key);
+        let mut reads = Reads::default();
+        let mut rest = &order[..];
+        if let (Some(hedge), [first, second, ..]) = (inner.config.hedge_after, &order[..]) {
+            rest = &order[2..];
+            let (first, second) = (*first, *second);
+            let started = Instant::now();
+            type Read<'a> = Pin<Box<dyn Future<Output = (usize, ReadResult)> + Send + 'a>>;
+            let mut a: Read<'_> = Box::pin(async move { (first, inner.get_on(first, key).await) });
+            let mut b: Read<'_> = Box::pin(async move {
+                tokio::time::sleep(hedge).await;
+                (second, inner.get_on(second, key).await)
+            });
+            let (i, result) = tokio::select! { x = &mut a => x, x = &mut b => x };
+            if let Some(tensor) = reads.absorb(i, result)? {
+                return Ok(Some(inner.found(key, tensor, reads)));
+            }
+            let (i, result) = if i == second {
+                a.await
+            } else if started.elapsed() < hedge {
+                // The first replica answered before the hedge went out:
+                // ask the second now rather than after the delay.
+                drop(b);
+                (second, inner.get_on(second, key).await)
+            } else {
+                b.await
+            };
+            if let Some(tensor) = reads.absorb(i, result)? {
+                return Ok(Some(inner.found(key, tensor, reads)));
             }
         }
-        match last_failure {
-            Some(e) if missing_on.is_empty() => Err(e),
-            _ => Ok(None),
+        for &i in rest {
+            if let Some(tensor) = reads.absorb(i, inner.get_on(i, key).await)? {
+                return Ok(Some(inner.found(key, tensor, reads)));
+            }
         }
+        reads.finish()
     }
 
     /// Removes `key` from all its replicas; whether any held it.
@@ -273,6 +295,38 @@ impl TensorStore for ClusterClient {
     }
     async fn stats(&self) -> Result<Stats, ClientError> {
         ClusterClient::stats(self).await
+    }
+}
+
+type ReadResult = Result<Option<Tensor>, ClientError>;
+
+/// What the replicas asked so far answered, during one get.
+#[derive(Default)]
+struct Reads {
+    /// Replicas that answered `NotFound`: read repair targets.
+    missing_on: Vec<usize>,
+    last_failure: Option<ClientError>,
+}
+
+impl Reads {
+    /// Takes one replica's answer: the tensor if found, `None` to go on,
+    /// or an error that ends the get (a refusal every node would give).
+    fn absorb(&mut self, node: usize, result: ReadResult) -> Result<Option<Tensor>, ClientError> {
+        match result {
+            Ok(Some(tensor)) => return Ok(Some(tensor)),
+            Ok(None) => self.missing_on.push(node),
+            Err(e) if is_node_failure(&e) => self.last_failure = Some(e),
+            Err(e) => return Err(e),
+        }
+        Ok(None)
+    }
+
+    /// No replica had it: `None` if any answered, else the last failure.
+    fn finish(self) -> ReadResult {
+        match self.last_failure {
+            Some(e) if self.missing_on.is_empty() => Err(e),
+            _ => Ok(None),
+        }
     }
 }
 
@@ -405,6 +459,14 @@ impl Inner {
 
     async fn stats_on(&self, i: usize) -> Result<Stats, ClientError> {
         self.on(i, |c| async move { c.stats().await }).await
+    }
+
+    /// A get's result: read repair for the replicas that missed it.
+    fn found(self: &Arc<Self>, key: &str, tensor: Tensor, reads: Reads) -> Tensor {
+        if !reads.missing_on.is_empty() {
+            self.repair(key, &tensor, reads.missing_on);
+        }
+        tensor
     }
 
     /// Writes `tensor` back to the replicas that answered `NotFound`, in the
