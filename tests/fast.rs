@@ -541,5 +541,39 @@ async fn a_closed_server_fails_calls_instead_of_hanging() {
         .await
         .expect("no hang")
         .unwrap_err();
-    assert!(matches!(err, ClientError::Unavailable(_)), "{err}");
+    assert!(
+        matches!(
+            err,
+            ClientError::Unavailable(_) | ClientError::Connect { .. }
+        ),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn the_client_reconnects_after_a_server_restart() {
+    let server = start_server(1 << 20).await;
+    let addr = server.tcp_addr();
+    let client = FastClient::connect(addr).await.unwrap();
+    client.put("k", u8_meta(1), vec![1u8]).await.unwrap();
+    server.shutdown().await.unwrap();
+    // The old connection is gone; a call in flight fails...
+    assert!(client.ping().await.is_err());
+    // ...and once a server listens there again, the next call reconnects.
+    let config = redstone::server::Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        tcp_addr: addr,
+        memory_limit: 1 << 20,
+        ..redstone::server::Config::default()
+    };
+    let again = redstone::server::Server::bind(config)
+        .await
+        .unwrap()
+        .spawn();
+    client.ping().await.unwrap();
+    assert!(
+        client.get("k").await.unwrap().is_none(),
+        "a restarted server is empty"
+    );
+    again.shutdown().await.unwrap();
 }

@@ -81,18 +81,53 @@ struct Pending {
 #[derive(Debug)]
 struct Inner {
     addr: String,
-    /// The resolved server address, for opening exclusive connections.
+    /// The resolved server address, for reconnecting and for exclusive
+    /// connections.
     peer: std::net::SocketAddr,
     options: FastClientOptions,
     /// Idle exclusive connections kept for `get_into`.
     spare: Mutex<Vec<Exclusive>>,
-    tx: mpsc::Sender<OutFrame>,
-    pending: Mutex<Pending>,
-    next_id: AtomicU64,
+    /// The multiplexed connection; replaced by a new one when it has
+    /// closed and a call needs it.
+    link: Mutex<Arc<Link>>,
     request_timeout: Option<Duration>,
 }
 
-impl Inner {
+/// One multiplexed connection: the writer task's queue and the calls
+/// waiting for replies.
+#[derive(Debug)]
+struct Link {
+    tx: mpsc::Sender<OutFrame>,
+    pending: Mutex<Pending>,
+    next_id: AtomicU64,
+}
+
+impl Link {
+    /// Starts the writer and reader tasks of a new connection.
+    fn open(stream: TcpStream, options: &FastClientOptions) -> Arc<Link> {
+        let (reader, writer) = stream.into_split();
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        tokio::spawn(write_loop(writer, rx));
+        let link = Arc::new(Link {
+            tx,
+            pending: Mutex::new(Pending::default()),
+            next_id: AtomicU64::new(1),
+        });
+        // The reader holds a weak handle: once every client has let go of
+        // the link, its writer's queue closes, the server sees the
+        // connection end and closes its side, and the reader ends.
+        tokio::spawn(read_loop(
+            FrameReader::new(reader),
+            Arc::downgrade(&link),
+            limits(options),
+        ));
+        link
+    }
+
+    fn is_closed(&self) -> bool {
+        self.pending().closed.is_some()
+    }
+
     fn pending(&self) -> MutexGuard<'_, Pending> {
         self.pending.lock().unwrap_or_else(PoisonError::into_inner)
     }
@@ -148,27 +183,15 @@ impl FastClient {
             addr: name.clone(),
             reason: e.to_string(),
         })?;
-        let (reader, writer) = stream.into_split();
-        let (tx, rx) = mpsc::channel(options.queue.max(1));
-        tokio::spawn(write_loop(writer, rx));
-        let limits = limits(&options);
+        let link = Link::open(stream, &options);
         let inner = Arc::new(Inner {
             addr: name,
             peer,
             spare: Mutex::new(Vec::new()),
-            tx,
-            pending: Mutex::new(Pending::default()),
-            next_id: AtomicU64::new(1),
+            link: Mutex::new(link),
             request_timeout: options.request_timeout,
             options,
         });
-        // The reader holds a weak handle: dropping every client clone drops
-        // the writer's sender, the server closes, and the reader ends.
-        tokio::spawn(read_loop(
-            FrameReader::new(reader),
-            Arc::downgrade(&inner),
-            limits,
-        ));
         Ok(FastClient { inner })
     }
 
@@ -275,6 +298,7 @@ impl FastClient {
         let id = self
             .send(Request::GetMany { keys }, Bytes::new(), Waiter::Many(tx))
             .await?;
+        let (link, id) = id;
         let mut out: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
         let collect = async {
             let mut answered = 0;
@@ -302,7 +326,7 @@ impl FastClient {
             }
             Ok(())
         };
-        self.with_timeout(id, collect).await?;
+        self.with_timeout(&link, id, collect).await?;
         Ok(out)
     }
 
@@ -334,9 +358,9 @@ impl FastClient {
     /// One request, one reply; a `NotFound` reply is `Ok(None)`.
     async fn call_allow_missing(&self, request: Request) -> Result<Option<Reply>, ClientError> {
         let (tx, rx) = oneshot::channel();
-        let id = self.send(request, Bytes::new(), Waiter::One(tx)).await?;
+        let (link, id) = self.send(request, Bytes::new(), Waiter::One(tx)).await?;
         let reply = self
-            .with_timeout(id, async {
+            .with_timeout(&link, id, async {
                 rx.await
                     .map_err(|_| ClientError::Unavailable("the connection closed".into()))?
             })
@@ -350,9 +374,9 @@ impl FastClient {
     /// One request, one successful reply.
     async fn call(&self, request: Request, payload: Bytes) -> Result<Reply, ClientError> {
         let (tx, rx) = oneshot::channel();
-        let id = self.send(request, payload, Waiter::One(tx)).await?;
+        let (link, id) = self.send(request, payload, Waiter::One(tx)).await?;
         let reply = self
-            .with_timeout(id, async {
+            .with_timeout(&link, id, async {
                 rx.await
                     .map_err(|_| ClientError::Unavailable("the connection closed".into()))?
             })
@@ -361,18 +385,46 @@ impl FastClient {
         Ok(reply)
     }
 
-    /// Registers a waiter and queues the request; returns its id.
+    /// The open connection, or a new one if it has closed (the server
+    /// restarted, say). Calls that were in flight on the old one failed
+    /// with [`ClientError::Unavailable`]; this one goes out on the new one.
+    async fn link(&self) -> Result<Arc<Link>, ClientError> {
+        let current = Arc::clone(
+            &self
+                .inner
+                .link
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        if !current.is_closed() {
+            return Ok(current);
+        }
+        let inner = &self.inner;
+        let stream = connect_stream(inner.peer, &inner.addr, inner.options.connect_timeout).await?;
+        let fresh = Link::open(stream, &inner.options);
+        let mut slot = inner.link.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.is_closed() {
+            *slot = Arc::clone(&fresh);
+            Ok(fresh)
+        } else {
+            // Another call reconnected first; use its connection.
+            Ok(Arc::clone(&slot))
+        }
+    }
+
+    /// Registers a waiter and queues the request; returns the connection
+    /// it went out on and its id.
     async fn send(
         &self,
         request: Request,
         payload: Bytes,
         waiter: Waiter,
-    ) -> Result<u64, ClientError> {
-        let inner = &self.inner;
-        let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    ) -> Result<(Arc<Link>, u64), ClientError> {
+        let link = self.link().await?;
+        let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let head = encode_frame(request.opcode(), 0, id, &request, payload.len() as u64);
         {
-            let mut pending = inner.pending();
+            let mut pending = link.pending();
             if let Some(why) = &pending.closed {
                 return Err(ClientError::Unavailable(why.clone()));
             }
@@ -382,17 +434,18 @@ impl FastClient {
             head: Bytes::from(head),
             payload,
         };
-        if inner.tx.send(frame).await.is_err() {
-            inner.pending().waiters.remove(&id);
+        if link.tx.send(frame).await.is_err() {
+            link.pending().waiters.remove(&id);
             return Err(ClientError::Unavailable("the connection closed".into()));
         }
-        Ok(id)
+        Ok((link, id))
     }
 
     /// Waits for `work` within the request timeout; on timeout the waiter
     /// is dropped so a late reply is discarded.
     async fn with_timeout<T>(
         &self,
+        link: &Link,
         id: u64,
         work: impl std::future::Future<Output = Result<T, ClientError>>,
     ) -> Result<T, ClientError> {
@@ -402,7 +455,7 @@ impl FastClient {
         match tokio::time::timeout(limit, work).await {
             Ok(result) => result,
             Err(_) => {
-                self.inner.pending().waiters.remove(&id);
+                link.pending().waiters.remove(&id);
                 Err(ClientError::Timeout(limit))
             }
         }
@@ -528,7 +581,7 @@ impl Exclusive {
 /// Routes reply frames to their waiters until the connection ends.
 async fn read_loop(
     mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    inner: std::sync::Weak<Inner>,
+    link: std::sync::Weak<Link>,
     limits: Limits,
 ) {
     let why = loop {
@@ -546,12 +599,12 @@ async fn read_loop(
             Ok(payload) => payload,
             Err(e) => break read_error(e),
         };
-        let Some(inner) = inner.upgrade() else { return };
+        let Some(link) = link.upgrade() else { return };
         if prefix.request_id == 0 && response.status() != Status::Ok {
             break format!("{:?}: {}", response.status(), response.message);
         }
         let waiter = {
-            let mut pending = inner.pending();
+            let mut pending = link.pending();
             if prefix.is_end() {
                 pending.waiters.remove(&prefix.request_id)
             } else {
@@ -566,8 +619,8 @@ async fn read_loop(
             waiter.send(Ok(Reply { response, payload }));
         }
     };
-    if let Some(inner) = inner.upgrade() {
-        inner.close(why);
+    if let Some(link) = link.upgrade() {
+        link.close(why);
     }
 }
 
