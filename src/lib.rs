@@ -16,14 +16,17 @@
 //! - [`server`]: binds the front doors, serves them, shuts them down.
 //! - `fuzzing` (hidden): the fuzz targets' entry points, shared with the
 //!   corpus replay test.
-//! - [`client`]: [`RemoteCacheClient`](client::RemoteCacheClient), the gRPC
-//!   client.
+//! - [`client`]: [`RemoteCacheClient`](client::RemoteCacheClient) (gRPC),
+//!   [`FastClient`](client::FastClient) (fast path) and the
+//!   [`TensorStore`](client::TensorStore) trait both implement.
 //! - [`cluster`]: [`ClusterClient`](cluster::ClusterClient): placement by
 //!   rendezvous hashing, replication, failover and read repair, all in the
 //!   client.
 //! - [`size`]: parses byte sizes such as `512MiB`.
 //! - [`Error`]: the one error type of the engine, mapped once per transport.
-//! - `src/bin/`: thin mains for `server` and `client`.
+//! - `src/bin/`: thin mains for `server`, `client` and `redstone-bench`.
+
+#![warn(missing_docs)]
 
 pub mod client;
 pub mod cluster;
