@@ -11,7 +11,7 @@ use crate::engine::Stats;
 use crate::grpc::proto::red_stone_client::RedStoneClient;
 use crate::grpc::proto::{DeleteRequest, GetRequest, PutRequest, StatsRequest};
 use crate::grpc::MAX_GRPC_MESSAGE;
-use crate::server::{H2_CONNECTION_WINDOW, H2_STREAM_WINDOW};
+use crate::server::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 
@@ -68,6 +68,7 @@ impl RemoteCacheClient {
             .tcp_nodelay(true)
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
+            .max_frame_size(H2_MAX_FRAME)
             .connect()
             .await
             .map_err(|e| connect_err(error_chain(&e)))?;
