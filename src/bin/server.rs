@@ -60,8 +60,45 @@ struct Args {
     shutdown_grace: u64,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+/// Makes glibc map every allocation of 128 KiB or more on its own and
+/// unmap it when freed.
+///
+/// By default glibc raises that threshold as large blocks are freed (up to
+/// 32 MiB), after which tensor payloads come from the heap, and a heap
+/// freed out of order is not returned to the system. Measured here: a
+/// 2 GiB cache filled with 1 MiB tensors, then 64 MiB ones, sat at 4.2 GiB
+/// resident; a mixed workload on a 6 GiB cache reached 19 GiB and was
+/// killed. With the threshold pinned, resident memory follows the budget.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+fn pin_mmap_threshold() {
+    extern "C" {
+        fn mallopt(param: i32, value: i32) -> i32;
+    }
+    const M_MMAP_THRESHOLD: i32 = -3;
+    // SAFETY: mallopt only changes allocator tuning. It is called first
+    // thing in main, before the runtime starts any thread or allocates a
+    // payload, with a documented parameter and an in-range value.
+    let ok = unsafe { mallopt(M_MMAP_THRESHOLD, 128 * 1024) };
+    if ok != 1 {
+        eprintln!("warning: could not pin glibc's mmap threshold; memory may exceed the budget");
+    }
+}
+
+#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
+fn pin_mmap_threshold() {}
+
+fn main() -> ExitCode {
+    pin_mmap_threshold();
+    match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime.block_on(serve()),
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
