@@ -90,6 +90,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="fewer cells, one repeat")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--duration", type=float, default=3.0)
+    ap.add_argument("--only", default="", help="run only cells whose 'size/op/conc/pipeline' "
+                    "label contains this, e.g. '64 MiB/put' or '/16/16'")
     args = ap.parse_args()
     repeats = 1 if args.quick else args.repeats
     for tool in ("redis-server", "iperf3"):
@@ -119,6 +121,7 @@ def main():
                     cells.append((size, op, conc, 1))
         cells.append((3 << 10, "get", 16, 16))
         cells.append((3 << 10, "put", 16, 16))
+        cells = [c for c in cells if args.only in f"{human(c[0])}/{c[1]}/{c[2]}/{c[3]}"]
 
         ceiling = [iperf3(seconds=3) for _ in range(repeats)]
         # The single-stream case the ceiling is about: one 64 MiB get at a time.
