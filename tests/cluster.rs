@@ -42,6 +42,19 @@ fn config(servers: &[ServerHandle], replicas: usize, quorum: usize) -> ClusterCo
     }
 }
 
+/// A node that accepts connections and never answers; returns its address.
+async fn hung_node() -> SocketAddr {
+    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = hung.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = hung.accept().await {
+            held.push(s);
+        }
+    });
+    addr
+}
+
 fn tensor_for(i: u64) -> Tensor {
     let data = pattern(512 + (i as usize % 7) * 100, i);
     let meta =
@@ -110,16 +123,7 @@ async fn survives_a_node_loss_and_read_repair_refills_a_restarted_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_node_costs_at_most_the_timeout() {
-    // Accepts connections and never answers.
-    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hung_addr = hung.local_addr().unwrap();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let keep = held.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = hung.accept().await {
-            keep.lock().unwrap().push(s);
-        }
-    });
+    let hung_addr = hung_node().await;
     let real = nodes(1).await;
     let timeout = Duration::from_millis(300);
     let cluster = ClusterClient::new(ClusterConfig {
@@ -223,15 +227,7 @@ async fn puts_are_put_once_and_deletes_reach_every_replica() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hedged_read_does_not_wait_for_a_hung_replica() {
-    let hung = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let hung_addr = hung.local_addr().unwrap();
-    let held = Arc::new(Mutex::new(Vec::new()));
-    let keep = held.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = hung.accept().await {
-            keep.lock().unwrap().push(s);
-        }
-    });
+    let hung_addr = hung_node().await;
     let real = nodes(1).await;
     let cluster = ClusterClient::new(ClusterConfig {
         replicas: 2,
