@@ -406,6 +406,18 @@ impl Rng {
 }
 
 impl Ctx {
+    /// Judges a value read for key `i`: missing is an error, and so is a
+    /// wrong value when verifying.
+    fn check_read(&self, i: u64, value: Option<&[u8]>) -> Result<(), String> {
+        match value {
+            Some(v) if self.verify && v != &self.values[i as usize][..] => {
+                Err(format!("key {i}: value differs"))
+            }
+            Some(_) => Ok(()),
+            None => Err(format!("key {i}: missing (evicted? use fewer --keys)")),
+        }
+    }
+
     /// Whether the next operation is a put.
     fn is_put(&self, rng: &mut Rng) -> bool {
         match self.op {
@@ -445,21 +457,13 @@ async fn store_worker(
         } else if ctx.into {
             let i = rng.next() % ctx.keys;
             match conn.get_into(&key_for(ctx.size, i), &mut buf).await {
-                Ok(true) if ctx.verify && buf[..] != ctx.values[i as usize][..] => {
-                    Err(format!("key {i}: value differs"))
-                }
-                Ok(true) => Ok(()),
-                Ok(false) => Err(format!("key {i}: missing (evicted? use fewer --keys)")),
+                Ok(found) => ctx.check_read(i, found.then_some(&buf[..])),
                 Err(e) => Err(e.to_string()),
             }
         } else {
             let i = rng.next() % ctx.keys;
             match conn.get(&key_for(ctx.size, i)).await {
-                Ok(Some(t)) if ctx.verify && t.data() != &ctx.values[i as usize] => {
-                    Err(format!("key {i}: value differs"))
-                }
-                Ok(Some(_)) => Ok(()),
-                Ok(None) => Err(format!("key {i}: missing (evicted? use fewer --keys)")),
+                Ok(t) => ctx.check_read(i, t.as_ref().map(|t| &t.data()[..])),
                 Err(e) => Err(e.to_string()),
             }
         };
@@ -503,13 +507,7 @@ async fn batch_worker(
             }
             Ok(tensors) => {
                 for (i, t) in picks.iter().zip(tensors) {
-                    let outcome = match t {
-                        Some(t) if ctx.verify && t.data() != &ctx.values[*i as usize] => {
-                            Err(format!("key {i}: value differs"))
-                        }
-                        Some(_) => Ok(()),
-                        None => Err(format!("key {i}: missing")),
-                    };
+                    let outcome = ctx.check_read(*i, t.as_ref().map(|t| &t.data()[..]));
                     record(&mut tally, started, outcome);
                 }
             }
@@ -555,12 +553,8 @@ async fn redis_worker(
                     tally.error(e.to_string());
                     return tally;
                 }
-                (Ok(resp::Reply::Bulk(v)), Some(i))
-                    if ctx.verify && v != ctx.values[*i as usize] =>
-                {
-                    Err(format!("key {i}: value differs"))
-                }
-                (Ok(resp::Reply::Nil), Some(i)) => Err(format!("key {i}: missing")),
+                (Ok(resp::Reply::Bulk(v)), Some(i)) => ctx.check_read(*i, Some(&v[..])),
+                (Ok(resp::Reply::Nil), Some(i)) => ctx.check_read(*i, None),
                 (Ok(_), _) => Ok(()),
             };
             if measuring.load(Ordering::Relaxed) {
