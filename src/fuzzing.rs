@@ -10,7 +10,6 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
 use prost::Message;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
@@ -299,5 +298,4 @@ pub fn roundtrip(data: &[u8]) {
         decode_response(&encoded, 0).expect("an encoded response decodes"),
         response
     );
-    let _ = Bytes::from(encoded);
 }

@@ -100,16 +100,15 @@ impl From<Stats> for proto::StatsResponse {
 
 impl From<proto::StatsResponse> for Stats {
     fn from(s: proto::StatsResponse) -> Stats {
-        Stats {
-            entries: s.entries,
-            memory_used: s.memory_used,
-            memory_limit: s.memory_limit,
-            hits: s.hits,
-            misses: s.misses,
-            evictions: s.evictions,
-            hit_rate: s.hit_rate,
-            memory_utilization: s.memory_utilization,
-        }
+        // The ratios are derived from the counters, as everywhere else.
+        Stats::from_counts(
+            s.entries,
+            s.memory_used,
+            s.memory_limit,
+            s.hits,
+            s.misses,
+            s.evictions,
+        )
     }
 }
 
