@@ -8,7 +8,7 @@ use std::hint::black_box;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use redstone::protocol::{
+use redstone::fast::wire::{
     decode_request, decode_response, encode_frame, Body, Opcode, Prefix, Request, Response,
     WireMeta, FLAG_END, FLAG_RESPONSE, PREFIX_LEN,
 };
@@ -30,16 +30,14 @@ fn get_response(c: &mut Criterion) {
         group.throughput(Throughput::Bytes(size));
         group.bench_function(BenchmarkId::new("encode", name), |b| {
             b.iter(|| {
-                black_box(encode_frame(
-                    Opcode::Get,
-                    FLAG_RESPONSE | FLAG_END,
-                    7,
-                    &response,
-                    size,
-                ))
+                black_box(
+                    encode_frame(Opcode::Get, FLAG_RESPONSE | FLAG_END, 7, &response, size)
+                        .unwrap(),
+                )
             })
         });
-        let frame = encode_frame(Opcode::Get, FLAG_RESPONSE | FLAG_END, 7, &response, size);
+        let frame =
+            encode_frame(Opcode::Get, FLAG_RESPONSE | FLAG_END, 7, &response, size).unwrap();
         group.bench_function(BenchmarkId::new("decode", name), |b| {
             b.iter(|| {
                 let prefix = Prefix::parse(black_box(&frame)).unwrap().unwrap();
@@ -59,9 +57,9 @@ fn put_request(c: &mut Criterion) {
         };
         group.throughput(Throughput::Bytes(size));
         group.bench_function(BenchmarkId::new("encode", name), |b| {
-            b.iter(|| black_box(encode_frame(Opcode::Put, 0, 7, &request, size)))
+            b.iter(|| black_box(encode_frame(Opcode::Put, 0, 7, &request, size).unwrap()))
         });
-        let frame = encode_frame(Opcode::Put, 0, 7, &request, size);
+        let frame = encode_frame(Opcode::Put, 0, 7, &request, size).unwrap();
         group.bench_function(BenchmarkId::new("decode", name), |b| {
             b.iter(|| {
                 let prefix = Prefix::parse(black_box(&frame)).unwrap().unwrap();

@@ -101,7 +101,7 @@ def main():
     grpc_port, tcp_port, redis_port = free_port(), free_port(), free_port()
     procs = [
         subprocess.Popen([os.path.join(BIN, "server"), f"127.0.0.1:{grpc_port}", "6GiB",
-                          "--tcp", f"127.0.0.1:{tcp_port}"],
+                          "--fast", f"127.0.0.1:{tcp_port}"],
                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
         subprocess.Popen(["redis-server", "--port", str(redis_port), "--save", "",
                           "--appendonly", "no", "--maxmemory", "6gb",

@@ -79,7 +79,7 @@ fn end_to_end(c: &mut Criterion) {
     let server = server_rt.block_on(async {
         let config = Config {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
-            tcp_addr: "127.0.0.1:0".parse().unwrap(),
+            fast_addr: "127.0.0.1:0".parse().unwrap(),
             memory_limit: 2 << 30,
             ..Config::default()
         };
@@ -90,7 +90,7 @@ fn end_to_end(c: &mut Criterion) {
         .build()
         .unwrap();
     let fast = client_rt
-        .block_on(FastClient::connect(server.tcp_addr()))
+        .block_on(FastClient::connect(server.fast_addr()))
         .unwrap();
     bench_store(c, "fast", &client_rt, fast);
     let grpc = client_rt

@@ -6,11 +6,11 @@ use std::fs;
 use std::path::Path;
 
 use prost::Message;
+use redstone::fast::wire::{encode, encode_frame, Body, Request, Response, Status, WireMeta};
 use redstone::grpc::proto;
-use redstone::protocol::{encode, encode_frame, Body, Request, Response, Status, WireMeta};
 
 fn frame(id: u64, request: &Request, payload: &[u8]) -> Vec<u8> {
-    let mut f = encode_frame(request.opcode(), 0, id, request, payload.len() as u64);
+    let mut f = encode_frame(request.opcode(), 0, id, request, payload.len() as u64).unwrap();
     f.extend_from_slice(payload);
     f
 }
@@ -80,8 +80,8 @@ fn main() -> std::io::Result<()> {
         Response::ok(Body::Deleted(true)),
         Response::error(Status::NotFound, "NotFound: key \"k\" is not cached"),
     ];
-    let mut headers: Vec<Vec<u8>> = requests.iter().map(|(r, _)| encode(r)).collect();
-    headers.extend(responses.iter().map(encode));
+    let mut headers: Vec<Vec<u8>> = requests.iter().map(|(r, _)| encode(r).unwrap()).collect();
+    headers.extend(responses.iter().map(|r| encode(r).unwrap()));
     seeds.push(("header", headers));
     seeds.push((
         "connection",

@@ -10,6 +10,11 @@ use crate::tensor::meta::DType;
 /// Why a cache or tensor operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
+    /// The key is not cached. [`Engine::get`](crate::engine::Engine::get)
+    /// answers a miss with `None`; the doors use this variant to say so.
+    #[error("NotFound: key {0:?} is not cached")]
+    NotFound(String),
+
     /// The key is already cached. Tensors are immutable: delete, then put.
     #[error("AlreadyExists: key {0:?} is already cached; delete it first to replace it")]
     AlreadyExists(String),

@@ -1,45 +1,52 @@
 //! Redstone: an in-memory cache for tensors.
 //!
 //! # Layout
+//! The bottom floor knows no transport:
 //! - [`tensor`]: [`Tensor`](tensor::Tensor) and its validated
 //!   [`TensorMeta`](tensor::meta::TensorMeta) (dtype, shape, layout).
+//! - [`Error`]: the one error type of the engine and the tensor types,
+//!   mapped once per door.
+//! - [`stats`]: the counters every door reports.
+//! - [`size`]: parses byte sizes such as `512MiB`.
 //! - [`engine`]: the cache itself: a concurrent index, a byte budget and
-//!   CLOCK eviction. Both front doors share one [`Engine`](engine::Engine).
-//! - [`grpc`]: the gRPC front door (the original Redstone API): the
-//!   generated code, conversions and the service.
-//! - [`protocol`]: the fast path's wire format, sans I/O: the frame prefix,
-//!   rkyv headers, status codes.
-//! - [`connection`]: frames over a byte stream: a reader that gives each
-//!   payload its own allocation, a vectored writer.
-//! - [`fast`]: the fast path's server side: accept loop, limits, and the
-//!   per-connection handler.
-//! - [`server`]: binds the front doors, serves them, shuts them down.
-//! - `fuzzing` (hidden): the fuzz targets' entry points, shared with the
-//!   corpus replay test.
-//! - [`client`]: [`RemoteCacheClient`](client::RemoteCacheClient) (gRPC),
-//!   [`FastClient`](client::FastClient) (fast path) and the
-//!   [`TensorStore`](client::TensorStore) trait both implement.
+//!   CLOCK eviction. Every door shares one [`Engine`](engine::Engine).
+//!
+//! One folder per door, each with its wire format, server side and client:
+//! - [`fast`]: the fast path, length-prefixed binary frames over TCP:
+//!   [`fast::wire`] (the bytes, sans I/O), [`fast::stream`] (frames over a
+//!   socket), the server side ([`fast::FastConfig`]) and
+//!   [`FastClient`](fast::FastClient).
+//! - [`grpc`]: the original gRPC API: generated code, conversions, the
+//!   service and [`RemoteCacheClient`](grpc::RemoteCacheClient).
+//!
+//! On top:
+//! - [`client`]: what every client shares: the
+//!   [`TensorStore`](client::TensorStore) trait and
+//!   [`ClientError`](client::ClientError) (and, for convenience, both
+//!   clients).
 //! - [`cluster`]: [`ClusterClient`](cluster::ClusterClient): placement by
 //!   rendezvous hashing, replication, failover and read repair, all in the
-//!   client.
-//! - [`size`]: parses byte sizes such as `512MiB`.
-//! - [`Error`]: the one error type of the engine, mapped once per transport.
-//! - `src/bin/`: thin mains for `server`, `client` and `redstone-bench`.
+//!   client, over [`FastClient`](fast::FastClient).
+//! - [`server`]: binds both doors over one engine, serves them, shuts them
+//!   down.
+//! - `fuzzing` (feature `fuzzing`): the fuzz targets' entry points, shared
+//!   with the corpus replay test.
+//! - `src/bin/`: thin mains for `server` and `client`; the load generator
+//!   `redstone-bench` is a package of its own in `redstone-bench/`.
 
 #![warn(missing_docs)]
 
 pub mod client;
 pub mod cluster;
-pub mod connection;
 pub mod engine;
 mod error;
 pub mod fast;
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod grpc;
-pub mod protocol;
 pub mod server;
 pub mod size;
+pub mod stats;
 pub mod tensor;
 
 pub use error::Error;

@@ -16,7 +16,7 @@ use redstone::tensor::Tensor;
 async fn node_at(tcp: SocketAddr) -> ServerHandle {
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        tcp_addr: tcp,
+        fast_addr: tcp,
         memory_limit: 256 << 20,
         ..Config::default()
     };
@@ -38,7 +38,7 @@ fn config(servers: &[ServerHandle], replicas: usize, quorum: usize) -> ClusterCo
         timeout: Duration::from_millis(500),
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
-        ..ClusterConfig::new(servers.iter().map(|s| s.tcp_addr().to_string()).collect())
+        ..ClusterConfig::new(servers.iter().map(|s| s.fast_addr().to_string()).collect())
     }
 }
 
@@ -78,7 +78,7 @@ async fn survives_a_node_loss_and_read_repair_refills_a_restarted_node() {
 
     // Lose node 1: every tensor is still readable, byte for byte.
     let lost = servers.remove(1);
-    let lost_addr = lost.tcp_addr();
+    let lost_addr = lost.fast_addr();
     lost.shutdown().await.unwrap();
     for i in 0..N {
         let got = cluster
@@ -132,7 +132,7 @@ async fn a_hung_node_costs_at_most_the_timeout() {
         timeout,
         backoff_min: Duration::from_secs(5),
         backoff_max: Duration::from_secs(5),
-        ..ClusterConfig::new(vec![hung_addr.to_string(), real[0].tcp_addr().to_string()])
+        ..ClusterConfig::new(vec![hung_addr.to_string(), real[0].fast_addr().to_string()])
     })
     .unwrap();
     // A key whose first replica is the hung node.
@@ -234,7 +234,7 @@ async fn a_hedged_read_does_not_wait_for_a_hung_replica() {
         write_quorum: 1,
         timeout: Duration::from_secs(3),
         hedge_after: Some(Duration::from_millis(50)),
-        ..ClusterConfig::new(vec![hung_addr.to_string(), real[0].tcp_addr().to_string()])
+        ..ClusterConfig::new(vec![hung_addr.to_string(), real[0].fast_addr().to_string()])
     })
     .unwrap();
     let key = (0..)
@@ -256,7 +256,7 @@ async fn a_hedged_read_does_not_wait_for_a_hung_replica() {
     // A key missing everywhere still answers None (both replicas asked).
     let absent = (0..)
         .map(|i| format!("absent{i}"))
-        .find(|k| cluster.replicas_of(k)[0] == real[0].tcp_addr().to_string())
+        .find(|k| cluster.replicas_of(k)[0] == real[0].fast_addr().to_string())
         .unwrap();
     assert_eq!(cluster.get(&absent).await.unwrap(), None);
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use common::{pattern, prefix_bytes, start_server, start_server_with, RawConn};
 use redstone::client::{ClientError, FastClient, TensorStore};
-use redstone::fast::FastConfig;
-use redstone::protocol::{
+use redstone::fast::wire::{
     encode, Body, Opcode, Request, Status, WireMeta, FLAG_END, FLAG_RESPONSE, MAGIC,
 };
+use redstone::fast::FastConfig;
 use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use redstone::tensor::Tensor;
 
@@ -24,7 +24,7 @@ fn wire_u8(n: u64) -> WireMeta {
 #[tokio::test]
 async fn put_get_delete_stats_ping() {
     let server = start_server(64 << 20).await;
-    let client = FastClient::connect(server.tcp_addr()).await.unwrap();
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
     client.ping().await.unwrap();
     let data = pattern(10_000, 1);
     client
@@ -60,7 +60,7 @@ async fn put_get_delete_stats_ping() {
 #[tokio::test]
 async fn both_doors_share_one_engine() {
     let server = start_server(64 << 20).await;
-    let fast = FastClient::connect(server.tcp_addr()).await.unwrap();
+    let fast = FastClient::connect(server.fast_addr()).await.unwrap();
     let grpc = redstone::client::RemoteCacheClient::connect(server.grpc_addr().to_string())
         .await
         .unwrap();
@@ -79,7 +79,7 @@ async fn both_doors_share_one_engine() {
 #[tokio::test]
 async fn batch_get_with_missing_keys() {
     let server = start_server(64 << 20).await;
-    let client = FastClient::connect(server.tcp_addr()).await.unwrap();
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
     for i in 0..10u64 {
         if i % 3 != 0 {
             let data = pattern(1000 + i as usize, i);
@@ -110,9 +110,9 @@ async fn batch_get_with_missing_keys() {
 #[tokio::test]
 async fn batch_get_streams_one_frame_per_key_with_end_on_the_last() {
     let server = start_server(1 << 20).await;
-    let client = FastClient::connect(server.tcp_addr()).await.unwrap();
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
     client.put("a", u8_meta(3), vec![1u8, 2, 3]).await.unwrap();
-    let mut raw = RawConn::connect(server.tcp_addr()).await;
+    let mut raw = RawConn::connect(server.fast_addr()).await;
     let keys = vec!["a".to_string(), "nope".into(), "a".into()];
     raw.send(77, &Request::GetMany { keys }, &[]).await;
     for index in 0..3u32 {
@@ -135,7 +135,7 @@ async fn batch_get_streams_one_frame_per_key_with_end_on_the_last() {
 #[tokio::test]
 async fn request_level_errors_keep_the_connection_open() {
     let server = start_server(1 << 20).await;
-    let mut raw = RawConn::connect(server.tcp_addr()).await;
+    let mut raw = RawConn::connect(server.fast_addr()).await;
     let put = |key: &str, meta: WireMeta| Request::Put {
         key: key.into(),
         meta,
@@ -250,7 +250,7 @@ async fn request_level_errors_keep_the_connection_open() {
 /// Sends `bytes` on a fresh connection and returns the status of the one
 /// error frame the server answers with; the server must then close.
 async fn fatal_status(server: &redstone::server::ServerHandle, bytes: &[u8]) -> (u64, Status) {
-    let mut raw = RawConn::connect(server.tcp_addr()).await;
+    let mut raw = RawConn::connect(server.fast_addr()).await;
     raw.send_bytes(bytes).await.unwrap();
     let (prefix, response, _) = raw.recv().await.expect("an error frame");
     assert!(prefix.is_response() && prefix.is_end());
@@ -269,7 +269,7 @@ async fn fatal_errors_get_an_error_frame_then_close() {
         ..FastConfig::for_budget(1 << 20)
     };
     let server = start_server_with(1 << 20, fast).await;
-    let get = encode(&Request::Get { key: "k".into() });
+    let get = encode(&Request::Get { key: "k".into() }).unwrap();
 
     assert_eq!(
         fatal_status(&server, &[0xAB; 64]).await,
@@ -316,7 +316,7 @@ async fn fatal_errors_get_an_error_frame_then_close() {
     );
 
     // After all that, the server still serves.
-    let client = FastClient::connect(server.tcp_addr()).await.unwrap();
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
     client.ping().await.unwrap();
     server.shutdown().await.unwrap();
 }
@@ -328,7 +328,7 @@ async fn a_put_over_max_tensor_is_too_large_for_the_client() {
         ..FastConfig::for_budget(1 << 20)
     };
     let server = start_server_with(1 << 20, fast).await;
-    let client = FastClient::connect(server.tcp_addr()).await.unwrap();
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
     let err = client
         .put("k", u8_meta(2000), vec![0u8; 2000])
         .await
@@ -344,9 +344,9 @@ async fn connection_limit_answers_busy() {
         ..FastConfig::for_budget(1 << 20)
     };
     let server = start_server_with(1 << 20, fast).await;
-    let first = FastClient::connect(server.tcp_addr()).await.unwrap();
+    let first = FastClient::connect(server.fast_addr()).await.unwrap();
     first.ping().await.unwrap();
-    let mut second = RawConn::connect(server.tcp_addr()).await;
+    let mut second = RawConn::connect(server.fast_addr()).await;
     let (prefix, response, _) = second.recv().await.expect("a Busy frame");
     assert_eq!((prefix.request_id, response.status()), (0, Status::Busy));
     assert!(second.recv().await.is_none());
@@ -361,7 +361,7 @@ async fn idle_connections_time_out() {
         ..FastConfig::for_budget(1 << 20)
     };
     let server = start_server_with(1 << 20, fast).await;
-    let mut raw = RawConn::connect(server.tcp_addr()).await;
+    let mut raw = RawConn::connect(server.fast_addr()).await;
     // Half a prefix, then silence.
     raw.send_bytes(&MAGIC).await.unwrap();
     let (_, response, _) = tokio::time::timeout(Duration::from_secs(5), raw.recv())
@@ -375,7 +375,7 @@ async fn idle_connections_time_out() {
 #[tokio::test]
 async fn a_256_mib_tensor_round_trips() {
     let server = start_server(300 << 20).await;
-    let client = FastClient::connect(server.tcp_addr()).await.unwrap();
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
     // 256 blocks of 1 MiB, each stamped with its number, so a block moved
     // or dropped shows up.
     let block = pattern(1 << 20, 42);
@@ -398,7 +398,7 @@ async fn a_256_mib_tensor_round_trips() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn thirty_two_clients_byte_exact() {
     let server = start_server(256 << 20).await;
-    let addr = server.tcp_addr();
+    let addr = server.fast_addr();
     let shared = FastClient::connect(addr).await.unwrap();
     let mut tasks = Vec::new();
     for c in 0..32u64 {
@@ -432,7 +432,7 @@ async fn thirty_two_clients_byte_exact() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_garbage_client_does_not_disturb_a_good_one() {
     let server = start_server(64 << 20).await;
-    let addr = server.tcp_addr();
+    let addr = server.fast_addr();
     let good = tokio::spawn(async move {
         let client = FastClient::connect(addr).await.unwrap();
         for i in 0..200u64 {
@@ -465,8 +465,8 @@ async fn a_garbage_client_does_not_disturb_a_good_one() {
 /// matches replies by id, not by order.
 #[tokio::test]
 async fn replies_out_of_order_reach_the_right_callers() {
-    use redstone::connection::{write_frames, FrameReader, OutFrame};
-    use redstone::protocol::{decode_request, encode_head, Limits, Response};
+    use redstone::fast::stream::{write_frames, FrameReader, OutFrame};
+    use redstone::fast::wire::{decode_request, encode_head, Limits, Response};
 
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -491,7 +491,8 @@ async fn replies_out_of_order_reach_the_right_callers() {
             .into_iter()
             .rev()
             .map(|(id, key)| {
-                let header = encode(&Response::ok(Body::Tensor(wire_u8(key.len() as u64))));
+                let header =
+                    encode(&Response::ok(Body::Tensor(wire_u8(key.len() as u64)))).unwrap();
                 let head = encode_head(
                     Opcode::Get,
                     FLAG_RESPONSE | FLAG_END,
@@ -534,7 +535,7 @@ async fn replies_out_of_order_reach_the_right_callers() {
 #[tokio::test]
 async fn a_closed_server_fails_calls_instead_of_hanging() {
     let server = start_server(1 << 20).await;
-    let client = FastClient::connect(server.tcp_addr()).await.unwrap();
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
     client.ping().await.unwrap();
     server.shutdown().await.unwrap();
     let err = tokio::time::timeout(Duration::from_secs(5), client.ping())
@@ -553,7 +554,7 @@ async fn a_closed_server_fails_calls_instead_of_hanging() {
 #[tokio::test]
 async fn the_client_reconnects_after_a_server_restart() {
     let server = start_server(1 << 20).await;
-    let addr = server.tcp_addr();
+    let addr = server.fast_addr();
     let client = FastClient::connect(addr).await.unwrap();
     client.put("k", u8_meta(1), vec![1u8]).await.unwrap();
     server.shutdown().await.unwrap();
@@ -562,7 +563,7 @@ async fn the_client_reconnects_after_a_server_restart() {
     // ...and once a server listens there again, the next call reconnects.
     let config = redstone::server::Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        tcp_addr: addr,
+        fast_addr: addr,
         memory_limit: 1 << 20,
         ..redstone::server::Config::default()
     };

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::{pattern, prefix_bytes, start_server, start_server_with, GoodClient, RawConn};
 use redstone::client::FastClient;
+use redstone::fast::wire::{encode_frame, Request, Status, WireMeta};
 use redstone::fast::FastConfig;
-use redstone::protocol::{encode_frame, Request, Status, WireMeta};
 use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -25,9 +25,9 @@ fn u8_meta(n: u64) -> TensorMeta {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_garbage() {
     let server = start_server(64 << 20).await;
-    let good = GoodClient::start(server.tcp_addr(), "garbage").await;
+    let good = GoodClient::start(server.fast_addr(), "garbage").await;
     for round in 0..100u64 {
-        let mut s = TcpStream::connect(server.tcp_addr()).await.unwrap();
+        let mut s = TcpStream::connect(server.fast_addr()).await.unwrap();
         let _ = s
             .write_all(&pattern(100 + (round as usize * 997) % 20_000, round))
             .await;
@@ -43,10 +43,10 @@ async fn random_garbage() {
 async fn absurd_length_claims_are_refused_from_the_prefix() {
     let _turn = MEMORY.lock().await;
     let server = start_server(64 << 20).await;
-    let good = GoodClient::start(server.tcp_addr(), "claims").await;
+    let good = GoodClient::start(server.fast_addr(), "claims").await;
     let rss_before = common::rss_bytes();
     for (header_len, payload_len) in [(0u32, 1u64 << 63), (u32::MAX, 0), (64, u64::MAX)] {
-        let mut raw = RawConn::connect(server.tcp_addr()).await;
+        let mut raw = RawConn::connect(server.fast_addr()).await;
         raw.send_bytes(&prefix_bytes(1, 3, 42, header_len, payload_len))
             .await
             .unwrap();
@@ -71,13 +71,13 @@ async fn absurd_length_claims_are_refused_from_the_prefix() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_frame_cut_mid_payload_stores_nothing() {
     let server = start_server(64 << 20).await;
-    let good = GoodClient::start(server.tcp_addr(), "cut").await;
-    let mut raw = RawConn::connect(server.tcp_addr()).await;
+    let good = GoodClient::start(server.fast_addr(), "cut").await;
+    let mut raw = RawConn::connect(server.fast_addr()).await;
     let request = Request::Put {
         key: "cut".into(),
         meta: WireMeta::from(&u8_meta(1 << 20)),
     };
-    raw.send_bytes(&encode_frame(request.opcode(), 0, 1, &request, 1 << 20))
+    raw.send_bytes(&encode_frame(request.opcode(), 0, 1, &request, 1 << 20).unwrap())
         .await
         .unwrap();
     raw.send_bytes(&vec![1u8; 100_000]).await.unwrap();
@@ -97,14 +97,14 @@ async fn a_frame_cut_mid_payload_stores_nothing() {
 async fn a_reader_that_leaves_halfway_through_a_large_get() {
     let _turn = MEMORY.lock().await;
     let server = start_server(256 << 20).await;
-    let client = FastClient::connect(server.tcp_addr()).await.unwrap();
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
     client
         .put("big", u8_meta(64 << 20), vec![9u8; 64 << 20])
         .await
         .unwrap();
-    let good = GoodClient::start(server.tcp_addr(), "leaver").await;
+    let good = GoodClient::start(server.fast_addr(), "leaver").await;
     for _ in 0..5 {
-        let mut raw = RawConn::connect(server.tcp_addr()).await;
+        let mut raw = RawConn::connect(server.fast_addr()).await;
         raw.send(1, &Request::Get { key: "big".into() }, &[]).await;
         let mut some = vec![0u8; 1 << 20];
         raw.reader_mut_read_exact(&mut some).await;
@@ -125,10 +125,10 @@ async fn slowloris_is_cut_off_by_the_read_timeout() {
         ..FastConfig::for_budget(64 << 20)
     };
     let server = start_server_with(64 << 20, fast).await;
-    let good = GoodClient::start(server.tcp_addr(), "slowloris").await;
+    let good = GoodClient::start(server.fast_addr(), "slowloris").await;
     let request = Request::Get { key: "k".into() };
-    let frame = encode_frame(request.opcode(), 0, 5, &request, 0);
-    let mut s = TcpStream::connect(server.tcp_addr()).await.unwrap();
+    let frame = encode_frame(request.opcode(), 0, 5, &request, 0).unwrap();
+    let mut s = TcpStream::connect(server.fast_addr()).await.unwrap();
     let started = Instant::now();
     let mut closed_after = None;
     for byte in frame.iter().cycle().take(40) {
@@ -162,10 +162,10 @@ async fn a_thousand_idle_connections_hit_the_limit_cleanly() {
         ..FastConfig::for_budget(64 << 20)
     };
     let server = start_server_with(64 << 20, fast).await;
-    let good = GoodClient::start(server.tcp_addr(), "crowd").await;
+    let good = GoodClient::start(server.fast_addr(), "crowd").await;
     let mut idle = Vec::new();
     for _ in 0..1000 {
-        idle.push(TcpStream::connect(server.tcp_addr()).await.unwrap());
+        idle.push(TcpStream::connect(server.fast_addr()).await.unwrap());
     }
     // The good client holds one slot; 99 idle ones got the rest, and every
     // other one is told Busy and closed.
@@ -180,7 +180,7 @@ async fn a_thousand_idle_connections_hit_the_limit_cleanly() {
     }
     assert!(busy >= 900, "{busy} connections were refused");
     let started = Instant::now();
-    let probe = TcpStream::connect(server.tcp_addr()).await;
+    let probe = TcpStream::connect(server.fast_addr()).await;
     assert!(
         probe.is_ok() && started.elapsed() < Duration::from_secs(1),
         "still accepting"
@@ -189,7 +189,7 @@ async fn a_thousand_idle_connections_hit_the_limit_cleanly() {
     drop(idle);
     // Once the crowd leaves, new clients are served again.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    FastClient::connect(server.tcp_addr())
+    FastClient::connect(server.fast_addr())
         .await
         .unwrap()
         .ping()
@@ -202,16 +202,16 @@ async fn a_thousand_idle_connections_hit_the_limit_cleanly() {
 async fn a_client_that_never_reads_gets_backpressure() {
     let _turn = MEMORY.lock().await;
     let server = start_server(64 << 20).await;
-    let client = FastClient::connect(server.tcp_addr()).await.unwrap();
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
     client
         .put("v", u8_meta(65536), vec![3u8; 65536])
         .await
         .unwrap();
-    let good = GoodClient::start(server.tcp_addr(), "flood").await;
+    let good = GoodClient::start(server.fast_addr(), "flood").await;
     // 200,000 pipelined GETs of a 64 KiB tensor: 13 GB of answers if the
     // server buffered them.
     let request = Request::Get { key: "v".into() };
-    let one = encode_frame(request.opcode(), 0, 1, &request, 0);
+    let one = encode_frame(request.opcode(), 0, 1, &request, 0).unwrap();
     let flood: Vec<u8> = one
         .iter()
         .copied()
@@ -219,7 +219,7 @@ async fn a_client_that_never_reads_gets_backpressure() {
         .take(one.len() * 200_000)
         .collect();
     let rss_before = common::rss_bytes();
-    let mut s = TcpStream::connect(server.tcp_addr()).await.unwrap();
+    let mut s = TcpStream::connect(server.fast_addr()).await.unwrap();
     let wrote_all = tokio::time::timeout(Duration::from_secs(3), s.write_all(&flood)).await;
     assert!(
         wrote_all.is_err(),

@@ -1,6 +1,6 @@
 //! docs/PROTOCOL.md's example frames are what the encoder produces.
 
-use redstone::protocol::{
+use redstone::fast::wire::{
     encode, encode_head, Body, Opcode, Request, Response, WireMeta, FLAG_END, FLAG_RESPONSE,
 };
 
@@ -28,7 +28,7 @@ fn doc_examples() -> Vec<String> {
 
 #[test]
 fn protocol_doc_examples_match_the_encoder() {
-    let get = encode(&Request::Get { key: "k".into() });
+    let get = encode(&Request::Get { key: "k".into() }).unwrap();
     let put = encode(&Request::Put {
         key: "w".into(),
         meta: WireMeta {
@@ -36,12 +36,13 @@ fn protocol_doc_examples_match_the_encoder() {
             layout: 1,
             shape: vec![2],
         },
-    });
+    })
+    .unwrap();
     let mut put_frame = encode_head(Opcode::Put, 0, 2, &put, 8);
     for v in [1.0f32, 2.0] {
         put_frame.extend_from_slice(&v.to_le_bytes());
     }
-    let ok = encode(&Response::ok(Body::Empty));
+    let ok = encode(&Response::ok(Body::Empty)).unwrap();
     let expected = [
         hex(&encode_head(Opcode::Get, 0, 1, &get, 0)),
         hex(&put_frame),

@@ -2,7 +2,7 @@
 //!
 //! Puts a 100×768 f32 tensor, reads it back and checks every byte, prints
 //! the server's stats, deletes the tensor, and exits 0. Exits 1 with a clear
-//! message if no server answers. `--tcp` uses the fast path instead of gRPC.
+//! message if no server answers. `--fast` uses the fast path instead of gRPC.
 
 use std::process::ExitCode;
 
@@ -16,17 +16,18 @@ use redstone::tensor::Tensor;
 #[command(version, about)]
 struct Args {
     /// The server's address. Default: 127.0.0.1:50051 (gRPC), or
-    /// 127.0.0.1:50052 with --tcp.
+    /// 127.0.0.1:50052 with --fast.
     #[arg(long)]
     addr: Option<String>,
 
-    /// Use the fast path (binary TCP protocol) instead of gRPC.
-    #[arg(long)]
-    tcp: bool,
+    /// Use the fast path (binary frames over TCP) instead of gRPC.
+    /// (`--tcp` is the old name.)
+    #[arg(long, alias = "tcp")]
+    fast: bool,
 
     /// Use a cluster: the nodes' fast-path addresses, comma-separated, or
     /// the path of a cluster TOML file.
-    #[arg(long, conflicts_with_all = ["tcp", "addr"])]
+    #[arg(long, conflicts_with_all = ["fast", "addr"])]
     nodes: Option<String>,
 }
 
@@ -38,7 +39,7 @@ async fn main() -> ExitCode {
             Ok(cluster) => tour(&cluster, nodes, "cluster").await,
             Err(e) => Err(e),
         }
-    } else if args.tcp {
+    } else if args.fast {
         let addr = args.addr.unwrap_or_else(|| "127.0.0.1:50052".into());
         match FastClient::connect(addr.as_str()).await {
             Ok(client) => tour(&client, &addr, "fast path").await,

@@ -27,10 +27,11 @@ struct Args {
     #[arg(value_name = "CACHE_SIZE", default_value = "1GiB", value_parser = parse_size)]
     cache_size: u64,
 
-    /// Address of the fast path (binary TCP protocol). Default: the gRPC
-    /// host, port 50052. Port 0 picks a free port.
-    #[arg(long, value_name = "ADDR")]
-    tcp: Option<SocketAddr>,
+    /// Address of the fast path (binary frames over TCP). Default: the
+    /// gRPC host, port 50052. Port 0 picks a free port. (`--tcp` is the
+    /// old name.)
+    #[arg(long, value_name = "ADDR", alias = "tcp")]
+    fast: Option<SocketAddr>,
 
     /// Largest tensor accepted on the fast path (capped at CACHE_SIZE).
     /// Default: CACHE_SIZE.
@@ -60,35 +61,7 @@ struct Args {
     shutdown_grace: u64,
 }
 
-/// Makes glibc map every allocation of 128 KiB or more on its own and
-/// unmap it when freed.
-///
-/// By default glibc raises that threshold as large blocks are freed (up to
-/// 32 MiB), after which tensor payloads come from the heap, and a heap
-/// freed out of order is not returned to the system. Measured here: a
-/// 2 GiB cache filled with 1 MiB tensors, then 64 MiB ones, sat at 4.2 GiB
-/// resident; a mixed workload on a 6 GiB cache reached 19 GiB and was
-/// killed. With the threshold pinned, resident memory follows the budget.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn pin_mmap_threshold() {
-    extern "C" {
-        fn mallopt(param: i32, value: i32) -> i32;
-    }
-    const M_MMAP_THRESHOLD: i32 = -3;
-    // SAFETY: mallopt only changes allocator tuning. It is called first
-    // thing in main, before the runtime starts any thread or allocates a
-    // payload, with a documented parameter and an in-range value.
-    let ok = unsafe { mallopt(M_MMAP_THRESHOLD, 128 * 1024) };
-    if ok != 1 {
-        eprintln!("warning: could not pin glibc's mmap threshold; memory may exceed the budget");
-    }
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn pin_mmap_threshold() {}
-
 fn main() -> ExitCode {
-    pin_mmap_threshold();
     match tokio::runtime::Runtime::new() {
         Ok(runtime) => runtime.block_on(serve()),
         Err(e) => {
@@ -115,8 +88,8 @@ async fn serve() -> ExitCode {
     };
     let config = Config {
         grpc_addr: args.addr,
-        tcp_addr: args
-            .tcp
+        fast_addr: args
+            .fast
             .unwrap_or_else(|| SocketAddr::new(args.addr.ip(), 50052)),
         memory_limit: args.cache_size,
         fast: FastConfig {
@@ -137,7 +110,7 @@ async fn serve() -> ExitCode {
     };
     tracing::info!(
         grpc = %server.grpc_addr(),
-        tcp = %server.tcp_addr(),
+        fast = %server.fast_addr(),
         budget_bytes = args.cache_size,
         "Redstone is listening"
     );

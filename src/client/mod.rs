@@ -1,19 +1,21 @@
-//! Clients for a Redstone server.
+//! What every client shares: the [`TensorStore`] trait and [`ClientError`].
 //!
-//! [`RemoteCacheClient`] speaks the gRPC API, [`FastClient`] the fast path.
-//! Both implement [`TensorStore`], so code written against the trait
-//! switches transports by changing the line that connects. Errors come back
-//! as [`ClientError`], one variant per outcome a caller may want to handle.
+//! The clients themselves live with their doors:
+//! [`FastClient`](crate::fast::FastClient) speaks the fast path,
+//! [`RemoteCacheClient`](crate::grpc::RemoteCacheClient) the gRPC API, and
+//! [`ClusterClient`](crate::cluster::ClusterClient) spreads keys over many
+//! fast-path servers. All implement [`TensorStore`], so code written
+//! against the trait switches transports by changing the line that
+//! connects. They are re-exported here, where programs written against
+//! earlier versions look for them.
 
-mod fast;
-mod grpc;
 mod store;
 
-pub use fast::{FastClient, FastClientOptions};
-pub use grpc::RemoteCacheClient;
+pub use crate::fast::{FastClient, FastClientOptions};
+pub use crate::grpc::RemoteCacheClient;
 pub use store::TensorStore;
 
-use tonic::{Code, Status};
+use crate::Error;
 
 /// Why a client call failed.
 #[derive(Debug, thiserror::Error)]
@@ -46,9 +48,13 @@ pub enum ClientError {
     /// No reply within the request timeout.
     #[error("no reply within {0:?}")]
     Timeout(std::time::Duration),
-    /// The request was invalid before it was sent (bad key, size mismatch).
+    /// The request was found invalid before it was sent (a payload whose
+    /// length does not match its metadata, a `get_into` buffer of the
+    /// wrong size). Refusals the server would give — the key is cached,
+    /// the tensor is larger than the cache — come back as the same variant
+    /// whichever side caught them (see `From<Error>`).
     #[error(transparent)]
-    Invalid(#[from] crate::Error),
+    Invalid(Error),
     /// The server answered with something this client cannot use.
     #[error("the server sent an invalid reply: {0}")]
     Protocol(String),
@@ -57,18 +63,51 @@ pub enum ClientError {
     Unavailable(String),
     /// Any other gRPC status.
     #[error("gRPC error: {0}")]
-    Rpc(Status),
+    Rpc(tonic::Status),
 }
 
-impl From<Status> for ClientError {
-    fn from(status: Status) -> ClientError {
-        let message = status.message().to_owned();
-        match status.code() {
-            Code::AlreadyExists => ClientError::AlreadyExists(message),
-            Code::ResourceExhausted => ClientError::OutOfMemory(message),
-            Code::InvalidArgument => ClientError::InvalidArgument(message),
-            Code::Unavailable => ClientError::Unavailable(message),
-            _ => ClientError::Rpc(status),
+impl From<Error> for ClientError {
+    /// An engine error caught on this side of the wire. Where the server
+    /// answers the same refusal with a variant of its own, this is that
+    /// variant, so a caller matches one pattern whichever side caught it.
+    fn from(err: Error) -> ClientError {
+        match err {
+            Error::AlreadyExists(_) => ClientError::AlreadyExists(err.to_string()),
+            Error::OutOfMemory { .. } => ClientError::OutOfMemory(err.to_string()),
+            Error::NotFound(_)
+            | Error::InvalidKey(_)
+            | Error::InvalidTensorMetadata(_)
+            | Error::InvalidSize { .. }
+            | Error::TypeMismatch { .. }
+            | Error::Misaligned { .. } => ClientError::Invalid(err),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_read_the_same_whichever_side_caught_them() {
+        let oom = Error::OutOfMemory {
+            needed: 2,
+            limit: 1,
+        };
+        assert!(matches!(
+            ClientError::from(oom.clone()),
+            ClientError::OutOfMemory(m) if m == oom.to_string()
+        ));
+        assert!(matches!(
+            ClientError::from(Error::AlreadyExists("k".into())),
+            ClientError::AlreadyExists(m) if m.starts_with("AlreadyExists: ")
+        ));
+        assert!(matches!(
+            ClientError::from(Error::InvalidSize {
+                expected: 1,
+                actual: 2
+            }),
+            ClientError::Invalid(Error::InvalidSize { .. })
+        ));
     }
 }

@@ -2,8 +2,8 @@
 
 use std::future::Future;
 
-use super::{ClientError, FastClient, RemoteCacheClient};
-use crate::engine::Stats;
+use super::ClientError;
+use crate::stats::Stats;
 use crate::tensor::Tensor;
 
 /// A remote tensor store: what an application needs from a cache,
@@ -39,34 +39,4 @@ pub trait TensorStore: Clone + Send + Sync + 'static {
     fn delete(&self, key: &str) -> impl Future<Output = Result<bool, ClientError>> + Send;
     /// The server's counters.
     fn stats(&self) -> impl Future<Output = Result<Stats, ClientError>> + Send;
-}
-
-impl TensorStore for RemoteCacheClient {
-    async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
-        RemoteCacheClient::put_tensor(self, key, tensor).await
-    }
-    async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
-        RemoteCacheClient::get(self, key).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool, ClientError> {
-        RemoteCacheClient::delete(self, key).await
-    }
-    async fn stats(&self) -> Result<Stats, ClientError> {
-        self.get_stats().await
-    }
-}
-
-impl TensorStore for FastClient {
-    async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
-        FastClient::put_tensor(self, key, tensor).await
-    }
-    async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
-        FastClient::get(self, key).await
-    }
-    async fn delete(&self, key: &str) -> Result<bool, ClientError> {
-        FastClient::delete(self, key).await
-    }
-    async fn stats(&self) -> Result<Stats, ClientError> {
-        FastClient::stats(self).await
-    }
 }

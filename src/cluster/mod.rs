@@ -26,9 +26,11 @@ use tokio::task::JoinSet;
 
 pub use config::{ClusterConfig, ConfigError};
 
-use crate::client::{ClientError, FastClient, FastClientOptions, TensorStore};
-use crate::engine::Stats;
+use crate::client::{ClientError, TensorStore};
+use crate::fast::{FastClient, FastClientOptions};
+use crate::stats::{Counters, Stats};
 use crate::tensor::Tensor;
+use crate::Error;
 
 /// One node as the client sees it.
 #[derive(Debug)]
@@ -143,9 +145,7 @@ impl ClusterClient {
             }
         }
         if stored + held >= needed {
-            return Err(ClientError::AlreadyExists(format!(
-                "AlreadyExists: key {key:?} is already cached"
-            )));
+            return Err(Error::AlreadyExists(key.to_owned()).into());
         }
         // A refusal that every node would give (too big, bad key) is the
         // answer; otherwise say how far the write got.
@@ -250,25 +250,14 @@ impl ClusterClient {
     /// The counters summed over the nodes that answer (replicas count once
     /// per node). Fails only if no node answers.
     pub async fn stats(&self) -> Result<Stats, ClientError> {
-        // entries, memory_used, memory_limit, hits, misses, evictions.
-        let mut sum = [0u64; 6];
+        let mut sum = Counters::default();
         let mut answered = false;
         let mut last_error = None;
         for node in self.node_stats().await {
             match node.stats {
                 Ok(s) => {
                     answered = true;
-                    let counts = [
-                        s.entries,
-                        s.memory_used,
-                        s.memory_limit,
-                        s.hits,
-                        s.misses,
-                        s.evictions,
-                    ];
-                    for (total, n) in sum.iter_mut().zip(counts) {
-                        *total += n;
-                    }
+                    sum = sum.saturating_add(s.counters());
                 }
                 Err(e) => last_error = Some(e),
             }
@@ -276,10 +265,7 @@ impl ClusterClient {
         if !answered {
             return Err(last_error.unwrap_or(ClientError::Unavailable("no nodes".into())));
         }
-        let [entries, used, limit, hits, misses, evictions] = sum;
-        Ok(Stats::from_counts(
-            entries, used, limit, hits, misses, evictions,
-        ))
+        Ok(sum.into())
     }
 }
 

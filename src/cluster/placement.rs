@@ -106,8 +106,35 @@ mod tests {
         sorted.sort_unstable();
         assert_eq!(sorted, vec![0, 1, 2]);
         assert_eq!(rank(&nodes, "k"), r, "deterministic");
-        // Known value: placement must never change between versions.
-        assert_eq!(score("a:1", "k"), score("a:1", "k"));
         assert_ne!(score("ab", "c"), score("a", "bc"));
+    }
+
+    /// Placement must never change between versions: a change would move
+    /// every cached key of a deployed cluster. These are literal values;
+    /// if this test fails, the hash changed.
+    #[test]
+    fn placement_is_pinned_to_known_values() {
+        let scores = [
+            score("a:1", "k"),
+            score("10.0.0.1:50052", "emb:user:1"),
+            score("10.0.0.2:50052", "layer0.weight"),
+        ];
+        assert_eq!(
+            scores,
+            [
+                8214244249295832885,
+                11997690471436406135,
+                8258588777930329387
+            ]
+        );
+        let nodes = ["10.0.0.1:50052", "10.0.0.2:50052", "10.0.0.3:50052"];
+        let ranks: Vec<Vec<usize>> = ["emb:user:1", "layer0.weight", "k", "batch/7"]
+            .iter()
+            .map(|k| rank(&nodes, k))
+            .collect();
+        assert_eq!(
+            ranks,
+            vec![vec![1, 0, 2], vec![2, 1, 0], vec![1, 0, 2], vec![2, 1, 0]]
+        );
     }
 }

@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use dashmap::DashMap;
 
+use crate::stats::{Counters, Stats};
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 use crate::Error;
@@ -57,7 +58,7 @@ const PAGE: u64 = 4096;
 /// [`ENTRY_OVERHEAD`] covers.
 pub fn payload_footprint(len: u64) -> u64 {
     if len >= PAGE_MAPPED_FROM {
-        (len + 16).div_ceil(PAGE).saturating_mul(PAGE)
+        len.saturating_add(16).div_ceil(PAGE).saturating_mul(PAGE)
     } else {
         len
     }
@@ -69,51 +70,6 @@ pub fn payload_footprint(len: u64) -> u64 {
 /// of the second core's throughput (measured by `cargo bench --bench
 /// engine`, `get_throughput`).
 const INDEX_SHARDS: usize = 256;
-
-/// A snapshot of the cache's counters.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Stats {
-    /// Tensors currently cached.
-    pub entries: u64,
-    /// Bytes charged for them (see [`Engine::charge`]).
-    pub memory_used: u64,
-    /// The byte budget.
-    pub memory_limit: u64,
-    /// Gets that found their key.
-    pub hits: u64,
-    /// Gets that did not.
-    pub misses: u64,
-    /// Entries removed to make room.
-    pub evictions: u64,
-    /// `hits / (hits + misses)`, 0 before any get.
-    pub hit_rate: f64,
-    /// `memory_used / memory_limit`.
-    pub memory_utilization: f64,
-}
-
-impl Stats {
-    /// Counters with the two ratios derived from them.
-    pub fn from_counts(
-        entries: u64,
-        memory_used: u64,
-        memory_limit: u64,
-        hits: u64,
-        misses: u64,
-        evictions: u64,
-    ) -> Stats {
-        let ratio = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
-        Stats {
-            entries,
-            memory_used,
-            memory_limit,
-            hits,
-            misses,
-            evictions,
-            hit_rate: ratio(hits, hits + misses),
-            memory_utilization: ratio(memory_used, memory_limit),
-        }
-    }
-}
 
 /// The in-memory tensor cache. Cheap to clone: clones share one cache.
 ///
@@ -185,11 +141,52 @@ impl Engine {
     ///
     /// It depends only on the key and the metadata, so a front end can
     /// check it before receiving the payload.
+    ///
+    /// Saturating: a claimed size near `u64::MAX` is charged `u64::MAX`,
+    /// which no budget admits.
     pub fn charge(key: &str, meta: &TensorMeta) -> u64 {
         payload_footprint(meta.byte_size())
-            + key.len() as u64
-            + 8 * meta.shape().len() as u64
-            + ENTRY_OVERHEAD
+            .saturating_add(key.len() as u64)
+            .saturating_add(8 * meta.shape().len() as u64)
+            .saturating_add(ENTRY_OVERHEAD)
+    }
+
+    /// Everything a put of a `payload_len`-byte tensor described by `meta`
+    /// under `key` can be refused for before the payload exists: an invalid
+    /// key, a length that is not the metadata's byte size, a charge over
+    /// the whole budget, a key already cached. Returns the charge.
+    ///
+    /// [`put`](Engine::put) runs this same check; a front end runs it
+    /// before receiving a payload, so that a refused one is never read into
+    /// memory.
+    ///
+    /// ```
+    /// use redstone::engine::Engine;
+    /// use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
+    ///
+    /// let cache = Engine::new(1 << 20);
+    /// let meta = TensorMeta::new(DType::F32, vec![4], StorageLayout::RowMajor)?;
+    /// assert!(cache.admit("w", &meta, 16).is_ok());
+    /// assert!(cache.admit("w", &meta, 15).is_err()); // 4 × f32 is 16 bytes
+    /// # Ok::<(), redstone::Error>(())
+    /// ```
+    pub fn admit(&self, key: &str, meta: &TensorMeta, payload_len: u64) -> Result<u64, Error> {
+        validate_key(key)?;
+        if meta.byte_size() != payload_len {
+            return Err(Error::InvalidSize {
+                expected: meta.byte_size(),
+                actual: payload_len,
+            });
+        }
+        let needed = Engine::charge(key, meta);
+        let limit = self.shared.memory_limit;
+        if needed > limit {
+            return Err(Error::OutOfMemory { needed, limit });
+        }
+        if self.contains(key) {
+            return Err(Error::AlreadyExists(key.to_owned()));
+        }
+        Ok(needed)
     }
 
     /// The byte budget.
@@ -227,18 +224,11 @@ impl Engine {
     /// evicted then), and with [`Error::OutOfMemory`] at once, evicting
     /// nothing, if the tensor's charge exceeds the whole budget.
     pub fn put(&self, key: &str, tensor: Tensor) -> Result<(), Error> {
-        validate_key(key)?;
-        let charge = Engine::charge(key, tensor.meta());
-        let limit = self.shared.memory_limit;
-        if charge > limit {
-            return Err(Error::OutOfMemory {
-                needed: charge,
-                limit,
-            });
-        }
+        let charge = self.admit(key, tensor.meta(), tensor.data().len() as u64)?;
         let evicted;
         {
             let mut order = self.lock_order();
+            // Checked again under the lock: another put may have won.
             if self.shared.index.contains_key(key) {
                 return Err(Error::AlreadyExists(key.to_owned()));
             }
@@ -281,14 +271,14 @@ impl Engine {
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let s = &self.shared;
-        Stats::from_counts(
-            s.index.len() as u64,
-            s.memory_used.load(Ordering::Relaxed),
-            s.memory_limit,
-            s.hits.get(),
-            s.misses.get(),
-            s.evictions.load(Ordering::Relaxed),
-        )
+        Stats::from(Counters {
+            entries: s.index.len() as u64,
+            memory_used: s.memory_used.load(Ordering::Relaxed),
+            memory_limit: s.memory_limit,
+            hits: s.hits.get(),
+            misses: s.misses.get(),
+            evictions: s.evictions.load(Ordering::Relaxed),
+        })
     }
 
     fn lock_order(&self) -> MutexGuard<'_, ClockList> {
@@ -308,7 +298,7 @@ impl Engine {
         // Second chances granted in this call; past one full pass the oldest
         // entry goes whatever its bit says.
         let mut passes_left = order.len();
-        while s.memory_used.load(Ordering::Relaxed) + charge > s.memory_limit {
+        while s.memory_used.load(Ordering::Relaxed).saturating_add(charge) > s.memory_limit {
             let Some(id) = order.back() else { break };
             let Some(key) = order.key(id).cloned() else {
                 break;

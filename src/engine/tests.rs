@@ -270,3 +270,39 @@ fn large_payloads_are_charged_in_whole_pages() {
         (1 << 20) + 4096 + 1 + 8 + ENTRY_OVERHEAD
     );
 }
+
+#[test]
+fn admit_refuses_a_put_before_its_payload_exists() {
+    let engine = Engine::new(10_000);
+    let meta = bytes(100, 0).meta().clone();
+    assert!(engine.admit("k", &meta, 100).is_ok());
+    assert!(matches!(
+        engine.admit("k", &meta, 99),
+        Err(Error::InvalidSize { .. })
+    ));
+    assert!(matches!(
+        engine.admit("", &meta, 100),
+        Err(Error::InvalidKey(_))
+    ));
+    let big = bytes(20_000, 0).meta().clone();
+    assert!(matches!(
+        engine.admit("k", &big, 20_000),
+        Err(Error::OutOfMemory { .. })
+    ));
+    engine.put("k", bytes(100, 0)).unwrap();
+    assert!(matches!(
+        engine.admit("k", &meta, 100),
+        Err(Error::AlreadyExists(_))
+    ));
+}
+
+#[test]
+fn charges_near_the_top_of_u64_saturate_instead_of_wrapping() {
+    let meta = TensorMeta::new(DType::U8, vec![u64::MAX - 1], StorageLayout::RowMajor).unwrap();
+    assert_eq!(Engine::charge("k", &meta), u64::MAX);
+    let engine = Engine::new(u64::MAX - 1);
+    assert!(matches!(
+        engine.admit("k", &meta, u64::MAX - 1),
+        Err(Error::OutOfMemory { .. })
+    ));
+}

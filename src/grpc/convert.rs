@@ -5,14 +5,15 @@ use tonic::codegen::http;
 use tonic::{Code, Status};
 
 use super::proto;
-use crate::engine::Stats;
-use crate::tensor::meta::{DType, StorageLayout, TensorMeta};
+use crate::stats::{Counters, Stats};
+use crate::tensor::meta::TensorMeta;
 use crate::Error;
 
 /// The gRPC status for an engine error. This is the only place the mapping
 /// is made; the message is the error's own, starting with its name.
 pub fn status_from_error(err: &Error) -> Status {
     let code = match err {
+        Error::NotFound(_) => Code::NotFound,
         Error::AlreadyExists(_) => Code::AlreadyExists,
         Error::OutOfMemory { .. } => Code::ResourceExhausted,
         Error::InvalidKey(_)
@@ -59,16 +60,12 @@ impl TryFrom<proto::TensorMeta> for TensorMeta {
     type Error = Error;
 
     fn try_from(meta: proto::TensorMeta) -> Result<TensorMeta, Error> {
-        TensorMeta::new(
-            DType::from_code(meta.dtype.into())?,
-            meta.shape,
-            StorageLayout::from_code(meta.layout.into())?,
-        )
+        TensorMeta::from_codes(meta.dtype.into(), meta.shape, meta.layout.into())
     }
 }
 
 /// Converts the optional `meta` field of a request: absent is an error.
-pub(crate) fn meta_from_proto(meta: Option<proto::TensorMeta>) -> Result<TensorMeta, Error> {
+pub fn meta_from_proto(meta: Option<proto::TensorMeta>) -> Result<TensorMeta, Error> {
     meta.ok_or_else(|| Error::InvalidTensorMetadata("the request has no meta".into()))?
         .try_into()
 }
@@ -101,14 +98,14 @@ impl From<Stats> for proto::StatsResponse {
 impl From<proto::StatsResponse> for Stats {
     fn from(s: proto::StatsResponse) -> Stats {
         // The ratios are derived from the counters, as everywhere else.
-        Stats::from_counts(
-            s.entries,
-            s.memory_used,
-            s.memory_limit,
-            s.hits,
-            s.misses,
-            s.evictions,
-        )
+        Stats::from(Counters {
+            entries: s.entries,
+            memory_used: s.memory_used,
+            memory_limit: s.memory_limit,
+            hits: s.hits,
+            misses: s.misses,
+            evictions: s.evictions,
+        })
     }
 }
 
@@ -119,6 +116,7 @@ mod tests {
     #[test]
     fn every_error_maps_to_its_status() {
         let cases = [
+            (Error::NotFound("k".into()), Code::NotFound),
             (Error::AlreadyExists("k".into()), Code::AlreadyExists),
             (
                 Error::OutOfMemory {

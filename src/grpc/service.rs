@@ -11,6 +11,7 @@ use super::proto::{
 use super::{MAX_GRPC_MESSAGE, MESSAGE_SLACK};
 use crate::engine::Engine;
 use crate::tensor::Tensor;
+use crate::Error;
 
 /// The `redstone.RedStone` service over an [`Engine`].
 #[derive(Debug, Clone)]
@@ -43,23 +44,19 @@ impl GrpcService {
 impl RedStone for GrpcService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let key = request.into_inner().key;
-        match self.engine.get(&key)? {
-            Some(tensor) => {
-                let (meta, data) = tensor.into_parts();
-                Ok(Response::new(GetResponse {
-                    meta: Some((&meta).into()),
-                    data,
-                }))
-            }
-            None => Err(Status::not_found(format!(
-                "NotFound: key {key:?} is not cached"
-            ))),
-        }
+        let tensor = self.engine.get(&key)?.ok_or(Error::NotFound(key))?;
+        let (meta, data) = tensor.into_parts();
+        Ok(Response::new(GetResponse {
+            meta: Some((&meta).into()),
+            data,
+        }))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let PutRequest { key, meta, data } = request.into_inner();
         let meta = meta_from_proto(meta)?;
+        // Refuse what the engine would refuse before copying anything.
+        self.engine.admit(&key, &meta, data.len() as u64)?;
         // `data` is a slice of tonic's receive buffer; store a copy that owns
         // an exactly-sized allocation so the budget charges what is retained.
         let tensor = Tensor::new(meta, data)?.compacted();

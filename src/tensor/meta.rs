@@ -218,6 +218,30 @@ impl TensorMeta {
         })
     }
 
+    /// Validates and builds metadata from the stable codes of its dtype and
+    /// layout ([`DType::code`], [`StorageLayout::code`]), as both wire
+    /// formats carry them. Unknown or unspecified codes are
+    /// [`Error::InvalidTensorMetadata`].
+    ///
+    /// ```
+    /// use redstone::tensor::meta::{DType, TensorMeta};
+    /// let meta = TensorMeta::from_codes(1, vec![2, 3], 1)?;
+    /// assert_eq!((meta.dtype(), meta.byte_size()), (DType::F32, 24));
+    /// assert!(TensorMeta::from_codes(99, vec![2], 1).is_err());
+    /// # Ok::<(), redstone::Error>(())
+    /// ```
+    pub fn from_codes(
+        dtype: i64,
+        shape: impl Into<Vec<u64>>,
+        layout: i64,
+    ) -> Result<TensorMeta, Error> {
+        TensorMeta::new(
+            DType::from_code(dtype)?,
+            shape,
+            StorageLayout::from_code(layout)?,
+        )
+    }
+
     /// The element type.
     pub fn dtype(&self) -> DType {
         self.dtype

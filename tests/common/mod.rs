@@ -7,7 +7,7 @@ use redstone::server::{Config, Server, ServerHandle};
 pub async fn start_server(limit: u64) -> ServerHandle {
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        tcp_addr: "127.0.0.1:0".parse().unwrap(),
+        fast_addr: "127.0.0.1:0".parse().unwrap(),
         memory_limit: limit,
         ..Config::default()
     };
@@ -29,8 +29,8 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
 }
 
 use bytes::Bytes;
-use redstone::connection::FrameReader;
-use redstone::protocol::{
+use redstone::fast::stream::FrameReader;
+use redstone::fast::wire::{
     decode_response, encode, encode_head, Limits, Opcode, Prefix, Request, Response,
 };
 use tokio::io::AsyncWriteExt;
@@ -59,7 +59,7 @@ impl RawConn {
 
     /// Sends a well-formed request frame.
     pub async fn send(&mut self, id: u64, request: &Request, payload: &[u8]) {
-        let header = encode(request);
+        let header = encode(request).unwrap();
         let mut frame = encode_head(request.opcode(), 0, id, &header, payload.len() as u64);
         frame.extend_from_slice(payload);
         self.send_bytes(&frame).await.unwrap();
@@ -93,7 +93,7 @@ impl RawConn {
 pub async fn start_server_with(limit: u64, fast: redstone::fast::FastConfig) -> ServerHandle {
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        tcp_addr: "127.0.0.1:0".parse().unwrap(),
+        fast_addr: "127.0.0.1:0".parse().unwrap(),
         memory_limit: limit,
         fast,
         ..Config::default()
@@ -171,8 +171,8 @@ pub fn prefix_bytes(
     header_len: u32,
     payload_len: u64,
 ) -> Vec<u8> {
-    let mut p = vec![0u8; redstone::protocol::PREFIX_LEN];
-    p[0..4].copy_from_slice(&redstone::protocol::MAGIC);
+    let mut p = vec![0u8; redstone::fast::wire::PREFIX_LEN];
+    p[0..4].copy_from_slice(&redstone::fast::wire::MAGIC);
     p[4] = version;
     p[5] = opcode;
     p[8..16].copy_from_slice(&id.to_le_bytes());

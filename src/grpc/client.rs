@@ -1,17 +1,18 @@
-//! The gRPC client.
+//! The gRPC client, and the one mapping of gRPC statuses onto
+//! [`ClientError`].
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use tonic::transport::{Channel, Endpoint};
-use tonic::Code;
+use tonic::{Code, Status};
 
-use super::ClientError;
-use crate::engine::Stats;
-use crate::grpc::proto::red_stone_client::RedStoneClient;
-use crate::grpc::proto::{DeleteRequest, GetRequest, PutRequest, StatsRequest};
-use crate::grpc::MAX_GRPC_MESSAGE;
-use crate::server::{H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
+use super::proto::red_stone_client::RedStoneClient;
+use super::proto::{DeleteRequest, GetRequest, PutRequest, StatsRequest};
+use super::MAX_GRPC_MESSAGE;
+use super::{meta_from_proto, H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
+use crate::client::{ClientError, TensorStore};
+use crate::stats::Stats;
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 
@@ -32,7 +33,7 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 /// connection, and calls from many tasks are multiplexed on it.
 ///
 /// ```no_run
-/// use redstone::client::RemoteCacheClient;
+/// use redstone::grpc::RemoteCacheClient;
 /// use redstone::tensor::Tensor;
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -113,8 +114,7 @@ impl RemoteCacheClient {
             Err(status) if status.code() == Code::NotFound => return Ok(None),
             Err(status) => return Err(status.into()),
         };
-        let meta = crate::grpc::meta_from_proto(reply.meta)
-            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let meta = meta_from_proto(reply.meta).map_err(|e| ClientError::Protocol(e.to_string()))?;
         let tensor =
             Tensor::new(meta, reply.data).map_err(|e| ClientError::Protocol(e.to_string()))?;
         Ok(Some(tensor))
@@ -141,5 +141,34 @@ impl RemoteCacheClient {
             .await?
             .into_inner()
             .into())
+    }
+}
+
+impl TensorStore for RemoteCacheClient {
+    async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
+        RemoteCacheClient::put_tensor(self, key, tensor).await
+    }
+    async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
+        RemoteCacheClient::get(self, key).await
+    }
+    async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        RemoteCacheClient::delete(self, key).await
+    }
+    async fn stats(&self) -> Result<Stats, ClientError> {
+        self.get_stats().await
+    }
+}
+
+impl From<Status> for ClientError {
+    /// The only place gRPC statuses are mapped to client errors.
+    fn from(status: Status) -> ClientError {
+        let message = status.message().to_owned();
+        match status.code() {
+            Code::AlreadyExists => ClientError::AlreadyExists(message),
+            Code::ResourceExhausted => ClientError::OutOfMemory(message),
+            Code::InvalidArgument => ClientError::InvalidArgument(message),
+            Code::Unavailable => ClientError::Unavailable(message),
+            _ => ClientError::Rpc(status),
+        }
     }
 }

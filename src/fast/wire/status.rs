@@ -73,6 +73,7 @@ impl Status {
     /// is made for the fast path.
     pub fn from_error(err: &Error) -> Status {
         match err {
+            Error::NotFound(_) => Status::NotFound,
             Error::AlreadyExists(_) => Status::AlreadyExists,
             Error::OutOfMemory { .. } => Status::OutOfMemory,
             Error::InvalidKey(_) => Status::InvalidKey,

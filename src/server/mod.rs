@@ -6,31 +6,26 @@
 //!
 //! # async fn run() -> Result<(), redstone::server::ServerError> {
 //! let server = Server::bind(Config::default()).await?;
-//! println!("gRPC on {}, fast path on {}", server.grpc_addr(), server.tcp_addr());
+//! println!("gRPC on {}, fast path on {}", server.grpc_addr(), server.fast_addr());
 //! server.run(async { tokio::signal::ctrl_c().await.ok(); }).await
 //! # }
 //! ```
+
+mod alloc;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
 
 use crate::engine::Engine;
 use crate::fast::FastConfig;
-use crate::grpc::GrpcService;
-
-/// HTTP/2 flow-control windows. tonic's 64 KiB defaults stall a connection
-/// every 64 KiB of a large tensor waiting for a window update.
-pub(crate) const H2_STREAM_WINDOW: u32 = 8 << 20;
-pub(crate) const H2_CONNECTION_WINDOW: u32 = 16 << 20;
-/// The largest HTTP/2 frame either side accepts: a 1 MiB tensor crosses in
-/// one DATA frame instead of 64 of the default 16 KiB.
-pub(crate) const H2_MAX_FRAME: u32 = 1 << 20;
+use crate::grpc::{GrpcService, H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
 
 /// Server settings. `Config::default()` is what `server` runs with no
 /// arguments.
@@ -39,7 +34,7 @@ pub struct Config {
     /// Where the gRPC door listens. Port 0 picks a free port.
     pub grpc_addr: SocketAddr,
     /// Where the fast path listens. Port 0 picks a free port.
-    pub tcp_addr: SocketAddr,
+    pub fast_addr: SocketAddr,
     /// The cache's byte budget.
     pub memory_limit: u64,
     /// The fast path's limits. `max_payload` is capped at `memory_limit`.
@@ -52,7 +47,7 @@ impl Default for Config {
     fn default() -> Config {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
-            tcp_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            fast_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
             memory_limit: 1 << 30,
             fast: FastConfig::for_budget(1 << 30),
             shutdown_grace: Duration::from_secs(10),
@@ -85,30 +80,33 @@ pub struct Server {
     engine: Engine,
     grpc: TcpListener,
     grpc_addr: SocketAddr,
-    tcp: TcpListener,
-    tcp_addr: SocketAddr,
+    fast: TcpListener,
+    fast_addr: SocketAddr,
     config: Config,
 }
 
 impl Server {
-    /// Creates the engine and binds the listening sockets.
+    /// Creates the engine and binds the listening sockets. Applies the
+    /// process's allocator policy, which the engine's accounting assumes
+    /// (see `server/alloc.rs`).
     pub async fn bind(mut config: Config) -> Result<Server, ServerError> {
+        alloc::apply_policy();
         config.fast.max_payload = config.fast.max_payload.min(config.memory_limit);
         let (grpc, grpc_addr) = listen(config.grpc_addr).await?;
-        let (tcp, tcp_addr) = listen(config.tcp_addr).await?;
+        let (fast, fast_addr) = listen(config.fast_addr).await?;
         Ok(Server {
             engine: Engine::new(config.memory_limit),
             grpc,
             grpc_addr,
-            tcp,
-            tcp_addr,
+            fast,
+            fast_addr,
             config,
         })
     }
 
     /// The address the fast path listens on.
-    pub fn tcp_addr(&self) -> SocketAddr {
-        self.tcp_addr
+    pub fn fast_addr(&self) -> SocketAddr {
+        self.fast_addr
     }
 
     /// The address the gRPC door listens on (with the real port if 0 was
@@ -125,12 +123,12 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets
     /// in-flight requests finish for up to `shutdown_grace`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
-        let (fast_stop, fast_stopped) = watch::channel(false);
+        let fast_stop = CancellationToken::new();
         let fast = tokio::spawn(crate::fast::serve(
-            self.tcp,
+            self.fast,
             self.engine.clone(),
             self.config.fast.clone(),
-            fast_stopped,
+            fast_stop.clone(),
             self.config.shutdown_grace,
         ));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
@@ -149,14 +147,14 @@ impl Server {
         tokio::pin!(grpc);
         tokio::select! {
             result = &mut grpc => {
-                fast_stop.send_replace(true);
+                fast_stop.cancel();
                 return result.map_err(ServerError::from);
             }
             () = shutdown => {}
         }
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         stop_tx.send(()).ok();
-        fast_stop.send_replace(true);
+        fast_stop.cancel();
         let grpc_result = match tokio::time::timeout(self.config.shutdown_grace, grpc).await {
             Ok(result) => result.map_err(ServerError::from),
             Err(_) => {
@@ -178,7 +176,7 @@ impl Server {
     pub fn spawn(self) -> ServerHandle {
         let (trigger, stopped) = oneshot::channel::<()>();
         let grpc_addr = self.grpc_addr;
-        let tcp_addr = self.tcp_addr;
+        let fast_addr = self.fast_addr;
         let engine = self.engine.clone();
         let task = tokio::spawn(self.run(async {
             // Either an explicit shutdown or a dropped handle.
@@ -186,7 +184,7 @@ impl Server {
         }));
         ServerHandle {
             grpc_addr,
-            tcp_addr,
+            fast_addr,
             engine,
             trigger: Some(trigger),
             task,
@@ -198,7 +196,7 @@ impl Server {
 #[derive(Debug)]
 pub struct ServerHandle {
     grpc_addr: SocketAddr,
-    tcp_addr: SocketAddr,
+    fast_addr: SocketAddr,
     engine: Engine,
     trigger: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
@@ -211,8 +209,8 @@ impl ServerHandle {
     }
 
     /// The address of the fast path.
-    pub fn tcp_addr(&self) -> SocketAddr {
-        self.tcp_addr
+    pub fn fast_addr(&self) -> SocketAddr {
+        self.fast_addr
     }
 
     /// The engine behind the server.

@@ -1,21 +1,24 @@
-//! The fast-path wire protocol, sans I/O: frames in, typed values out.
+//! The fast-path wire format, sans I/O: bytes in, typed values out.
 //!
 //! A frame is a 32-byte [`Prefix`], then `header_len` bytes of rkyv-archived
 //! header ([`Request`] or [`Response`]), then `payload_len` bytes of raw
 //! tensor data. `docs/PROTOCOL.md` specifies it byte by byte.
 //!
-//! - `frame`: the prefix, opcodes and flags.
-//! - `header`: the rkyv header types and their checked decoding.
+//! - `prefix`: the prefix, opcodes and flags.
+//! - `header`: the rkyv header types, their checked in-place access and
+//!   their encoding.
 //! - `status`: response codes and the one mapping from [`Error`](crate::Error).
 
-mod frame;
 mod header;
+mod prefix;
 mod status;
 
-pub use frame::{Opcode, Prefix, FLAG_END, FLAG_RESPONSE, MAGIC, PREFIX_LEN, VERSION};
 pub use header::{
-    decode_request, decode_response, encode, Body, Header, Request, Response, WireMeta, WireStats,
+    decode_request, decode_response, encode, AlignedHeader, ArchivedBody, ArchivedRequest,
+    ArchivedResponse, ArchivedWireMeta, Body, EncodeError, Header, Request, Response, WireMeta,
+    WireStats,
 };
+pub use prefix::{Opcode, Prefix, FLAG_END, FLAG_RESPONSE, MAGIC, PREFIX_LEN, VERSION};
 pub use status::{ProtocolError, Status};
 
 /// Size limits checked against a prefix before anything it claims is read
@@ -59,29 +62,35 @@ impl Limits {
 /// Encodes a frame head, the prefix then `header` serialized in place, in
 /// one allocation. The payload, if any, is sent after it from its own
 /// buffer.
+///
+/// Fails only for a header no frame can carry: over 4 GiB, or with a
+/// string or an archive too long for rkyv's 32-bit offsets.
 pub fn encode_frame<T: Header>(
     opcode: Opcode,
     flags: u8,
     request_id: u64,
     header: &T,
     payload_len: u64,
-) -> Vec<u8> {
+) -> Result<Vec<u8>, EncodeError> {
     let mut head = Vec::with_capacity(PREFIX_LEN + 160);
     head.resize(PREFIX_LEN, 0);
-    let mut head = header::encode_after(head, header);
+    let mut head = header::encode_after(head, header)?;
+    let header_len = u32::try_from(head.len() - PREFIX_LEN)
+        .map_err(|_| EncodeError::new("the header is over 4 GiB"))?;
     let prefix = Prefix {
         opcode,
         flags,
         request_id,
-        header_len: (head.len() - PREFIX_LEN) as u32,
+        header_len,
         payload_len,
     };
     head[..PREFIX_LEN].copy_from_slice(&prefix.encode());
-    head
+    Ok(head)
 }
 
 /// Encodes a frame head from header bytes already serialized (or, in
-/// tests, deliberately not a valid header).
+/// tests, deliberately not a valid header). The header must be under
+/// 4 GiB; its length is truncated to 32 bits otherwise.
 pub fn encode_head(
     opcode: Opcode,
     flags: u8,

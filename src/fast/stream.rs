@@ -1,8 +1,22 @@
 //! Frames over a byte stream: a buffered reader that hands out payloads in
 //! allocations of their own, and a vectored writer.
 //!
-//! Both the server and the fast-path client use these. The protocol itself
-//! (what the bytes mean) lives in [`protocol`](crate::protocol).
+//! Both the server and the client use these. What the bytes mean lives in
+//! [`wire`](super::wire).
+//!
+//! # Why not `tokio_util::codec`
+//! The reader is hand-made on purpose. A `Decoder` hands frames out of one
+//! shared read buffer, so a payload would either be split off that buffer
+//! (and keep the rest of its allocation alive, uncharged) or be copied out.
+//! Here the prefix and header come through the read buffer, but a payload
+//! goes into an allocation of exactly its size, read from the socket
+//! straight into place, or into the caller's own buffer
+//! ([`FrameReader::read_payload_into`]). The engine charges what that
+//! allocation really is (`payload_gets_an_exact_allocation` below), and a
+//! 64 MiB GET into a reused buffer (`get_into`) runs at the wire's speed
+//! (the README's Performance section). On the write side, `FramedWrite`
+//! would copy each payload into its buffer; [`write_frames`] hands the
+//! stored buffers to `writev` as they are.
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
@@ -10,7 +24,7 @@ use std::io::{self, IoSlice};
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::protocol::{Limits, Prefix, ProtocolError, PREFIX_LEN};
+use super::wire::{Limits, Prefix, ProtocolError, PREFIX_LEN};
 
 /// How much the reader asks the socket for at a time.
 const READ_CHUNK: usize = 64 * 1024;
@@ -233,7 +247,7 @@ pub async fn write_loop<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{encode_head, Opcode, Status};
+    use crate::fast::wire::{encode_head, Opcode, Status};
 
     const LIMITS: Limits = Limits {
         max_header: 1024,

@@ -21,8 +21,10 @@ use redstone::tensor::Tensor;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum Target {
-    /// Redstone's fast path (binary TCP protocol).
-    Tcp,
+    /// Redstone's fast path (binary frames over TCP; `tcp` is the old
+    /// name).
+    #[value(alias = "tcp")]
+    Fast,
     /// Redstone's gRPC API.
     Grpc,
     /// A Redis server (SET / GET).
@@ -49,9 +51,9 @@ enum Op {
 #[command(version, about)]
 struct Args {
     /// What to drive.
-    #[arg(long, value_enum, default_value = "tcp")]
+    #[arg(long, value_enum, default_value = "fast")]
     target: Target,
-    /// The server's address. Default: 127.0.0.1 and 50052 (tcp), 50051
+    /// The server's address. Default: 127.0.0.1 and 50052 (fast), 50051
     /// (grpc) or 6379 (redis).
     #[arg(long)]
     addr: Option<String>,
@@ -69,7 +71,7 @@ struct Args {
     #[arg(long)]
     connections: Option<usize>,
     /// Requests each worker keeps in flight. Redis: that many commands per
-    /// write. tcp get: one GET_MANY of that many keys. Otherwise: that
+    /// write. fast get: one GET_MANY of that many keys. Otherwise: that
     /// many concurrent requests per worker.
     #[arg(long, default_value_t = 1)]
     pipeline: usize,
@@ -82,7 +84,7 @@ struct Args {
     /// Check every value read byte for byte; mismatches count as errors.
     #[arg(long)]
     verify: bool,
-    /// tcp only: read into a buffer each worker reuses
+    /// fast only: read into a buffer each worker reuses
     /// (`FastClient::get_into`) instead of a fresh allocation per get.
     #[arg(long)]
     into: bool,
@@ -107,7 +109,7 @@ struct Args {
 /// One connection to the target.
 #[derive(Clone)]
 enum Conn {
-    Tcp(FastClient),
+    Fast(FastClient),
     Grpc(RemoteCacheClient),
     Cluster(ClusterClient),
 }
@@ -178,7 +180,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let size = usize::try_from(args.size)?;
     let addr = args.addr.clone().unwrap_or_else(|| {
         let port = match args.target {
-            Target::Tcp => 50052,
+            Target::Fast => 50052,
             Target::Grpc => 50051,
             Target::Redis => 6379,
         };
@@ -231,11 +233,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if matches!(args.op, Op::Fill | Op::Check) {
         let conn = match (&cluster, args.target) {
             (Some(c), _) => Conn::Cluster(c.clone()),
-            (None, Target::Tcp) => Conn::Tcp(FastClient::connect(addr.as_str()).await?),
+            (None, Target::Fast) => Conn::Fast(FastClient::connect(addr.as_str()).await?),
             (None, Target::Grpc) => Conn::Grpc(RemoteCacheClient::connect(addr.as_str()).await?),
             (None, Target::Redis) => {
                 return Err(
-                    "fill and check drive Redstone (tcp, grpc or --nodes), not Redis".into(),
+                    "fill and check drive Redstone (fast, grpc or --nodes), not Redis".into(),
                 )
             }
         };
@@ -247,7 +249,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..connections {
                 conns.push(match (&cluster, args.target) {
                     (Some(c), _) => Conn::Cluster(c.clone()),
-                    (None, Target::Tcp) => Conn::Tcp(FastClient::connect(addr.as_str()).await?),
+                    (None, Target::Fast) => Conn::Fast(FastClient::connect(addr.as_str()).await?),
                     (None, _) => Conn::Grpc(RemoteCacheClient::connect(addr.as_str()).await?),
                 });
             }
@@ -257,7 +259,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             // On the fast path a pipelined read is a batch: one GET_MANY of
             // `pipeline` keys per worker, like Redis' pipelined GETs.
             let batch =
-                args.target == Target::Tcp && args.op == Op::Get && pipeline > 1 && !args.into;
+                args.target == Target::Fast && args.op == Op::Get && pipeline > 1 && !args.into;
             let tasks = if batch {
                 concurrency
             } else {
@@ -268,7 +270,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
                 let ctx = make_ctx(w);
                 let (stop, measuring) = (Arc::clone(&stop), Arc::clone(&measuring));
                 workers.push(match (batch, conn) {
-                    (true, Conn::Tcp(client)) => tokio::spawn(async move {
+                    (true, Conn::Fast(client)) => tokio::spawn(async move {
                         batch_worker(client, ctx, pipeline, w as u64, stop, measuring).await
                     }),
                     (_, conn) => tokio::spawn(async move {
@@ -342,7 +344,7 @@ async fn prefill(conn: &Conn, values: &[Bytes], size: usize) -> Result<(), Clien
 impl Conn {
     async fn put(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
         match self {
-            Conn::Tcp(c) => TensorStore::put_tensor(c, key, tensor).await,
+            Conn::Fast(c) => TensorStore::put_tensor(c, key, tensor).await,
             Conn::Grpc(c) => TensorStore::put_tensor(c, key, tensor).await,
             Conn::Cluster(c) => TensorStore::put_tensor(c, key, tensor).await,
         }
@@ -350,24 +352,24 @@ impl Conn {
 
     async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
         match self {
-            Conn::Tcp(c) => TensorStore::get(c, key).await,
+            Conn::Fast(c) => TensorStore::get(c, key).await,
             Conn::Grpc(c) => TensorStore::get(c, key).await,
             Conn::Cluster(c) => TensorStore::get(c, key).await,
         }
     }
 
-    async fn stats(&self) -> Result<redstone::engine::Stats, ClientError> {
+    async fn stats(&self) -> Result<redstone::stats::Stats, ClientError> {
         match self {
-            Conn::Tcp(c) => TensorStore::stats(c).await,
+            Conn::Fast(c) => TensorStore::stats(c).await,
             Conn::Grpc(c) => TensorStore::stats(c).await,
             Conn::Cluster(c) => TensorStore::stats(c).await,
         }
     }
 
-    /// Reads into `buf` where the transport can (tcp), else gets and copies.
+    /// Reads into `buf` where the transport can (fast), else gets and copies.
     async fn get_into(&self, key: &str, buf: &mut [u8]) -> Result<bool, ClientError> {
         match self {
-            Conn::Tcp(c) => Ok(c.get_into(key, buf).await?.is_some()),
+            Conn::Fast(c) => Ok(c.get_into(key, buf).await?.is_some()),
             Conn::Grpc(_) | Conn::Cluster(_) => match self.get(key).await? {
                 Some(t) if t.data().len() == buf.len() => {
                     buf.copy_from_slice(t.data());

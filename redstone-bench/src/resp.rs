@@ -6,7 +6,7 @@
 use std::io;
 
 use bytes::{Buf, Bytes, BytesMut};
-use redstone::connection::{write_frames, OutFrame};
+use redstone::fast::stream::{write_frames, OutFrame};
 use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 

@@ -1,15 +1,19 @@
 //! The rkyv-archived headers that follow the prefix.
 //!
 //! Headers are small (keys, metadata, status); tensor bytes never go in
-//! them. Decoding copies the header into an aligned buffer and validates it
-//! with rkyv's checked access (bytecheck) before anything is read from it.
+//! them. A reader copies a header into an aligned buffer it reuses
+//! ([`AlignedHeader`]), validates it with rkyv's checked access
+//! (bytecheck), and then reads it in place: the server takes keys as
+//! `&str` straight from the archive and builds only what it keeps (the
+//! tensor's metadata). [`decode_request`] and [`decode_response`]
+//! deserialize into owned values, for clients and tools.
 
 use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use super::{ProtocolError, Status};
-use crate::engine::Stats;
-use crate::tensor::meta::{DType, StorageLayout, TensorMeta};
+use crate::stats::{Counters, Stats};
+use crate::tensor::meta::TensorMeta;
 use crate::Error;
 
 /// Tensor metadata as it travels: dtype and layout by their stable codes.
@@ -37,11 +41,15 @@ impl TryFrom<WireMeta> for TensorMeta {
     type Error = Error;
 
     fn try_from(meta: WireMeta) -> Result<TensorMeta, Error> {
-        TensorMeta::new(
-            DType::from_code(meta.dtype.into())?,
-            meta.shape,
-            StorageLayout::from_code(meta.layout.into())?,
-        )
+        TensorMeta::from_codes(meta.dtype.into(), meta.shape, meta.layout.into())
+    }
+}
+
+impl ArchivedWireMeta {
+    /// Validated metadata read from the archive in place.
+    pub fn to_meta(&self) -> Result<TensorMeta, Error> {
+        let shape: Vec<u64> = self.shape.iter().map(|d| d.to_native()).collect();
+        TensorMeta::from_codes(self.dtype.into(), shape, self.layout.into())
     }
 }
 
@@ -91,6 +99,21 @@ impl Request {
     }
 }
 
+impl ArchivedRequest {
+    /// The opcode a frame carrying this request has.
+    pub fn opcode(&self) -> super::Opcode {
+        use super::Opcode;
+        match self {
+            ArchivedRequest::Ping => Opcode::Ping,
+            ArchivedRequest::Get { .. } => Opcode::Get,
+            ArchivedRequest::Put { .. } => Opcode::Put,
+            ArchivedRequest::Delete { .. } => Opcode::Delete,
+            ArchivedRequest::Stats => Opcode::Stats,
+            ArchivedRequest::GetMany { .. } => Opcode::GetMany,
+        }
+    }
+}
+
 /// The counters, as `STATS` returns them.
 #[derive(Debug, Clone, Copy, PartialEq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct WireStats {
@@ -108,29 +131,29 @@ pub struct WireStats {
     pub evictions: u64,
 }
 
-impl From<Stats> for WireStats {
-    fn from(s: Stats) -> WireStats {
+impl From<Counters> for WireStats {
+    fn from(c: Counters) -> WireStats {
         WireStats {
-            entries: s.entries,
-            memory_used: s.memory_used,
-            memory_limit: s.memory_limit,
-            hits: s.hits,
-            misses: s.misses,
-            evictions: s.evictions,
+            entries: c.entries,
+            memory_used: c.memory_used,
+            memory_limit: c.memory_limit,
+            hits: c.hits,
+            misses: c.misses,
+            evictions: c.evictions,
         }
     }
 }
 
 impl From<WireStats> for Stats {
     fn from(s: WireStats) -> Stats {
-        Stats::from_counts(
-            s.entries,
-            s.memory_used,
-            s.memory_limit,
-            s.hits,
-            s.misses,
-            s.evictions,
-        )
+        Stats::from(Counters {
+            entries: s.entries,
+            memory_used: s.memory_used,
+            memory_limit: s.memory_limit,
+            hits: s.hits,
+            misses: s.misses,
+            evictions: s.evictions,
+        })
     }
 }
 
@@ -198,8 +221,20 @@ pub trait Header:
 impl Header for Request {}
 impl Header for Response {}
 
+/// Why a header could not be encoded: it is larger than a frame or rkyv's
+/// 32-bit offsets allow (a `GET_MANY` of gigabytes of keys, say).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the header cannot be encoded: {0}")]
+pub struct EncodeError(String);
+
+impl EncodeError {
+    pub(crate) fn new(why: impl Into<String>) -> EncodeError {
+        EncodeError(why.into())
+    }
+}
+
 /// Serializes a header on its own.
-pub fn encode<T: Header>(header: &T) -> Vec<u8> {
+pub fn encode<T: Header>(header: &T) -> Result<Vec<u8>, EncodeError> {
     encode_after(Vec::with_capacity(128), header)
 }
 
@@ -207,31 +242,73 @@ pub fn encode<T: Header>(header: &T) -> Vec<u8> {
 /// relative, so the archive is valid wherever it starts, provided the
 /// reader copies it to an aligned buffer (it does) and `out.len()` is a
 /// multiple of 16 (keeping the archive's internal alignment).
-pub(crate) fn encode_after<T: Header>(out: Vec<u8>, header: &T) -> Vec<u8> {
+pub(crate) fn encode_after<T: Header>(out: Vec<u8>, header: &T) -> Result<Vec<u8>, EncodeError> {
     debug_assert_eq!(out.len() % 16, 0);
-    // Serializing plain data into a growable vector cannot fail.
-    rkyv::api::high::to_bytes_in::<_, rancor::Error>(header, out).unwrap_or_default()
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(header, out)
+        .map_err(|e| EncodeError(e.to_string()))
+}
+
+/// A reusable aligned buffer in which headers are validated and read in
+/// place.
+///
+/// rkyv's checked access needs the archive at an aligned address and a
+/// slice that ends where the archive ends; a header sits at an arbitrary
+/// offset of a read buffer, so it is copied here first (it is small,
+/// bounded by the header limit). One buffer per connection: after the
+/// first frames it never allocates again.
+#[derive(Debug, Default)]
+pub struct AlignedHeader {
+    buf: AlignedVec,
+}
+
+impl AlignedHeader {
+    /// An empty buffer.
+    pub fn new() -> AlignedHeader {
+        AlignedHeader::default()
+    }
+
+    /// Copies `bytes` in, validates them as a request header, and returns
+    /// the archive to read in place.
+    pub fn request(
+        &mut self,
+        bytes: &[u8],
+        request_id: u64,
+    ) -> Result<&ArchivedRequest, ProtocolError> {
+        self.fill(bytes);
+        rkyv::access::<ArchivedRequest, rancor::Error>(&self.buf)
+            .map_err(|e| malformed(e, request_id))
+    }
+
+    /// Copies `bytes` in, validates them as a response header, and returns
+    /// the archive to read in place.
+    pub fn response(
+        &mut self,
+        bytes: &[u8],
+        request_id: u64,
+    ) -> Result<&ArchivedResponse, ProtocolError> {
+        self.fill(bytes);
+        rkyv::access::<ArchivedResponse, rancor::Error>(&self.buf)
+            .map_err(|e| malformed(e, request_id))
+    }
+
+    fn fill(&mut self, bytes: &[u8]) {
+        self.buf.clear();
+        self.buf.extend_from_slice(bytes);
+    }
 }
 
 /// Validates and deserializes a request header from `bytes` (any alignment).
 pub fn decode_request(bytes: &[u8], request_id: u64) -> Result<Request, ProtocolError> {
-    let aligned = aligned_copy(bytes);
-    rkyv::from_bytes::<Request, rancor::Error>(&aligned).map_err(|e| malformed(e, request_id))
+    let mut aligned = AlignedHeader::new();
+    let archived = aligned.request(bytes, request_id)?;
+    rkyv::deserialize::<Request, rancor::Error>(archived).map_err(|e| malformed(e, request_id))
 }
 
 /// Validates and deserializes a response header from `bytes`.
 pub fn decode_response(bytes: &[u8], request_id: u64) -> Result<Response, ProtocolError> {
-    let aligned = aligned_copy(bytes);
-    rkyv::from_bytes::<Response, rancor::Error>(&aligned).map_err(|e| malformed(e, request_id))
-}
-
-/// rkyv's checked access needs the archive at an aligned address; a header
-/// sits at an arbitrary offset of a read buffer, so it is copied (it is
-/// small, bounded by the header limit).
-fn aligned_copy(bytes: &[u8]) -> AlignedVec {
-    let mut aligned = AlignedVec::with_capacity(bytes.len());
-    aligned.extend_from_slice(bytes);
-    aligned
+    let mut aligned = AlignedHeader::new();
+    let archived = aligned.response(bytes, request_id)?;
+    rkyv::deserialize::<Response, rancor::Error>(archived).map_err(|e| malformed(e, request_id))
 }
 
 fn malformed(err: rancor::Error, request_id: u64) -> ProtocolError {
@@ -268,7 +345,7 @@ mod tests {
             },
         ];
         for r in requests {
-            let bytes = encode(&r);
+            let bytes = encode(&r).unwrap();
             assert_eq!(decode_request(&bytes, 0).unwrap(), r);
             // The same bytes at an odd offset decode too.
             let mut shifted = vec![0u8];
@@ -288,16 +365,17 @@ mod tests {
             evictions: 6,
         }));
         r.index = 7;
-        assert_eq!(decode_response(&encode(&r), 0).unwrap(), r);
+        assert_eq!(decode_response(&encode(&r).unwrap(), 0).unwrap(), r);
         let e = Response::error(Status::NotFound, "gone");
-        assert_eq!(decode_response(&encode(&e), 0).unwrap(), e);
+        assert_eq!(decode_response(&encode(&e).unwrap(), 0).unwrap(), e);
     }
 
     #[test]
     fn garbage_and_truncation_are_malformed_not_panics() {
         let bytes = encode(&Request::Get {
             key: "hello".into(),
-        });
+        })
+        .unwrap();
         for n in 0..bytes.len() {
             if let Err(e) = decode_request(&bytes[..n], 5) {
                 assert_eq!(e.status, Status::Malformed);

@@ -13,27 +13,27 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
-use super::{stopped, FastConfig};
-use crate::connection::{write_loop, FrameReader, OutFrame, ReadError};
-use crate::engine::{validate_key, Engine};
-use crate::protocol::{
-    decode_request, encode_frame, Body, Limits, Opcode, Prefix, ProtocolError, Request, Response,
-    Status, FLAG_END, FLAG_RESPONSE,
+use super::FastConfig;
+use crate::engine::Engine;
+use crate::fast::stream::{write_loop, FrameReader, OutFrame, ReadError};
+use crate::fast::wire::{
+    encode_frame, AlignedHeader, ArchivedRequest, Body, EncodeError, Limits, Opcode, Prefix,
+    ProtocolError, Response, Status, FLAG_END, FLAG_RESPONSE,
 };
-use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 use crate::Error;
 
 /// Serves one connection until the client closes it, it breaks the
-/// protocol, it idles past the timeout, or `shutdown` turns true.
+/// protocol, it idles past the timeout, or `shutdown` is cancelled.
 pub(crate) async fn serve_connection<R, W>(
     reader: R,
     writer: W,
     engine: Engine,
     config: Arc<FastConfig>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -41,6 +41,9 @@ pub(crate) async fn serve_connection<R, W>(
     let (tx, rx) = mpsc::channel::<OutFrame>(config.max_in_flight.max(1));
     let writer = tokio::spawn(write_loop(writer, rx));
     let mut reader = FrameReader::new(reader);
+    // Each header is validated and read in place here; reused, so a
+    // connection allocates for headers only while they grow.
+    let mut aligned = AlignedHeader::new();
     let limits = Limits {
         max_header: config.max_header,
         max_payload: config.max_payload,
@@ -48,9 +51,9 @@ pub(crate) async fn serve_connection<R, W>(
     loop {
         let head = tokio::select! {
             biased;
-            () = stopped(&mut shutdown) => {
+            () = shutdown.cancelled() => {
                 let err = ProtocolError::new(Status::ShuttingDown, 0, "the server is shutting down");
-                tx.send(error_frame(Opcode::Ping, &err)).await.ok();
+                send_error(&tx, Opcode::Ping, &err).await;
                 break;
             }
             head = tokio::time::timeout(config.idle_timeout, reader.read_head(&limits)) => head,
@@ -58,7 +61,7 @@ pub(crate) async fn serve_connection<R, W>(
         let head = match head {
             Err(_elapsed) => {
                 let err = ProtocolError::new(Status::Timeout, 0, "idle timeout");
-                tx.send(error_frame(Opcode::Ping, &err)).await.ok();
+                send_error(&tx, Opcode::Ping, &err).await;
                 break;
             }
             Ok(Ok(Some(head))) => head,
@@ -69,12 +72,13 @@ pub(crate) async fn serve_connection<R, W>(
             }
         };
         let prefix = head.prefix;
-        let request = match decode_request(&head.header, prefix.request_id)
+        let request = match aligned
+            .request(&head.header, prefix.request_id)
             .and_then(|r| check_framing(&prefix, r))
         {
             Ok(request) => request,
             Err(e) => {
-                tx.send(error_frame(prefix.opcode, &e)).await.ok();
+                send_error(&tx, prefix.opcode, &e).await;
                 break;
             }
         };
@@ -94,7 +98,7 @@ pub(crate) async fn serve_connection<R, W>(
                     prefix.request_id,
                     "the payload did not arrive within the idle timeout",
                 );
-                tx.send(error_frame(prefix.opcode, &err)).await.ok();
+                send_error(&tx, prefix.opcode, &err).await;
                 break;
             }
         }
@@ -103,20 +107,34 @@ pub(crate) async fn serve_connection<R, W>(
     writer.await.ok();
 }
 
-/// Sends the error for a failed read, if the peer can still hear it.
-async fn fail(tx: &mpsc::Sender<OutFrame>, opcode: Opcode, err: ReadError) {
-    match err {
-        ReadError::Protocol(e) => {
-            tx.send(error_frame(opcode, &e)).await.ok();
+/// Queues an error frame, if the peer can still hear it.
+async fn send_error(tx: &mpsc::Sender<OutFrame>, opcode: Opcode, err: &ProtocolError) {
+    match error_frame(opcode, err) {
+        Ok(frame) => drop(tx.send(frame).await),
+        Err(e) => tracing::warn!("cannot encode an error frame: {e}"),
+    }
+}
+
+/// Sends the error that ends a connection, if the peer can still hear it.
+async fn fail(tx: &mpsc::Sender<OutFrame>, opcode: Opcode, err: impl Into<Fatal>) {
+    match err.into() {
+        Fatal::Read(ReadError::Protocol(e)) => send_error(tx, opcode, &e).await,
+        Fatal::Read(ReadError::Io(e)) => tracing::debug!("connection failed: {e}"),
+        Fatal::Read(ReadError::Truncated) => tracing::debug!("connection closed mid-frame"),
+        Fatal::Encode(e) => {
+            tracing::warn!("cannot encode a response: {e}");
+            let err = ProtocolError::new(Status::Internal, 0, e.to_string());
+            send_error(tx, opcode, &err).await;
         }
-        ReadError::Io(e) => tracing::debug!("connection failed: {e}"),
-        ReadError::Truncated => tracing::debug!("connection closed mid-frame"),
     }
 }
 
 /// A request must be a request, carry the opcode of its header, and carry
 /// a payload only if it is a PUT.
-fn check_framing(prefix: &Prefix, request: Request) -> Result<Request, ProtocolError> {
+fn check_framing<'a>(
+    prefix: &Prefix,
+    request: &'a ArchivedRequest,
+) -> Result<&'a ArchivedRequest, ProtocolError> {
     let id = prefix.request_id;
     if prefix.is_response() {
         return Err(ProtocolError::new(
@@ -146,100 +164,86 @@ fn check_framing(prefix: &Prefix, request: Request) -> Result<Request, ProtocolE
     Ok(request)
 }
 
-/// Applies one request and queues its response frames. Errors are fatal to
-/// the connection; request-level failures are answered and return `Ok`.
+/// Why a request ended its connection.
+#[derive(Debug, thiserror::Error)]
+enum Fatal {
+    #[error(transparent)]
+    Read(#[from] ReadError),
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+}
+
+/// Applies one request, read in place from its archived header, and queues
+/// its response frames. Errors are fatal to the connection; request-level
+/// failures are answered and return `Ok`.
 async fn handle<R: AsyncRead + Unpin>(
     reader: &mut FrameReader<R>,
     engine: &Engine,
     prefix: &Prefix,
-    request: Request,
+    request: &ArchivedRequest,
     tx: &mpsc::Sender<OutFrame>,
-) -> Result<(), ReadError> {
+) -> Result<(), Fatal> {
     let id = prefix.request_id;
     let opcode = prefix.opcode;
-    let reply = |response: Response, payload: Bytes| {
-        response_frame(opcode, FLAG_END, id, &response, payload)
-    };
+    let reply = |response: Response| response_frame(opcode, FLAG_END, id, &response, Bytes::new());
+    let refuse = |e: Error| error_frame(opcode, &ProtocolError::from_error(&e, id));
     let frame = match request {
-        Request::Ping => reply(Response::ok(Body::Empty), Bytes::new()),
-        Request::Get { key } => get_frame(engine, &key, opcode, FLAG_END, id, 0),
-        Request::Put { key, meta } => {
-            let checked = TensorMeta::try_from(meta).and_then(|meta| {
-                precheck_put(engine, &key, &meta, prefix.payload_len).map(|()| meta)
-            });
-            match checked {
+        ArchivedRequest::Ping => reply(Response::ok(Body::Empty))?,
+        ArchivedRequest::Get { key } => get_frame(engine, key.as_str(), opcode, FLAG_END, id, 0)?,
+        ArchivedRequest::Put { key, meta } => {
+            let key = key.as_str();
+            let admitted = meta
+                .to_meta()
+                .and_then(|meta| engine.admit(key, &meta, prefix.payload_len).map(|_| meta));
+            match admitted {
                 Err(e) => {
                     // Refused before reading: skip the payload without
                     // keeping it, then answer.
                     reader.skip_payload(prefix.payload_len).await?;
-                    error_frame(opcode, &ProtocolError::from_error(&e, id))
+                    refuse(e)?
                 }
                 Ok(meta) => {
                     let payload = reader.read_payload(prefix.payload_len).await?;
-                    match Tensor::new(meta, payload).and_then(|t| engine.put(&key, t)) {
-                        Ok(()) => reply(Response::ok(Body::Empty), Bytes::new()),
-                        Err(e) => error_frame(opcode, &ProtocolError::from_error(&e, id)),
+                    match Tensor::new(meta, payload).and_then(|t| engine.put(key, t)) {
+                        Ok(()) => reply(Response::ok(Body::Empty))?,
+                        Err(e) => refuse(e)?,
                     }
                 }
             }
         }
-        Request::Delete { key } => match engine.delete(&key) {
-            Ok(deleted) => reply(Response::ok(Body::Deleted(deleted)), Bytes::new()),
-            Err(e) => error_frame(opcode, &ProtocolError::from_error(&e, id)),
+        ArchivedRequest::Delete { key } => match engine.delete(key.as_str()) {
+            Ok(deleted) => reply(Response::ok(Body::Deleted(deleted)))?,
+            Err(e) => refuse(e)?,
         },
-        Request::Stats => reply(
-            Response::ok(Body::Stats(engine.stats().into())),
-            Bytes::new(),
-        ),
-        Request::GetMany { keys } => {
-            if keys.is_empty() {
-                reply(Response::ok(Body::Empty), Bytes::new())
-            } else {
-                let last = keys.len() - 1;
-                for (i, key) in keys.iter().enumerate().take(last) {
-                    let frame = get_frame(engine, key, opcode, 0, id, i as u32);
-                    send(tx, frame).await?;
-                }
-                get_frame(engine, &keys[last], opcode, FLAG_END, id, last as u32)
+        ArchivedRequest::Stats => {
+            reply(Response::ok(Body::Stats(engine.stats().counters().into())))?
+        }
+        ArchivedRequest::GetMany { keys } => {
+            let Some((last, rest)) = keys.split_last() else {
+                return send(tx, reply(Response::ok(Body::Empty))?).await;
+            };
+            for (i, key) in rest.iter().enumerate() {
+                let frame = get_frame(engine, key.as_str(), opcode, 0, id, i as u32)?;
+                send(tx, frame).await?;
             }
+            get_frame(
+                engine,
+                last.as_str(),
+                opcode,
+                FLAG_END,
+                id,
+                rest.len() as u32,
+            )?
         }
     };
     send(tx, frame).await
 }
 
 /// Queues a frame; fails once the writer has given up on the socket.
-async fn send(tx: &mpsc::Sender<OutFrame>, frame: OutFrame) -> Result<(), ReadError> {
+async fn send(tx: &mpsc::Sender<OutFrame>, frame: OutFrame) -> Result<(), Fatal> {
     tx.send(frame)
         .await
-        .map_err(|_| ReadError::Io(std::io::ErrorKind::BrokenPipe.into()))
-}
-
-/// Everything a PUT can be refused for that is known before its payload
-/// arrives, so that a refused payload is never allocated.
-fn precheck_put(
-    engine: &Engine,
-    key: &str,
-    meta: &TensorMeta,
-    payload_len: u64,
-) -> Result<(), Error> {
-    validate_key(key)?;
-    if meta.byte_size() != payload_len {
-        return Err(Error::InvalidSize {
-            expected: meta.byte_size(),
-            actual: payload_len,
-        });
-    }
-    let needed = Engine::charge(key, meta);
-    if needed > engine.memory_limit() {
-        return Err(Error::OutOfMemory {
-            needed,
-            limit: engine.memory_limit(),
-        });
-    }
-    if engine.contains(key) {
-        return Err(Error::AlreadyExists(key.to_owned()));
-    }
-    Ok(())
+        .map_err(|_| ReadError::Io(std::io::ErrorKind::BrokenPipe.into()).into())
 }
 
 /// The frame answering a GET of `key` (or one key of a batch): the stored
@@ -251,19 +255,15 @@ fn get_frame(
     flags: u8,
     id: u64,
     index: u32,
-) -> OutFrame {
-    let (mut response, payload) = match engine.get(key) {
-        Ok(Some(tensor)) => {
+) -> Result<OutFrame, EncodeError> {
+    let found = engine
+        .get(key)
+        .and_then(|found| found.ok_or_else(|| Error::NotFound(key.to_owned())));
+    let (mut response, payload) = match found {
+        Ok(tensor) => {
             let (meta, data) = tensor.into_parts();
             (Response::ok(Body::Tensor((&meta).into())), data)
         }
-        Ok(None) => (
-            Response::error(
-                Status::NotFound,
-                format!("NotFound: key {key:?} is not cached"),
-            ),
-            Bytes::new(),
-        ),
         Err(e) => (
             Response::error(Status::from_error(&e), e.to_string()),
             Bytes::new(),
@@ -274,28 +274,28 @@ fn get_frame(
 }
 
 /// A response frame: encoded head plus the payload as given.
-pub(crate) fn response_frame(
+fn response_frame(
     opcode: Opcode,
     flags: u8,
     id: u64,
     response: &Response,
     payload: Bytes,
-) -> OutFrame {
+) -> Result<OutFrame, EncodeError> {
     let head = encode_frame(
         opcode,
         flags | FLAG_RESPONSE,
         id,
         response,
         payload.len() as u64,
-    );
-    OutFrame {
+    )?;
+    Ok(OutFrame {
         head: Bytes::from(head),
         payload,
-    }
+    })
 }
 
 /// An error response ending its request.
-pub(crate) fn error_frame(opcode: Opcode, err: &ProtocolError) -> OutFrame {
+pub(super) fn error_frame(opcode: Opcode, err: &ProtocolError) -> Result<OutFrame, EncodeError> {
     let response = Response::error(err.status, err.message.clone());
     response_frame(opcode, FLAG_END, err.request_id, &response, Bytes::new())
 }
@@ -310,47 +310,10 @@ mod tests {
         let tensor = Tensor::from_slice::<u8>(vec![4096], &[3u8; 4096]).unwrap();
         let stored_ptr = tensor.data().as_ptr();
         engine.put("k", tensor).unwrap();
-        let frame = get_frame(&engine, "k", Opcode::Get, FLAG_END, 1, 0);
+        let frame = get_frame(&engine, "k", Opcode::Get, FLAG_END, 1, 0).unwrap();
         // Zero copy: the payload chunk handed to writev is the very
         // allocation the engine holds.
         assert_eq!(frame.payload.as_ptr(), stored_ptr);
         assert_eq!(frame.payload.len(), 4096);
-    }
-
-    #[test]
-    fn put_is_refused_before_its_payload_when_it_cannot_succeed() {
-        let engine = Engine::new(10_000);
-        let meta = TensorMeta::new(
-            crate::tensor::meta::DType::U8,
-            vec![100],
-            crate::tensor::meta::StorageLayout::RowMajor,
-        )
-        .unwrap();
-        assert!(precheck_put(&engine, "k", &meta, 100).is_ok());
-        assert!(matches!(
-            precheck_put(&engine, "k", &meta, 99),
-            Err(Error::InvalidSize { .. })
-        ));
-        assert!(matches!(
-            precheck_put(&engine, "", &meta, 100),
-            Err(Error::InvalidKey(_))
-        ));
-        let big = TensorMeta::new(
-            crate::tensor::meta::DType::U8,
-            vec![20_000],
-            crate::tensor::meta::StorageLayout::RowMajor,
-        )
-        .unwrap();
-        assert!(matches!(
-            precheck_put(&engine, "k", &big, 20_000),
-            Err(Error::OutOfMemory { .. })
-        ));
-        engine
-            .put("k", Tensor::new(meta.clone(), vec![0u8; 100]).unwrap())
-            .unwrap();
-        assert!(matches!(
-            precheck_put(&engine, "k", &meta, 100),
-            Err(Error::AlreadyExists(_))
-        ));
     }
 }

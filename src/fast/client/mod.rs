@@ -4,24 +4,32 @@
 //! and waits for the reader task to route the reply back. Calls from many
 //! tasks are pipelined on the one connection; replies are matched by id, in
 //! whatever order they come.
+//!
+//! - `link`: the shared connection, its writer and its read loop.
+//! - `exclusive`: a connection of one call's own, for `get_into`.
+//! - `reply`: statuses to [`ClientError`], tensors out of replies.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+mod exclusive;
+mod link;
+mod reply;
+
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 
-use super::ClientError;
-use crate::connection::{write_loop, FrameReader, OutFrame, ReadError};
-use crate::engine::Stats;
-use crate::protocol::{
-    decode_response, encode_frame, Body, Limits, Request, Response, Status, WireMeta,
-};
+use super::stream::OutFrame;
+use super::wire::{encode_frame, Body, Limits, Request, Status, WireMeta};
+use crate::client::{ClientError, TensorStore};
+use crate::stats::Stats;
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
+use exclusive::Exclusive;
+use link::{Link, Reply, Waiter};
+use reply::{check, tensor_from, unexpected};
 
 /// Options for [`FastClient::connect_with`].
 #[derive(Debug, Clone)]
@@ -47,37 +55,6 @@ impl Default for FastClientOptions {
     }
 }
 
-/// A reply frame: its decoded header and payload.
-#[derive(Debug)]
-struct Reply {
-    response: Response,
-    payload: Bytes,
-}
-
-/// Where the reader sends a request's reply frames.
-#[derive(Debug)]
-enum Waiter {
-    One(oneshot::Sender<Result<Reply, ClientError>>),
-    Many(mpsc::UnboundedSender<Result<Reply, ClientError>>),
-}
-
-impl Waiter {
-    fn send(self, reply: Result<Reply, ClientError>) {
-        match self {
-            Waiter::One(tx) => drop(tx.send(reply)),
-            Waiter::Many(tx) => drop(tx.send(reply)),
-        }
-    }
-}
-
-#[derive(Debug, Default)]
-struct Pending {
-    waiters: HashMap<u64, Waiter>,
-    /// Set once the connection is gone, under the same lock as `waiters`,
-    /// so no call can register after the reader has failed everyone.
-    closed: Option<String>,
-}
-
 #[derive(Debug)]
 struct Inner {
     addr: String,
@@ -93,63 +70,11 @@ struct Inner {
     request_timeout: Option<Duration>,
 }
 
-/// One multiplexed connection: the writer task's queue and the calls
-/// waiting for replies.
-#[derive(Debug)]
-struct Link {
-    tx: mpsc::Sender<OutFrame>,
-    pending: Mutex<Pending>,
-    next_id: AtomicU64,
-}
-
-impl Link {
-    /// Starts the writer and reader tasks of a new connection.
-    fn open(stream: TcpStream, options: &FastClientOptions) -> Arc<Link> {
-        let (reader, writer) = stream.into_split();
-        let (tx, rx) = mpsc::channel(options.queue.max(1));
-        tokio::spawn(write_loop(writer, rx));
-        let link = Arc::new(Link {
-            tx,
-            pending: Mutex::new(Pending::default()),
-            next_id: AtomicU64::new(1),
-        });
-        // The reader holds a weak handle: once every client has let go of
-        // the link, its writer's queue closes, the server sees the
-        // connection end and closes its side, and the reader ends.
-        tokio::spawn(read_loop(
-            FrameReader::new(reader),
-            Arc::downgrade(&link),
-            limits(options),
-        ));
-        link
-    }
-
-    fn is_closed(&self) -> bool {
-        self.pending().closed.is_some()
-    }
-
-    fn pending(&self) -> MutexGuard<'_, Pending> {
-        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Fails every waiting call and refuses new ones.
-    fn close(&self, why: String) {
-        let waiters = {
-            let mut pending = self.pending();
-            pending.closed.get_or_insert_with(|| why.clone());
-            std::mem::take(&mut pending.waiters)
-        };
-        for (_, waiter) in waiters {
-            waiter.send(Err(ClientError::Unavailable(why.clone())));
-        }
-    }
-}
-
 /// A client of the fast path. Cheap to clone; clones share one connection
 /// and may be used from many tasks at once.
 ///
 /// ```no_run
-/// use redstone::client::FastClient;
+/// use redstone::fast::FastClient;
 /// use redstone::tensor::Tensor;
 ///
 /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
@@ -172,7 +97,7 @@ impl FastClient {
         FastClient::connect_with(addr, FastClientOptions::default()).await
     }
 
-    /// Connects to a server's fast path (`--tcp`, port 50052 by default).
+    /// Connects to a server's fast path (`--fast`, port 50052 by default).
     pub async fn connect_with(
         addr: impl ToSocketAddrs + std::fmt::Display,
         options: FastClientOptions,
@@ -422,7 +347,8 @@ impl FastClient {
     ) -> Result<(Arc<Link>, u64), ClientError> {
         let link = self.link().await?;
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
-        let head = encode_frame(request.opcode(), 0, id, &request, payload.len() as u64);
+        let head = encode_frame(request.opcode(), 0, id, &request, payload.len() as u64)
+            .map_err(|e| ClientError::TooLarge(e.to_string()))?;
         {
             let mut pending = link.pending();
             if let Some(why) = &pending.closed {
@@ -463,7 +389,7 @@ impl FastClient {
 }
 
 /// A TCP connection with Nagle off, within `timeout`.
-async fn connect_stream(
+pub(super) async fn connect_stream(
     addr: impl ToSocketAddrs,
     name: &str,
     timeout: Duration,
@@ -480,183 +406,24 @@ async fn connect_stream(
     Ok(stream)
 }
 
-fn limits(options: &FastClientOptions) -> Limits {
+pub(super) fn limits(options: &FastClientOptions) -> Limits {
     Limits {
         max_header: 1 << 20,
         max_payload: options.max_payload,
     }
 }
 
-/// A connection used by one call at a time, so a reply's payload can be
-/// read into the caller's own buffer.
-#[derive(Debug)]
-struct Exclusive {
-    reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: tokio::net::tcp::OwnedWriteHalf,
-    next_id: u64,
-}
-
-impl Exclusive {
-    async fn connect(
-        peer: std::net::SocketAddr,
-        options: &FastClientOptions,
-    ) -> Result<Exclusive, ClientError> {
-        let stream = connect_stream(peer, &peer.to_string(), options.connect_timeout).await?;
-        let (reader, writer) = stream.into_split();
-        Ok(Exclusive {
-            reader: FrameReader::new(reader),
-            writer,
-            next_id: 1,
-        })
+impl TensorStore for FastClient {
+    async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
+        FastClient::put_tensor(self, key, tensor).await
     }
-
-    async fn get_into(
-        &mut self,
-        key: &str,
-        dst: &mut [u8],
-        limits: &Limits,
-    ) -> Result<Option<TensorMeta>, ClientError> {
-        use tokio::io::AsyncWriteExt;
-        let lost = |e: ReadError| ClientError::Unavailable(read_error(e));
-        let id = self.next_id;
-        self.next_id += 1;
-        let request = Request::Get {
-            key: key.to_owned(),
-        };
-        let frame = encode_frame(request.opcode(), 0, id, &request, 0);
-        self.writer
-            .write_all(&frame)
-            .await
-            .map_err(|e| ClientError::Unavailable(format!("connection lost: {e}")))?;
-        let head = self
-            .reader
-            .read_head(limits)
-            .await
-            .map_err(lost)?
-            .ok_or_else(|| ClientError::Unavailable("the server closed the connection".into()))?;
-        let response =
-            decode_response(&head.header, id).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if head.prefix.request_id != id {
-            check(response.status(), &response.message)?;
-            return Err(ClientError::Protocol(format!(
-                "reply to request {} on an exclusive connection",
-                head.prefix.request_id
-            )));
-        }
-        let len = head.prefix.payload_len;
-        match response.status() {
-            Status::NotFound => {
-                self.reader.skip_payload(len).await.map_err(lost)?;
-                return Ok(None);
-            }
-            status => {
-                if let Err(e) = check(status, &response.message) {
-                    self.reader.skip_payload(len).await.map_err(lost)?;
-                    return Err(e);
-                }
-            }
-        }
-        let Body::Tensor(meta) = response.body else {
-            return Err(unexpected(&response.body));
-        };
-        let meta = TensorMeta::try_from(meta).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        if meta.byte_size() != len {
-            return Err(ClientError::Protocol(format!(
-                "payload of {len} bytes for a tensor of {}",
-                meta.byte_size()
-            )));
-        }
-        if len != dst.len() as u64 {
-            self.reader.skip_payload(len).await.map_err(lost)?;
-            return Err(ClientError::Invalid(crate::Error::InvalidSize {
-                expected: len,
-                actual: dst.len() as u64,
-            }));
-        }
-        self.reader.read_payload_into(dst).await.map_err(lost)?;
-        Ok(Some(meta))
+    async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
+        FastClient::get(self, key).await
     }
-}
-
-/// Routes reply frames to their waiters until the connection ends.
-async fn read_loop(
-    mut reader: FrameReader<tokio::net::tcp::OwnedReadHalf>,
-    link: std::sync::Weak<Link>,
-    limits: Limits,
-) {
-    let why = loop {
-        let head = match reader.read_head(&limits).await {
-            Ok(Some(head)) => head,
-            Ok(None) => break "the server closed the connection".to_owned(),
-            Err(e) => break read_error(e),
-        };
-        let prefix = head.prefix;
-        let response = match decode_response(&head.header, prefix.request_id) {
-            Ok(response) => response,
-            Err(e) => break format!("undecodable reply: {e}"),
-        };
-        let payload = match reader.read_payload(prefix.payload_len).await {
-            Ok(payload) => payload,
-            Err(e) => break read_error(e),
-        };
-        let Some(link) = link.upgrade() else { return };
-        if prefix.request_id == 0 && response.status() != Status::Ok {
-            break format!("{:?}: {}", response.status(), response.message);
-        }
-        let waiter = {
-            let mut pending = link.pending();
-            if prefix.is_end() {
-                pending.waiters.remove(&prefix.request_id)
-            } else {
-                match pending.waiters.get(&prefix.request_id) {
-                    Some(Waiter::Many(tx)) => Some(Waiter::Many(tx.clone())),
-                    _ => None,
-                }
-            }
-        };
-        // A reply nobody waits for (timed out, cancelled) is dropped.
-        if let Some(waiter) = waiter {
-            waiter.send(Ok(Reply { response, payload }));
-        }
-    };
-    if let Some(link) = link.upgrade() {
-        link.close(why);
+    async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        FastClient::delete(self, key).await
     }
-}
-
-fn read_error(e: ReadError) -> String {
-    format!("connection lost: {e}")
-}
-
-/// The client error for a status, or `Ok` for success. The only place fast
-/// path statuses are mapped to client errors.
-fn check(status: Status, message: &str) -> Result<(), ClientError> {
-    let message = message.to_owned();
-    Err(match status {
-        Status::Ok => return Ok(()),
-        Status::AlreadyExists => ClientError::AlreadyExists(message),
-        Status::OutOfMemory => ClientError::OutOfMemory(message),
-        Status::InvalidKey | Status::InvalidMetadata | Status::InvalidSize => {
-            ClientError::InvalidArgument(message)
-        }
-        Status::TooLarge => ClientError::TooLarge(message),
-        Status::Busy | Status::ShuttingDown | Status::Timeout => ClientError::Unavailable(message),
-        Status::NotFound
-        | Status::Malformed
-        | Status::UnsupportedVersion
-        | Status::UnknownOpcode
-        | Status::Internal => ClientError::Protocol(format!("{status:?}: {message}")),
-    })
-}
-
-fn tensor_from(reply: Reply) -> Result<Tensor, ClientError> {
-    let Body::Tensor(meta) = reply.response.body else {
-        return Err(unexpected(&reply.response.body));
-    };
-    let meta = TensorMeta::try_from(meta).map_err(|e| ClientError::Protocol(e.to_string()))?;
-    Tensor::new(meta, reply.payload).map_err(|e| ClientError::Protocol(e.to_string()))
-}
-
-fn unexpected(body: &Body) -> ClientError {
-    ClientError::Protocol(format!("unexpected reply body {body:?}"))
+    async fn stats(&self) -> Result<Stats, ClientError> {
+        FastClient::stats(self).await
+    }
 }

@@ -1,0 +1,100 @@
+//! A connection used by one call at a time, so that a reply's payload can
+//! be read straight into the caller's own buffer (`get_into`).
+
+use std::net::SocketAddr;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use super::reply::{check, meta_from, read_error};
+use super::{connect_stream, FastClientOptions};
+use crate::client::ClientError;
+use crate::fast::stream::{FrameReader, ReadError};
+use crate::fast::wire::{decode_response, encode_frame, Limits, Request, Status};
+use crate::tensor::meta::TensorMeta;
+
+#[derive(Debug)]
+pub(super) struct Exclusive {
+    reader: FrameReader<OwnedReadHalf>,
+    writer: OwnedWriteHalf,
+    next_id: u64,
+}
+
+impl Exclusive {
+    pub(super) async fn connect(
+        peer: SocketAddr,
+        options: &FastClientOptions,
+    ) -> Result<Exclusive, ClientError> {
+        let stream = connect_stream(peer, &peer.to_string(), options.connect_timeout).await?;
+        let (reader, writer) = stream.into_split();
+        Ok(Exclusive {
+            reader: FrameReader::new(reader),
+            writer,
+            next_id: 1,
+        })
+    }
+
+    pub(super) async fn get_into(
+        &mut self,
+        key: &str,
+        dst: &mut [u8],
+        limits: &Limits,
+    ) -> Result<Option<TensorMeta>, ClientError> {
+        let lost = |e: ReadError| ClientError::Unavailable(read_error(e));
+        let id = self.next_id;
+        self.next_id += 1;
+        let request = Request::Get {
+            key: key.to_owned(),
+        };
+        let frame = encode_frame(request.opcode(), 0, id, &request, 0)
+            .map_err(|e| ClientError::TooLarge(e.to_string()))?;
+        self.writer
+            .write_all(&frame)
+            .await
+            .map_err(|e| ClientError::Unavailable(format!("connection lost: {e}")))?;
+        let head = self
+            .reader
+            .read_head(limits)
+            .await
+            .map_err(lost)?
+            .ok_or_else(|| ClientError::Unavailable("the server closed the connection".into()))?;
+        let response =
+            decode_response(&head.header, id).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        if head.prefix.request_id != id {
+            check(response.status(), &response.message)?;
+            return Err(ClientError::Protocol(format!(
+                "reply to request {} on an exclusive connection",
+                head.prefix.request_id
+            )));
+        }
+        let len = head.prefix.payload_len;
+        match response.status() {
+            Status::NotFound => {
+                self.reader.skip_payload(len).await.map_err(lost)?;
+                return Ok(None);
+            }
+            status => {
+                if let Err(e) = check(status, &response.message) {
+                    self.reader.skip_payload(len).await.map_err(lost)?;
+                    return Err(e);
+                }
+            }
+        }
+        let meta = meta_from(response.body)?;
+        if meta.byte_size() != len {
+            return Err(ClientError::Protocol(format!(
+                "payload of {len} bytes for a tensor of {}",
+                meta.byte_size()
+            )));
+        }
+        if len != dst.len() as u64 {
+            self.reader.skip_payload(len).await.map_err(lost)?;
+            return Err(ClientError::Invalid(crate::Error::InvalidSize {
+                expected: len,
+                actual: dst.len() as u64,
+            }));
+        }
+        self.reader.read_payload_into(dst).await.map_err(lost)?;
+        Ok(Some(meta))
+    }
+}

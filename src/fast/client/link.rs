@@ -1,0 +1,143 @@
+//! The shared, pipelined connection: a writer task draining a queue of
+//! request frames, a reader task routing reply frames to the calls waiting
+//! for them by request id.
+
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+
+use bytes::Bytes;
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+use super::reply::read_error;
+use super::{limits, FastClientOptions};
+use crate::client::ClientError;
+use crate::fast::stream::{write_loop, FrameReader, OutFrame};
+use crate::fast::wire::{decode_response, Limits, Response, Status};
+
+/// A reply frame: its decoded header and payload.
+#[derive(Debug)]
+pub(super) struct Reply {
+    pub(super) response: Response,
+    pub(super) payload: Bytes,
+}
+
+/// Where the reader sends a request's reply frames.
+#[derive(Debug)]
+pub(super) enum Waiter {
+    One(oneshot::Sender<Result<Reply, ClientError>>),
+    Many(mpsc::UnboundedSender<Result<Reply, ClientError>>),
+}
+
+impl Waiter {
+    fn send(self, reply: Result<Reply, ClientError>) {
+        match self {
+            Waiter::One(tx) => drop(tx.send(reply)),
+            Waiter::Many(tx) => drop(tx.send(reply)),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Pending {
+    pub(super) waiters: HashMap<u64, Waiter>,
+    /// Set once the connection is gone, under the same lock as `waiters`,
+    /// so no call can register after the reader has failed everyone.
+    pub(super) closed: Option<String>,
+}
+
+/// One multiplexed connection: the writer task's queue and the calls
+/// waiting for replies.
+#[derive(Debug)]
+pub(super) struct Link {
+    pub(super) tx: mpsc::Sender<OutFrame>,
+    pending: Mutex<Pending>,
+    pub(super) next_id: AtomicU64,
+}
+
+impl Link {
+    /// Starts the writer and reader tasks of a new connection.
+    pub(super) fn open(stream: TcpStream, options: &FastClientOptions) -> Arc<Link> {
+        let (reader, writer) = stream.into_split();
+        let (tx, rx) = mpsc::channel(options.queue.max(1));
+        tokio::spawn(write_loop(writer, rx));
+        let link = Arc::new(Link {
+            tx,
+            pending: Mutex::new(Pending::default()),
+            next_id: AtomicU64::new(1),
+        });
+        // The reader holds a weak handle: once every client has let go of
+        // the link, its writer's queue closes, the server sees the
+        // connection end and closes its side, and the reader ends.
+        tokio::spawn(read_loop(
+            FrameReader::new(reader),
+            Arc::downgrade(&link),
+            limits(options),
+        ));
+        link
+    }
+
+    pub(super) fn is_closed(&self) -> bool {
+        self.pending().closed.is_some()
+    }
+
+    pub(super) fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Fails every waiting call and refuses new ones.
+    fn close(&self, why: String) {
+        let waiters = {
+            let mut pending = self.pending();
+            pending.closed.get_or_insert_with(|| why.clone());
+            std::mem::take(&mut pending.waiters)
+        };
+        for (_, waiter) in waiters {
+            waiter.send(Err(ClientError::Unavailable(why.clone())));
+        }
+    }
+}
+
+/// Routes reply frames to their waiters until the connection ends.
+async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, link: Weak<Link>, limits: Limits) {
+    let why = loop {
+        let head = match reader.read_head(&limits).await {
+            Ok(Some(head)) => head,
+            Ok(None) => break "the server closed the connection".to_owned(),
+            Err(e) => break read_error(e),
+        };
+        let prefix = head.prefix;
+        let response = match decode_response(&head.header, prefix.request_id) {
+            Ok(response) => response,
+            Err(e) => break format!("undecodable reply: {e}"),
+        };
+        let payload = match reader.read_payload(prefix.payload_len).await {
+            Ok(payload) => payload,
+            Err(e) => break read_error(e),
+        };
+        let Some(link) = link.upgrade() else { return };
+        if prefix.request_id == 0 && response.status() != Status::Ok {
+            break format!("{:?}: {}", response.status(), response.message);
+        }
+        let waiter = {
+            let mut pending = link.pending();
+            if prefix.is_end() {
+                pending.waiters.remove(&prefix.request_id)
+            } else {
+                match pending.waiters.get(&prefix.request_id) {
+                    Some(Waiter::Many(tx)) => Some(Waiter::Many(tx.clone())),
+                    _ => None,
+                }
+            }
+        };
+        // A reply nobody waits for (timed out, cancelled) is dropped.
+        if let Some(waiter) = waiter {
+            waiter.send(Ok(Reply { response, payload }));
+        }
+    };
+    if let Some(link) = link.upgrade() {
+        link.close(why);
+    }
+}

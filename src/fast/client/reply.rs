@@ -1,0 +1,52 @@
+//! What a reply means to a caller: the one mapping of fast-path statuses
+//! onto [`ClientError`], and tensors out of reply frames.
+
+use super::link::Reply;
+use crate::client::ClientError;
+use crate::fast::stream::ReadError;
+use crate::fast::wire::{Body, Status};
+use crate::tensor::meta::TensorMeta;
+use crate::tensor::Tensor;
+
+/// The client error for a status, or `Ok` for success. The only place
+/// fast-path statuses are mapped to client errors.
+pub(super) fn check(status: Status, message: &str) -> Result<(), ClientError> {
+    let message = message.to_owned();
+    Err(match status {
+        Status::Ok => return Ok(()),
+        Status::AlreadyExists => ClientError::AlreadyExists(message),
+        Status::OutOfMemory => ClientError::OutOfMemory(message),
+        Status::InvalidKey | Status::InvalidMetadata | Status::InvalidSize => {
+            ClientError::InvalidArgument(message)
+        }
+        Status::TooLarge => ClientError::TooLarge(message),
+        Status::Busy | Status::ShuttingDown | Status::Timeout => ClientError::Unavailable(message),
+        Status::NotFound
+        | Status::Malformed
+        | Status::UnsupportedVersion
+        | Status::UnknownOpcode
+        | Status::Internal => ClientError::Protocol(format!("{status:?}: {message}")),
+    })
+}
+
+/// Validated metadata from a reply's `Tensor` body.
+pub(super) fn meta_from(body: Body) -> Result<TensorMeta, ClientError> {
+    let Body::Tensor(meta) = body else {
+        return Err(unexpected(&body));
+    };
+    TensorMeta::try_from(meta).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+/// The tensor a successful GET reply carries.
+pub(super) fn tensor_from(reply: Reply) -> Result<Tensor, ClientError> {
+    let meta = meta_from(reply.response.body)?;
+    Tensor::new(meta, reply.payload).map_err(|e| ClientError::Protocol(e.to_string()))
+}
+
+pub(super) fn unexpected(body: &Body) -> ClientError {
+    ClientError::Protocol(format!("unexpected reply body {body:?}"))
+}
+
+pub(super) fn read_error(e: ReadError) -> String {
+    format!("connection lost: {e}")
+}

@@ -1,0 +1,127 @@
+//! The fast path's server side: the accept loop and its limits.
+//!
+//! - `handler`: one connection (read, apply, respond).
+//!
+//! Shutdown and connection tracking use tokio-util's tools for exactly
+//! this: one [`CancellationToken`] for the door, a child token per
+//! connection, and a [`TaskTracker`] that the door waits on, within the
+//! grace period, for connections to finish their current request.
+
+mod handler;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::stream::write_frames;
+use super::wire::{Opcode, ProtocolError, Status};
+use crate::engine::Engine;
+
+/// Serves one fast-path connection over any byte stream (an in-memory
+/// pipe, say) until the peer closes it or breaks the protocol. It has no
+/// shutdown signal and no connection limit; the fuzz targets drive the
+/// handler through it.
+#[cfg(feature = "fuzzing")]
+pub async fn serve_io<R, W>(reader: R, writer: W, engine: Engine, config: Arc<FastConfig>)
+where
+    R: tokio::io::AsyncRead + Unpin + Send,
+    W: tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    // Nothing ever cancels this token.
+    handler::serve_connection(reader, writer, engine, config, CancellationToken::new()).await;
+}
+
+/// Limits and timeouts of the fast path. Every one is a `server` flag.
+#[derive(Debug, Clone)]
+pub struct FastConfig {
+    /// The largest rkyv header accepted, in bytes.
+    pub max_header: u32,
+    /// The largest payload (tensor) accepted, in bytes. A claim above it is
+    /// refused before any of it is read, and the connection closed.
+    pub max_payload: u64,
+    /// Connections served at once; one more is answered `Busy` and closed.
+    pub max_connections: usize,
+    /// Responses queued per connection before the server stops reading
+    /// that connection's requests (backpressure).
+    pub max_in_flight: usize,
+    /// A connection that sends nothing for this long is closed, and so is
+    /// one whose frame takes longer than this to arrive.
+    pub idle_timeout: Duration,
+}
+
+impl FastConfig {
+    /// Defaults for a cache with a budget of `memory_limit` bytes: the
+    /// largest tensor is the whole budget.
+    pub fn for_budget(memory_limit: u64) -> FastConfig {
+        FastConfig {
+            max_header: 64 * 1024,
+            max_payload: memory_limit,
+            max_connections: 1024,
+            max_in_flight: 128,
+            idle_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Accepts fast-path connections until `shutdown` is cancelled, then waits
+/// up to `grace` for open connections to finish their current request.
+pub(crate) async fn serve(
+    listener: TcpListener,
+    engine: Engine,
+    config: FastConfig,
+    shutdown: CancellationToken,
+    grace: Duration,
+) {
+    let config = Arc::new(config);
+    let permits = Arc::new(Semaphore::new(config.max_connections));
+    let connections = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            () = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // Out of file descriptors and the like: back off, go on.
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        stream.set_nodelay(true).ok();
+        let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
+            tracing::warn!(%peer, "connection limit reached; refusing");
+            tokio::spawn(refuse_busy(stream));
+            continue;
+        };
+        let (engine, config) = (engine.clone(), Arc::clone(&config));
+        let stop = shutdown.child_token();
+        connections.spawn(async move {
+            let (reader, writer) = stream.into_split();
+            handler::serve_connection(reader, writer, engine, config, stop).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(grace, connections.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!("fast-path connections still open after the grace period");
+    }
+}
+
+/// Tells a connection over the limit why it is closed.
+async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+    let err = ProtocolError::new(Status::Busy, 0, "the server is at its connection limit");
+    let Ok(frame) = handler::error_frame(Opcode::Ping, &err) else {
+        return;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), write_frames(&mut stream, [frame])).await;
+}
