@@ -4,7 +4,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{pattern, prefix_bytes, start_server, start_server_with, RawConn};
+use common::{pattern, prefix_bytes, start_server, start_server_with, u8_meta, RawConn};
 use redstone::client::{ClientError, FastClient, TensorStore};
 use redstone::fast::wire::{
     encode, Body, Opcode, Request, Status, WireMeta, FLAG_END, FLAG_RESPONSE, MAGIC,
@@ -12,10 +12,6 @@ use redstone::fast::wire::{
 use redstone::fast::FastConfig;
 use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use redstone::tensor::Tensor;
-
-fn u8_meta(n: u64) -> TensorMeta {
-    TensorMeta::new(DType::U8, vec![n], StorageLayout::RowMajor).unwrap()
-}
 
 fn wire_u8(n: u64) -> WireMeta {
     WireMeta::from(&u8_meta(n))

@@ -4,16 +4,12 @@
 mod common;
 
 use bytes::Bytes;
-use common::{pattern, start_server};
+use common::{pattern, start_server, u8_meta};
 use redstone::client::{ClientError, RemoteCacheClient};
 use redstone::grpc::proto::{self, red_stone_client::RedStoneClient};
 use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use redstone::tensor::Tensor;
 use tonic::Code;
-
-fn u8_meta(n: u64) -> TensorMeta {
-    TensorMeta::new(DType::U8, vec![n], StorageLayout::RowMajor).unwrap()
-}
 
 /// A raw tonic client, to send requests the typed client refuses to build.
 async fn raw_client(addr: std::net::SocketAddr) -> RedStoneClient<tonic::transport::Channel> {

@@ -6,21 +6,18 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{pattern, prefix_bytes, start_server, start_server_with, GoodClient, RawConn};
+use common::{
+    pattern, prefix_bytes, start_server, start_server_with, u8_meta, GoodClient, RawConn,
+};
 use redstone::client::FastClient;
 use redstone::fast::wire::{encode_frame, Request, Status, WireMeta};
 use redstone::fast::FastConfig;
-use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Tests that measure this process's RSS, and the one that allocates
 /// large buffers, take turns: tests in one binary run in parallel.
 static MEMORY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-fn u8_meta(n: u64) -> TensorMeta {
-    TensorMeta::new(DType::U8, vec![n], StorageLayout::RowMajor).unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_garbage() {

@@ -13,7 +13,9 @@ use redstone::cluster::placement::score;
 use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use redstone::tensor::Tensor;
 
-use crate::{percentiles, Args, Conn, Op};
+use crate::args::{Args, Op};
+use crate::conn::Conn;
+use crate::percentiles;
 
 /// The bytes stored under `key`: a xorshift stream seeded by the key.
 pub fn content(key: &str, size: usize) -> Bytes {

@@ -4,6 +4,8 @@
 //! - `placement`: rendezvous hashing; a key's replica set is its top R
 //!   nodes.
 //! - `config`: [`ClusterConfig`], from a node list or a TOML file.
+//! - `node`: one node's connection and health (backoff while down).
+//! - `read`: what the replicas asked during one get have answered.
 //!
 //! Tensors are immutable, so replicas never conflict: a replica has the
 //! tensor or it does not. A put writes all R replicas at once and succeeds
@@ -15,39 +17,26 @@
 //! again: it rejoins by answering.
 
 mod config;
+mod node;
 pub mod placement;
+mod read;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::task::JoinSet;
 
 pub use config::{ClusterConfig, ConfigError};
+use node::{is_node_failure, Node, NodeState};
+use read::{ReadResult, Reads};
 
 use crate::client::{ClientError, TensorStore};
 use crate::fast::{FastClient, FastClientOptions};
 use crate::stats::{Counters, Stats};
 use crate::tensor::Tensor;
 use crate::Error;
-
-/// One node as the client sees it.
-#[derive(Debug)]
-struct Node {
-    addr: String,
-    state: Mutex<NodeState>,
-}
-
-#[derive(Debug, Default)]
-struct NodeState {
-    /// The connection, once made; dropped when the node fails.
-    client: Option<FastClient>,
-    /// Consecutive failures, for the backoff.
-    failures: u32,
-    /// Skipped until then.
-    down_until: Option<Instant>,
-}
 
 #[derive(Debug)]
 struct Inner {
@@ -281,83 +270,6 @@ impl TensorStore for ClusterClient {
     }
     async fn stats(&self) -> Result<Stats, ClientError> {
         ClusterClient::stats(self).await
-    }
-}
-
-type ReadResult = Result<Option<Tensor>, ClientError>;
-
-/// What the replicas asked so far answered, during one get.
-#[derive(Default)]
-struct Reads {
-    /// Replicas that answered `NotFound`: read repair targets.
-    missing_on: Vec<usize>,
-    last_failure: Option<ClientError>,
-}
-
-impl Reads {
-    /// Takes one replica's answer: the tensor if found, `None` to go on,
-    /// or an error that ends the get (a refusal every node would give).
-    fn absorb(&mut self, node: usize, result: ReadResult) -> Result<Option<Tensor>, ClientError> {
-        match result {
-            Ok(Some(tensor)) => return Ok(Some(tensor)),
-            Ok(None) => self.missing_on.push(node),
-            Err(e) if is_node_failure(&e) => self.last_failure = Some(e),
-            Err(e) => return Err(e),
-        }
-        Ok(None)
-    }
-
-    /// No replica had it: `None` if any answered, else the last failure.
-    fn finish(self) -> ReadResult {
-        match self.last_failure {
-            Some(e) if self.missing_on.is_empty() => Err(e),
-            _ => Ok(None),
-        }
-    }
-}
-
-/// Errors that say the node, not the request, is the problem: the client
-/// marks the node down and, for reads, tries the next replica.
-fn is_node_failure(e: &ClientError) -> bool {
-    matches!(
-        e,
-        ClientError::Connect { .. }
-            | ClientError::Unavailable(_)
-            | ClientError::Timeout(_)
-            | ClientError::Protocol(_)
-            | ClientError::Rpc(_)
-    )
-}
-
-impl Node {
-    fn state(&self) -> MutexGuard<'_, NodeState> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn is_up(&self) -> bool {
-        self.state().down_until.is_none_or(|t| Instant::now() >= t)
-    }
-
-    fn mark_down(&self, config: &ClusterConfig) {
-        let mut s = self.state();
-        s.client = None;
-        s.failures = s.failures.saturating_add(1);
-        let factor = 1u32 << (s.failures - 1).min(16);
-        let backoff = config
-            .backoff_min
-            .saturating_mul(factor)
-            .min(config.backoff_max);
-        s.down_until = Some(Instant::now() + backoff);
-        tracing::warn!(node = %self.addr, ?backoff, "node marked down");
-    }
-
-    fn mark_up(&self) {
-        let mut s = self.state();
-        if s.failures > 0 {
-            tracing::info!(node = %self.addr, "node is back");
-        }
-        s.failures = 0;
-        s.down_until = None;
     }
 }
 

@@ -1,7 +1,28 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use redstone::client::FastClient;
+use redstone::fast::stream::FrameReader;
+use redstone::fast::wire::{
+    decode_response, encode, encode_head, Limits, Opcode, Prefix, Request, Response, MAGIC,
+    PREFIX_LEN,
+};
+use redstone::fast::FastConfig;
 use redstone::server::{Config, Server, ServerHandle};
+use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+
+/// Metadata of a one-dimensional `u8` tensor of `n` bytes.
+pub fn u8_meta(n: u64) -> TensorMeta {
+    TensorMeta::new(DType::U8, vec![n], StorageLayout::RowMajor).unwrap()
+}
 
 /// Starts a server on an ephemeral loopback port with a budget of `limit`.
 pub async fn start_server(limit: u64) -> ServerHandle {
@@ -28,15 +49,6 @@ pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
         .collect()
 }
 
-use bytes::Bytes;
-use redstone::fast::stream::FrameReader;
-use redstone::fast::wire::{
-    decode_response, encode, encode_head, Limits, Opcode, Prefix, Request, Response,
-};
-use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
-
 /// A fast-path connection driven frame by frame, for tests that send what
 /// no well-behaved client would.
 pub struct RawConn {
@@ -45,7 +57,7 @@ pub struct RawConn {
 }
 
 impl RawConn {
-    pub async fn connect(addr: std::net::SocketAddr) -> RawConn {
+    pub async fn connect(addr: SocketAddr) -> RawConn {
         let (r, w) = TcpStream::connect(addr).await.unwrap().into_split();
         RawConn {
             reader: FrameReader::new(r),
@@ -87,10 +99,15 @@ impl RawConn {
             .unwrap();
         Some((head.prefix, response, payload))
     }
+
+    /// Reads exactly `buf.len()` raw bytes of whatever the server sends.
+    pub async fn reader_mut_read_exact(&mut self, buf: &mut [u8]) {
+        self.reader.read_payload_into(buf).await.unwrap();
+    }
 }
 
 /// Starts a server with a custom fast-path configuration.
-pub async fn start_server_with(limit: u64, fast: redstone::fast::FastConfig) -> ServerHandle {
+pub async fn start_server_with(limit: u64, fast: FastConfig) -> ServerHandle {
     let config = Config {
         grpc_addr: "127.0.0.1:0".parse().unwrap(),
         fast_addr: "127.0.0.1:0".parse().unwrap(),
@@ -105,25 +122,23 @@ pub async fn start_server_with(limit: u64, fast: redstone::fast::FastConfig) -> 
 /// stopped; `finish` returns how many round trips it verified and fails the
 /// test on any error or mismatch.
 pub struct GoodClient {
-    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    stop: Arc<AtomicBool>,
     task: tokio::task::JoinHandle<u64>,
 }
 
 impl GoodClient {
-    pub async fn start(addr: std::net::SocketAddr, tag: &str) -> GoodClient {
-        use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
-        let client = redstone::client::FastClient::connect(addr).await.unwrap();
-        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    pub async fn start(addr: SocketAddr, tag: &str) -> GoodClient {
+        let client = FastClient::connect(addr).await.unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let tag = tag.to_string();
         let task = tokio::spawn(async move {
             let mut done = 0u64;
-            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            while !flag.load(Ordering::Relaxed) {
                 let key = format!("good/{tag}/{done}");
                 let data = pattern(8192, done);
-                let meta = TensorMeta::new(DType::U8, vec![8192], StorageLayout::RowMajor).unwrap();
                 client
-                    .put(&key, meta, data.clone())
+                    .put(&key, u8_meta(8192), data.clone())
                     .await
                     .expect("good put");
                 let got = client
@@ -146,7 +161,7 @@ impl GoodClient {
     }
 
     pub async fn finish(self) -> u64 {
-        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop.store(true, Ordering::Relaxed);
         let done = self.task.await.expect("the good client failed");
         assert!(done > 0, "the good client made no progress");
         done
@@ -171,19 +186,12 @@ pub fn prefix_bytes(
     header_len: u32,
     payload_len: u64,
 ) -> Vec<u8> {
-    let mut p = vec![0u8; redstone::fast::wire::PREFIX_LEN];
-    p[0..4].copy_from_slice(&redstone::fast::wire::MAGIC);
+    let mut p = vec![0u8; PREFIX_LEN];
+    p[0..4].copy_from_slice(&MAGIC);
     p[4] = version;
     p[5] = opcode;
     p[8..16].copy_from_slice(&id.to_le_bytes());
     p[16..20].copy_from_slice(&header_len.to_le_bytes());
     p[24..32].copy_from_slice(&payload_len.to_le_bytes());
     p
-}
-
-impl RawConn {
-    /// Reads exactly `buf.len()` raw bytes of whatever the server sends.
-    pub async fn reader_mut_read_exact(&mut self, buf: &mut [u8]) {
-        self.reader.read_payload_into(buf).await.unwrap();
-    }
 }

@@ -1,0 +1,70 @@
+//! One node as the client sees it: its connection and its health.
+
+use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::Instant;
+
+use super::ClusterConfig;
+use crate::client::ClientError;
+use crate::fast::FastClient;
+
+/// One node as the client sees it.
+#[derive(Debug)]
+pub(super) struct Node {
+    pub(super) addr: String,
+    pub(super) state: Mutex<NodeState>,
+}
+
+#[derive(Debug, Default)]
+pub(super) struct NodeState {
+    /// The connection, once made; dropped when the node fails.
+    pub(super) client: Option<FastClient>,
+    /// Consecutive failures, for the backoff.
+    pub(super) failures: u32,
+    /// Skipped until then.
+    pub(super) down_until: Option<Instant>,
+}
+
+impl Node {
+    pub(super) fn state(&self) -> MutexGuard<'_, NodeState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(super) fn is_up(&self) -> bool {
+        self.state().down_until.is_none_or(|t| Instant::now() >= t)
+    }
+
+    pub(super) fn mark_down(&self, config: &ClusterConfig) {
+        let mut s = self.state();
+        s.client = None;
+        s.failures = s.failures.saturating_add(1);
+        let factor = 1u32 << (s.failures - 1).min(16);
+        let backoff = config
+            .backoff_min
+            .saturating_mul(factor)
+            .min(config.backoff_max);
+        s.down_until = Some(Instant::now() + backoff);
+        tracing::warn!(node = %self.addr, ?backoff, "node marked down");
+    }
+
+    pub(super) fn mark_up(&self) {
+        let mut s = self.state();
+        if s.failures > 0 {
+            tracing::info!(node = %self.addr, "node is back");
+        }
+        s.failures = 0;
+        s.down_until = None;
+    }
+}
+
+/// Errors that say the node, not the request, is the problem: the client
+/// marks the node down and, for reads, tries the next replica.
+pub(super) fn is_node_failure(e: &ClientError) -> bool {
+    matches!(
+        e,
+        ClientError::Connect { .. }
+            | ClientError::Unavailable(_)
+            | ClientError::Timeout(_)
+            | ClientError::Protocol(_)
+            | ClientError::Rpc(_)
+    )
+}

@@ -1,0 +1,41 @@
+//! What the replicas asked so far answered, during one get.
+
+use super::node::is_node_failure;
+use crate::client::ClientError;
+use crate::tensor::Tensor;
+
+pub(super) type ReadResult = Result<Option<Tensor>, ClientError>;
+
+/// What the replicas asked so far answered, during one get.
+#[derive(Default)]
+pub(super) struct Reads {
+    /// Replicas that answered `NotFound`: read repair targets.
+    pub(super) missing_on: Vec<usize>,
+    last_failure: Option<ClientError>,
+}
+
+impl Reads {
+    /// Takes one replica's answer: the tensor if found, `None` to go on,
+    /// or an error that ends the get (a refusal every node would give).
+    pub(super) fn absorb(
+        &mut self,
+        node: usize,
+        result: ReadResult,
+    ) -> Result<Option<Tensor>, ClientError> {
+        match result {
+            Ok(Some(tensor)) => return Ok(Some(tensor)),
+            Ok(None) => self.missing_on.push(node),
+            Err(e) if is_node_failure(&e) => self.last_failure = Some(e),
+            Err(e) => return Err(e),
+        }
+        Ok(None)
+    }
+
+    /// No replica had it: `None` if any answered, else the last failure.
+    pub(super) fn finish(self) -> ReadResult {
+        match self.last_failure {
+            Some(e) if self.missing_on.is_empty() => Err(e),
+            _ => Ok(None),
+        }
+    }
+}
