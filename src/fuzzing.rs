@@ -16,8 +16,8 @@ use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 use crate::engine::Engine;
 use crate::fast::stream::FrameReader;
 use crate::fast::wire::{
-    decode_request, decode_response, encode, encode_frame, Body, Limits, Prefix, Request, Response,
-    Status, WireMeta, WireStats, PREFIX_LEN,
+    decode_request, decode_response, encode, encode_frame, AlignedHeader, ArchivedRequest, Body,
+    Limits, Prefix, Request, Response, Status, WireMeta, WireStats, PREFIX_LEN,
 };
 use crate::fast::FastConfig;
 use crate::grpc::proto;
@@ -96,9 +96,27 @@ pub fn frame_decoder(data: &[u8]) {
 }
 
 /// Target 2: header validation (rkyv checked access) on arbitrary bytes.
-/// Whatever validates must re-encode to something that decodes to itself.
+/// Whatever validates must re-encode to something that decodes to itself,
+/// and read in place (as the server reads it) as what it deserializes to.
 pub fn header(data: &[u8]) {
-    if let Ok(request) = decode_request(data, 1) {
+    let mut aligned = AlignedHeader::new();
+    let in_place = aligned.request(data, 1).ok();
+    let owned = decode_request(data, 1).ok();
+    assert_eq!(in_place.is_some(), owned.is_some());
+    if let (Some(archived), Some(request)) = (in_place, &owned) {
+        assert_eq!(archived.opcode(), request.opcode());
+        if let (ArchivedRequest::Put { key, meta }, Request::Put { key: k, meta: m }) =
+            (archived, request)
+        {
+            assert_eq!(key.as_str(), k);
+            assert_eq!(
+                meta.to_meta().ok(),
+                TensorMeta::try_from(m.clone()).ok(),
+                "in-place and owned metadata agree"
+            );
+        }
+    }
+    if let Some(request) = owned {
         let encoded = encode(&request).expect("a decoded request re-encodes");
         assert_eq!(decode_request(&encoded, 1).ok(), Some(request));
     }

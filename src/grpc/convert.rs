@@ -65,7 +65,7 @@ impl TryFrom<proto::TensorMeta> for TensorMeta {
 }
 
 /// Converts the optional `meta` field of a request: absent is an error.
-pub fn meta_from_proto(meta: Option<proto::TensorMeta>) -> Result<TensorMeta, Error> {
+pub(crate) fn meta_from_proto(meta: Option<proto::TensorMeta>) -> Result<TensorMeta, Error> {
     meta.ok_or_else(|| Error::InvalidTensorMetadata("the request has no meta".into()))?
         .try_into()
 }

@@ -13,7 +13,8 @@ mod convert;
 mod service;
 
 pub use client::RemoteCacheClient;
-pub use convert::{meta_from_proto, oversize_request_status, status_from_error};
+pub(crate) use convert::meta_from_proto;
+pub use convert::{oversize_request_status, status_from_error};
 pub use service::GrpcService;
 
 /// Types generated from `proto/redstone.proto` by prost and tonic.
