@@ -124,8 +124,9 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
     use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
     use tokio::io::AsyncWriteExt;
 
+    // `--tcp`, the fast path's old flag name, still works.
     let (mut server, _grpc, tcp) =
-        start_server_both(&["127.0.0.1:0", "64MiB", "--fast", "127.0.0.1:0"]);
+        start_server_both(&["127.0.0.1:0", "64MiB", "--tcp", "127.0.0.1:0"]);
     let stream = tokio::net::TcpStream::connect(tcp.as_str()).await.unwrap();
     let (r, mut w) = stream.into_split();
     let meta = TensorMeta::new(DType::U8, vec![1 << 20], StorageLayout::RowMajor).unwrap();

@@ -574,3 +574,32 @@ async fn the_client_reconnects_after_a_server_restart() {
     );
     again.shutdown().await.unwrap();
 }
+
+#[tokio::test]
+async fn dropping_the_servers_run_future_stops_the_fast_path_too() {
+    let config = redstone::server::Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        fast_addr: "127.0.0.1:0".parse().unwrap(),
+        memory_limit: 1 << 20,
+        ..redstone::server::Config::default()
+    };
+    let server = redstone::server::Server::bind(config).await.unwrap();
+    let addr = server.fast_addr();
+    let run = tokio::spawn(server.run(std::future::pending()));
+    FastClient::connect(addr)
+        .await
+        .unwrap()
+        .ping()
+        .await
+        .unwrap();
+    run.abort();
+    assert!(run.await.unwrap_err().is_cancelled());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while tokio::net::TcpStream::connect(addr).await.is_ok() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fast path still accepts after its server was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

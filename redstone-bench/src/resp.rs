@@ -69,7 +69,11 @@ impl Resp {
     /// Reads one reply.
     pub async fn read(&mut self) -> io::Result<Reply> {
         let line = self.read_line().await?;
-        let (kind, rest) = line.split_at(1);
+        // `split_at_checked`: an empty line, or one that starts with a
+        // multi-byte character, is a bad reply, not a panic.
+        let Some((kind, rest)) = line.split_at_checked(1) else {
+            return Err(io::Error::other(format!("redis: bad reply line {line:?}")));
+        };
         match kind {
             "+" => Ok(Reply::Simple),
             "-" => Err(io::Error::other(format!("redis: {rest}"))),

@@ -15,6 +15,7 @@ pub use crate::fast::{FastClient, FastClientOptions};
 pub use crate::grpc::RemoteCacheClient;
 pub use store::TensorStore;
 
+use crate::fast::wire::EncodeError;
 use crate::Error;
 
 /// Why a client call failed.
@@ -38,8 +39,10 @@ pub enum ClientError {
     /// (`INVALID_ARGUMENT`).
     #[error("{0}")]
     InvalidArgument(String),
-    /// The request claims more than the server's limits (fast path); the
-    /// server closes the connection after saying so.
+    /// The request is larger than a frame can carry: refused by the server
+    /// (over its limits; it closes the connection after saying so), or
+    /// found unencodable before sending (a header over rkyv's 32-bit
+    /// offsets).
     #[error("{0}")]
     TooLarge(String),
     /// A cluster put reached fewer replicas than its write quorum.
@@ -50,9 +53,10 @@ pub enum ClientError {
     Timeout(std::time::Duration),
     /// The request was found invalid before it was sent (a payload whose
     /// length does not match its metadata, a `get_into` buffer of the
-    /// wrong size). Refusals the server would give — the key is cached,
-    /// the tensor is larger than the cache — come back as the same variant
-    /// whichever side caught them (see `From<Error>`).
+    /// wrong size), with the engine's typed error. Where the server would
+    /// refuse with a variant of its own — the key is cached, the tensor is
+    /// larger than the cache — the client-side check gives that same
+    /// variant (see `From<Error>`).
     #[error(transparent)]
     Invalid(Error),
     /// The server answered with something this client cannot use.
@@ -74,6 +78,8 @@ impl From<Error> for ClientError {
         match err {
             Error::AlreadyExists(_) => ClientError::AlreadyExists(err.to_string()),
             Error::OutOfMemory { .. } => ClientError::OutOfMemory(err.to_string()),
+            // A miss is `Ok(None)` on every client; no call returns it as
+            // an error.
             Error::NotFound(_)
             | Error::InvalidKey(_)
             | Error::InvalidTensorMetadata(_)
@@ -81,6 +87,12 @@ impl From<Error> for ClientError {
             | Error::TypeMismatch { .. }
             | Error::Misaligned { .. } => ClientError::Invalid(err),
         }
+    }
+}
+
+impl From<EncodeError> for ClientError {
+    fn from(err: EncodeError) -> ClientError {
+        ClientError::TooLarge(err.to_string())
     }
 }
 

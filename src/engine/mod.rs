@@ -171,6 +171,16 @@ impl Engine {
     /// # Ok::<(), redstone::Error>(())
     /// ```
     pub fn admit(&self, key: &str, meta: &TensorMeta, payload_len: u64) -> Result<u64, Error> {
+        let needed = self.admissible(key, meta, payload_len)?;
+        if self.contains(key) {
+            return Err(Error::AlreadyExists(key.to_owned()));
+        }
+        Ok(needed)
+    }
+
+    /// [`admit`](Engine::admit) but for the key being cached, which `put`
+    /// checks under its lock.
+    fn admissible(&self, key: &str, meta: &TensorMeta, payload_len: u64) -> Result<u64, Error> {
         validate_key(key)?;
         if meta.byte_size() != payload_len {
             return Err(Error::InvalidSize {
@@ -182,9 +192,6 @@ impl Engine {
         let limit = self.shared.memory_limit;
         if needed > limit {
             return Err(Error::OutOfMemory { needed, limit });
-        }
-        if self.contains(key) {
-            return Err(Error::AlreadyExists(key.to_owned()));
         }
         Ok(needed)
     }
@@ -224,11 +231,11 @@ impl Engine {
     /// evicted then), and with [`Error::OutOfMemory`] at once, evicting
     /// nothing, if the tensor's charge exceeds the whole budget.
     pub fn put(&self, key: &str, tensor: Tensor) -> Result<(), Error> {
-        let charge = self.admit(key, tensor.meta(), tensor.data().len() as u64)?;
+        let charge = self.admissible(key, tensor.meta(), tensor.data().len() as u64)?;
         let evicted;
         {
             let mut order = self.lock_order();
-            // Checked again under the lock: another put may have won.
+            // Under the lock, so that of two puts of one key exactly one wins.
             if self.shared.index.contains_key(key) {
                 return Err(Error::AlreadyExists(key.to_owned()));
             }

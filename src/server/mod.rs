@@ -124,6 +124,9 @@ impl Server {
     /// in-flight requests finish for up to `shutdown_grace`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
         let fast_stop = CancellationToken::new();
+        // If this future is dropped (aborted, lost a select), the fast path
+        // stops with it instead of serving on from a detached task.
+        let _stop_fast_on_drop = fast_stop.clone().drop_guard();
         let fast = tokio::spawn(crate::fast::serve(
             self.fast,
             self.engine.clone(),

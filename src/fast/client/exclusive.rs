@@ -46,8 +46,7 @@ impl Exclusive {
         let request = Request::Get {
             key: key.to_owned(),
         };
-        let frame = encode_frame(request.opcode(), 0, id, &request, 0)
-            .map_err(|e| ClientError::TooLarge(e.to_string()))?;
+        let frame = encode_frame(request.opcode(), 0, id, &request, 0)?;
         self.writer
             .write_all(&frame)
             .await

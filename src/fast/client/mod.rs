@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::stream::OutFrame;
 use super::wire::{encode_frame, Body, Limits, Request, Status, WireMeta};
 use crate::client::{ClientError, TensorStore};
-use crate::stats::Stats;
+use crate::stats::{Counters, Stats};
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 use exclusive::Exclusive;
@@ -275,21 +275,14 @@ impl FastClient {
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         let reply = self.call(Request::Stats, Bytes::new()).await?;
         match reply.response.body {
-            Body::Stats(stats) => Ok(stats.into()),
+            Body::Stats(stats) => Ok(Counters::from(stats).into()),
             other => Err(unexpected(&other)),
         }
     }
 
     /// One request, one reply; a `NotFound` reply is `Ok(None)`.
     async fn call_allow_missing(&self, request: Request) -> Result<Option<Reply>, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        let (link, id) = self.send(request, Bytes::new(), Waiter::One(tx)).await?;
-        let reply = self
-            .with_timeout(&link, id, async {
-                rx.await
-                    .map_err(|_| ClientError::Unavailable("the connection closed".into()))?
-            })
-            .await?;
+        let reply = self.round_trip(request, Bytes::new()).await?;
         match reply.response.status() {
             Status::NotFound => Ok(None),
             status => check(status, &reply.response.message).map(|()| Some(reply)),
@@ -298,16 +291,20 @@ impl FastClient {
 
     /// One request, one successful reply.
     async fn call(&self, request: Request, payload: Bytes) -> Result<Reply, ClientError> {
-        let (tx, rx) = oneshot::channel();
-        let (link, id) = self.send(request, payload, Waiter::One(tx)).await?;
-        let reply = self
-            .with_timeout(&link, id, async {
-                rx.await
-                    .map_err(|_| ClientError::Unavailable("the connection closed".into()))?
-            })
-            .await?;
+        let reply = self.round_trip(request, payload).await?;
         check(reply.response.status(), &reply.response.message)?;
         Ok(reply)
+    }
+
+    /// Sends one request and waits for its one reply, whatever its status.
+    async fn round_trip(&self, request: Request, payload: Bytes) -> Result<Reply, ClientError> {
+        let (tx, rx) = oneshot::channel();
+        let (link, id) = self.send(request, payload, Waiter::One(tx)).await?;
+        self.with_timeout(&link, id, async {
+            rx.await
+                .map_err(|_| ClientError::Unavailable("the connection closed".into()))?
+        })
+        .await
     }
 
     /// The open connection, or a new one if it has closed (the server
@@ -347,8 +344,7 @@ impl FastClient {
     ) -> Result<(Arc<Link>, u64), ClientError> {
         let link = self.link().await?;
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
-        let head = encode_frame(request.opcode(), 0, id, &request, payload.len() as u64)
-            .map_err(|e| ClientError::TooLarge(e.to_string()))?;
+        let head = encode_frame(request.opcode(), 0, id, &request, payload.len() as u64)?;
         {
             let mut pending = link.pending();
             if let Some(why) = &pending.closed {

@@ -67,7 +67,7 @@ pub(crate) async fn serve_connection<R, W>(
             Ok(Ok(Some(head))) => head,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
-                fail(&tx, Opcode::Ping, e).await;
+                fail(&tx, None, e).await;
                 break;
             }
         };
@@ -89,7 +89,7 @@ pub(crate) async fn serve_connection<R, W>(
         match per_frame.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                fail(&tx, prefix.opcode, e).await;
+                fail(&tx, Some(&prefix), e).await;
                 break;
             }
             Err(_elapsed) => {
@@ -116,14 +116,15 @@ async fn send_error(tx: &mpsc::Sender<OutFrame>, opcode: Opcode, err: &ProtocolE
 }
 
 /// Sends the error that ends a connection, if the peer can still hear it.
-async fn fail(tx: &mpsc::Sender<OutFrame>, opcode: Opcode, err: impl Into<Fatal>) {
+async fn fail(tx: &mpsc::Sender<OutFrame>, prefix: Option<&Prefix>, err: impl Into<Fatal>) {
+    let (opcode, id) = prefix.map_or((Opcode::Ping, 0), |p| (p.opcode, p.request_id));
     match err.into() {
         Fatal::Read(ReadError::Protocol(e)) => send_error(tx, opcode, &e).await,
         Fatal::Read(ReadError::Io(e)) => tracing::debug!("connection failed: {e}"),
         Fatal::Read(ReadError::Truncated) => tracing::debug!("connection closed mid-frame"),
         Fatal::Encode(e) => {
             tracing::warn!("cannot encode a response: {e}");
-            let err = ProtocolError::new(Status::Internal, 0, e.to_string());
+            let err = ProtocolError::new(Status::Internal, id, e.to_string());
             send_error(tx, opcode, &err).await;
         }
     }
@@ -264,10 +265,10 @@ fn get_frame(
             let (meta, data) = tensor.into_parts();
             (Response::ok(Body::Tensor((&meta).into())), data)
         }
-        Err(e) => (
-            Response::error(Status::from_error(&e), e.to_string()),
-            Bytes::new(),
-        ),
+        Err(e) => {
+            let e = ProtocolError::from_error(&e, id);
+            (Response::error(e.status, e.message), Bytes::new())
+        }
     };
     response.index = index;
     response_frame(opcode, flags, id, &response, payload)

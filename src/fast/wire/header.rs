@@ -12,7 +12,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use super::{ProtocolError, Status};
-use crate::stats::{Counters, Stats};
+use crate::stats::Counters;
 use crate::tensor::meta::TensorMeta;
 use crate::Error;
 
@@ -144,16 +144,16 @@ impl From<Counters> for WireStats {
     }
 }
 
-impl From<WireStats> for Stats {
-    fn from(s: WireStats) -> Stats {
-        Stats::from(Counters {
+impl From<WireStats> for Counters {
+    fn from(s: WireStats) -> Counters {
+        Counters {
             entries: s.entries,
             memory_used: s.memory_used,
             memory_limit: s.memory_limit,
             hits: s.hits,
             misses: s.misses,
             evictions: s.evictions,
-        })
+        }
     }
 }
 
@@ -248,6 +248,9 @@ pub(crate) fn encode_after<T: Header>(out: Vec<u8>, header: &T) -> Result<Vec<u8
         .map_err(|e| EncodeError(e.to_string()))
 }
 
+/// The most an [`AlignedHeader`] keeps allocated between headers.
+const KEEP_CAPACITY: usize = 16 * 1024;
+
 /// A reusable aligned buffer in which headers are validated and read in
 /// place.
 ///
@@ -274,9 +277,7 @@ impl AlignedHeader {
         bytes: &[u8],
         request_id: u64,
     ) -> Result<&ArchivedRequest, ProtocolError> {
-        self.fill(bytes);
-        rkyv::access::<ArchivedRequest, rancor::Error>(&self.buf)
-            .map_err(|e| malformed(e, request_id))
+        self.access(bytes, request_id)
     }
 
     /// Copies `bytes` in, validates them as a response header, and returns
@@ -286,14 +287,22 @@ impl AlignedHeader {
         bytes: &[u8],
         request_id: u64,
     ) -> Result<&ArchivedResponse, ProtocolError> {
-        self.fill(bytes);
-        rkyv::access::<ArchivedResponse, rancor::Error>(&self.buf)
-            .map_err(|e| malformed(e, request_id))
+        self.access(bytes, request_id)
     }
 
-    fn fill(&mut self, bytes: &[u8]) {
+    fn access<T>(&mut self, bytes: &[u8], request_id: u64) -> Result<&T, ProtocolError>
+    where
+        T: rkyv::Portable
+            + for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, rancor::Error>>,
+    {
+        if self.buf.capacity() > KEEP_CAPACITY && bytes.len() <= KEEP_CAPACITY {
+            // One large header does not keep its buffer for the life of the
+            // connection.
+            self.buf = AlignedVec::with_capacity(KEEP_CAPACITY);
+        }
         self.buf.clear();
         self.buf.extend_from_slice(bytes);
+        rkyv::access::<T, rancor::Error>(&self.buf).map_err(|e| malformed(e, request_id))
     }
 }
 
