@@ -87,6 +87,10 @@ fn main() -> std::io::Result<()> {
         "connection",
         vec![session.clone(), frame(1, &requests[1].0, &[])],
     ));
+    // The first byte: after how many reply bytes (× 64) the client stops
+    // reading: at once, after a few frames.
+    let stalled = |stop: u8| [vec![stop], session.clone()].concat();
+    seeds.push(("stalled_connection", vec![stalled(0), stalled(2)]));
     let put = |meta: Option<proto::TensorMeta>, data: Vec<u8>| {
         proto::PutRequest {
             key: "k".into(),

@@ -39,6 +39,17 @@ fn block_on<F: std::future::Future>(future: F) -> F::Output {
     RUNTIME.with(|rt| rt.block_on(future))
 }
 
+/// [`block_on`] with a paused clock that jumps ahead whenever every task
+/// waits, so timeouts fire at once.
+fn block_on_paused<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .start_paused(true)
+        .build()
+        .expect("a current-thread runtime")
+        .block_on(future)
+}
+
 /// A reader that hands out its bytes in chunks of varying size, so frames
 /// are split at arbitrary read boundaries.
 struct Chunked<'a> {
@@ -130,6 +141,22 @@ pub fn header(data: &[u8]) {
 /// in-memory pipe, against a small engine. The handler must end, keep the
 /// budget, and answer only with well-formed response frames.
 pub fn connection(data: &[u8]) {
+    drive_connection(data, None);
+}
+
+/// Target 6: [`connection`], but the client stops reading after the number
+/// of reply bytes the first input byte picks (× 64) and keeps its end open,
+/// as a client that stalled would. The handler must still end (its writer
+/// gives up after the write timeout) and keep the budget. Runs on a paused
+/// clock, so timeouts cost no real time.
+pub fn stalled_connection(data: &[u8]) {
+    let Some((&stop, stream)) = data.split_first() else {
+        return;
+    };
+    drive_connection(stream, Some(usize::from(stop) * 64));
+}
+
+fn drive_connection(data: &[u8], read_limit: Option<usize>) {
     const BUDGET: u64 = 64 * 1024;
     let engine = Engine::new(BUDGET);
     // A key the stream may read, delete or collide with.
@@ -141,13 +168,17 @@ pub fn connection(data: &[u8]) {
         max_connections: 1,
         max_in_flight: 4,
         idle_timeout: Duration::from_secs(5),
+        write_timeout: Duration::from_secs(1),
+        max_queued_bytes: 16 * 1024,
+        max_queued_total: 32 * 1024,
+        max_ingress: 32 * 1024,
     };
     let input = data.to_vec();
     let served = engine.clone();
-    block_on(async move {
+    let run = async move {
         let (client, server) = tokio::io::duplex(8192);
         let (server_read, server_write) = tokio::io::split(server);
-        let (mut client_read, mut client_write) = tokio::io::split(client);
+        let (client_read, mut client_write) = tokio::io::split(client);
         let handler = tokio::spawn(crate::fast::serve_io(
             server_read,
             server_write,
@@ -160,39 +191,55 @@ pub fn connection(data: &[u8]) {
             let _ = client_write.shutdown().await;
         });
         let mut replies = Vec::new();
+        let limit = read_limit.map_or(u64::MAX, |n| n as u64);
+        let mut client_read = tokio::io::AsyncReadExt::take(client_read, limit);
         let _ = tokio::io::AsyncReadExt::read_to_end(&mut client_read, &mut replies).await;
+        // A stalled client keeps its end open, unread, until the handler
+        // has ended.
         let ended = tokio::time::timeout(Duration::from_secs(60), handler).await;
         assert!(
             matches!(ended, Ok(Ok(()))),
             "the connection handler must end"
         );
+        drop(client_read);
         writer.abort();
-        // Every reply frame is a well-formed response.
-        let mut reader = FrameReader::new(&replies[..]);
-        let limits = Limits {
-            max_header: 1 << 20,
-            max_payload: BUDGET,
-        };
-        while let Some(head) = reader
-            .read_head(&limits)
-            .await
-            .expect("the server sends valid frames")
-        {
-            assert!(head.prefix.is_response());
-            let response =
-                decode_response(&head.header, 0).expect("the server sends valid headers");
-            let payload = reader
-                .read_payload(head.prefix.payload_len)
-                .await
-                .expect("whole frames");
-            if let Body::Tensor(meta) = response.body {
-                let meta = TensorMeta::try_from(meta).expect("stored metadata is valid");
-                assert_eq!(meta.byte_size(), payload.len() as u64);
-            }
-        }
-    });
+        check_replies(&replies, read_limit.is_some()).await;
+    };
+    match read_limit {
+        None => block_on(run),
+        Some(_) => block_on_paused(run),
+    }
     let stats = engine.stats();
     assert!(stats.memory_used <= BUDGET);
+}
+
+/// Every reply frame is a well-formed response; a cut stream may end
+/// mid-frame.
+async fn check_replies(replies: &[u8], cut: bool) {
+    let mut reader = FrameReader::new(replies);
+    let limits = Limits {
+        max_header: 1 << 20,
+        max_payload: 64 * 1024,
+    };
+    loop {
+        let head = match reader.read_head(&limits).await {
+            Ok(Some(head)) => head,
+            Ok(None) => break,
+            Err(_) if cut => break,
+            Err(e) => panic!("the server sends valid frames: {e}"),
+        };
+        assert!(head.prefix.is_response());
+        let response = decode_response(&head.header, 0).expect("the server sends valid headers");
+        let payload = match reader.read_payload(head.prefix.payload_len).await {
+            Ok(payload) => payload,
+            Err(_) if cut => break,
+            Err(e) => panic!("whole frames: {e}"),
+        };
+        if let Body::Tensor(meta) = response.body {
+            let meta = TensorMeta::try_from(meta).expect("stored metadata is valid");
+            assert_eq!(meta.byte_size(), payload.len() as u64);
+        }
+    }
 }
 
 /// Target 4: gRPC metadata conversion. The bytes are a protobuf

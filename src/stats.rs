@@ -101,3 +101,24 @@ impl From<Counters> for Stats {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_a_peer_sent_never_overflow() {
+        let max = Counters {
+            entries: u64::MAX,
+            memory_used: u64::MAX,
+            memory_limit: u64::MAX,
+            hits: u64::MAX,
+            misses: u64::MAX,
+            evictions: u64::MAX,
+        };
+        let stats = Stats::from(max);
+        assert_eq!(stats.hit_rate, 0.5);
+        assert_eq!(stats.memory_utilization, 1.0);
+        assert_eq!(max.saturating_add(max), max);
+    }
+}

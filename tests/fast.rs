@@ -496,10 +496,7 @@ async fn replies_out_of_order_reach_the_right_callers() {
                     &header,
                     key.len() as u64,
                 );
-                OutFrame {
-                    head: head.into(),
-                    payload: bytes::Bytes::from(key.into_bytes()),
-                }
+                OutFrame::new(head, bytes::Bytes::from(key.into_bytes()))
             })
             .collect();
         write_frames(&mut w, frames).await.unwrap();
@@ -602,4 +599,83 @@ async fn dropping_the_servers_run_future_stops_the_fast_path_too() {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+#[tokio::test]
+async fn a_get_many_over_the_servers_header_limit_is_split_and_disturbs_no_one() {
+    let server = start_server(64 << 20).await;
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
+    client
+        .put("present", u8_meta(3), vec![1, 2, 3])
+        .await
+        .unwrap();
+    // ~180 KB of keys: over the server's 64 KiB header limit in one request.
+    let keys: Vec<String> = (0..5000)
+        .map(|i| {
+            if i % 1000 == 0 {
+                "present".to_owned()
+            } else {
+                format!("missing/key/number/{i:08}")
+            }
+        })
+        .collect();
+    let other = {
+        let client = client.clone();
+        tokio::spawn(async move {
+            for _ in 0..200 {
+                assert!(client.get("present").await.unwrap().is_some());
+            }
+        })
+    };
+    let got = client.get_many(&keys).await.unwrap();
+    assert_eq!(got.len(), keys.len());
+    for (key, value) in keys.iter().zip(&got) {
+        assert_eq!(value.is_some(), key == "present", "{key}");
+    }
+    other.await.unwrap();
+    // A single key over the limit is refused before it is sent.
+    let fast = FastConfig {
+        max_header: 1024,
+        ..FastConfig::for_budget(1 << 20)
+    };
+    let small = start_server_with(1 << 20, fast).await;
+    let options = redstone::client::FastClientOptions {
+        max_header: 1024,
+        ..Default::default()
+    };
+    let client = FastClient::connect_with(small.fast_addr(), options)
+        .await
+        .unwrap();
+    let long = "k".repeat(2000);
+    assert!(matches!(
+        client.get(&long).await,
+        Err(ClientError::TooLarge(_))
+    ));
+    client
+        .ping()
+        .await
+        .expect("the shared connection is still up");
+    server.shutdown().await.unwrap();
+    small.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn get_into_is_not_failed_by_a_spare_connection_the_server_closed() {
+    let fast = FastConfig {
+        idle_timeout: Duration::from_millis(300),
+        ..FastConfig::for_budget(1 << 20)
+    };
+    let server = start_server_with(1 << 20, fast).await;
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
+    let data = pattern(100, 3);
+    client.put("k", u8_meta(100), data.clone()).await.unwrap();
+    let mut buf = vec![0u8; 100];
+    client.get_into("k", &mut buf).await.unwrap().unwrap();
+    // The exclusive connection now idles past the server's timeout and is
+    // closed by it.
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    buf.fill(0);
+    let meta = client.get_into("k", &mut buf).await.unwrap();
+    assert_eq!((meta, buf), (Some(u8_meta(100)), data));
+    server.shutdown().await.unwrap();
 }

@@ -228,3 +228,153 @@ async fn a_client_that_never_reads_gets_backpressure() {
     drop(s);
     server.shutdown().await.unwrap();
 }
+
+/// A server whose clients may hold at most one connection, cutting stalled
+/// writers after a second.
+async fn one_connection_server(budget: u64) -> redstone::server::ServerHandle {
+    let fast = FastConfig {
+        max_connections: 1,
+        idle_timeout: Duration::from_secs(1),
+        write_timeout: Duration::from_secs(1),
+        ..FastConfig::for_budget(budget)
+    };
+    start_server_with(budget, fast).await
+}
+
+/// Pipelines `n` GETs of `key` on a new connection and never reads.
+async fn flood_gets(addr: std::net::SocketAddr, key: &str, n: usize) -> TcpStream {
+    let request = Request::Get { key: key.into() };
+    let one = encode_frame(request.opcode(), 0, 1, &request, 0).unwrap();
+    let flood: Vec<u8> = one.iter().copied().cycle().take(one.len() * n).collect();
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    // The server stops reading once its queue is full: don't wait for all.
+    let _ = tokio::time::timeout(Duration::from_secs(1), s.write_all(&flood)).await;
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_is_cut_off_and_frees_its_connection() {
+    let _turn = MEMORY.lock().await;
+    let server = one_connection_server(64 << 20).await;
+    let setup = FastClient::connect(server.fast_addr()).await.unwrap();
+    setup
+        .put("m", u8_meta(1 << 20), vec![1u8; 1 << 20])
+        .await
+        .unwrap();
+    drop(setup);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // 2,000 GETs of 1 MiB on the only connection, never read.
+    let stalled = flood_gets(server.fast_addr(), "m", 2000).await;
+    // Within the write timeout (1 s) and the idle timeout (1 s), the
+    // stalled connection is closed and its slot is free again.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let client = FastClient::connect(server.fast_addr()).await.unwrap();
+        match client.ping().await {
+            Ok(()) => break,
+            Err(e) => assert!(Instant::now() < deadline, "still refused: {e}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // And a shutdown does not wait on it.
+    let started = Instant::now();
+    server.shutdown().await.unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_responses_keep_no_more_evicted_tensors_alive_than_the_queue_bound() {
+    let _turn = MEMORY.lock().await;
+    const MIB: u64 = 1 << 20;
+    let fast = FastConfig {
+        max_queued_bytes: 8 * MIB,
+        max_queued_total: 64 * MIB,
+        ..FastConfig::for_budget(128 * MIB)
+    };
+    let server = start_server_with(128 * MIB, fast).await;
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
+    let value = vec![5u8; 30 << 20];
+    let rss_before = common::rss_bytes();
+    let mut stalled = Vec::new();
+    for round in 0..6 {
+        let keys: Vec<String> = (0..4).map(|i| format!("r{round}/{i}")).collect();
+        for key in &keys {
+            // Each round's puts evict the previous round's tensors.
+            client
+                .put(key, u8_meta(30 * MIB), value.clone())
+                .await
+                .unwrap();
+        }
+        let mut raw = RawConn::connect(server.fast_addr()).await;
+        raw.send(1, &Request::GetMany { keys }, &[]).await;
+        stalled.push(raw);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stats = server.engine().stats();
+    assert!(stats.memory_used <= 128 * MIB);
+    // The cache (120 MiB) plus at most the server-wide queue bound (64 MiB)
+    // of evicted tensors, plus this process's own slack. Without the bound
+    // every stalled batch kept its 120 MiB alive: 720 MiB.
+    let grown = common::rss_bytes().saturating_sub(rss_before);
+    assert!(grown < 300 * MIB, "memory grew by {} MiB", grown / MIB);
+    drop(stalled);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_uploads_cannot_pin_more_than_the_ingress_bound() {
+    let _turn = MEMORY.lock().await;
+    const MIB: u64 = 1 << 20;
+    let fast = FastConfig {
+        idle_timeout: Duration::from_secs(2),
+        max_ingress: 64 * MIB,
+        ..FastConfig::for_budget(64 * MIB)
+    };
+    let server = start_server_with(64 * MIB, fast).await;
+    let good = GoodClient::start(server.fast_addr(), "ingress").await;
+    let len = 60 * MIB;
+    let body = std::sync::Arc::new(pattern(len as usize - 1, 7));
+    let rss_before = common::rss_bytes();
+    let mut uploads = Vec::new();
+    for i in 0..8 {
+        let request = Request::Put {
+            key: format!("upload/{i}"),
+            meta: WireMeta::from(&u8_meta(len)),
+        };
+        let head = encode_frame(request.opcode(), 0, 1, &request, len).unwrap();
+        let (body, addr) = (body.clone(), server.fast_addr());
+        uploads.push(tokio::spawn(async move {
+            let mut s = TcpStream::connect(addr).await.unwrap();
+            s.write_all(&head).await.unwrap();
+            // All but the last byte, then silence.
+            let _ = s.write_all(&body).await;
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            drop(s);
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let grown = common::rss_bytes().saturating_sub(rss_before);
+    // One upload's buffer (60 MiB) at a time, not eight (480 MiB).
+    assert!(grown < 200 * MIB, "memory grew by {} MiB", grown / MIB);
+    assert!(
+        !server.engine().contains("upload/0"),
+        "nothing half-sent is stored"
+    );
+    // The stalled uploads are cut by the frame timeout and free their room:
+    // a whole 60 MiB put goes through.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        client.put("after", u8_meta(len), vec![1u8; len as usize]),
+    )
+    .await
+    .expect("room for a new upload once the stalled ones are cut")
+    .unwrap();
+    good.finish().await;
+    for upload in uploads {
+        upload.abort();
+    }
+    server.shutdown().await.unwrap();
+}

@@ -59,10 +59,9 @@ impl Resp {
     /// Writes the queued commands with vectored writes (Redstone's own
     /// frame writer, which takes any buffers).
     pub async fn send(&mut self, chunks: &mut Vec<Bytes>) -> io::Result<()> {
-        let frames = chunks.drain(..).map(|head| OutFrame {
-            head,
-            payload: Bytes::new(),
-        });
+        let frames = chunks
+            .drain(..)
+            .map(|head| OutFrame::new(head, Bytes::new()));
         write_frames(&mut self.stream, frames).await
     }
 

@@ -56,6 +56,26 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     idle_timeout: u64,
 
+    /// Seconds a fast-path connection's socket may accept none of its
+    /// responses before the connection is closed and its queue dropped.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    write_timeout: u64,
+
+    /// Bytes of responses queued per fast-path connection before the server
+    /// stops reading its requests (one larger response still goes, alone).
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    max_queued_bytes: u64,
+
+    /// Bytes of fast-path responses queued over all connections.
+    #[arg(long, value_name = "SIZE", default_value = "1GiB", value_parser = parse_size)]
+    max_queued_total: u64,
+
+    /// Bytes of fast-path PUT payloads being received at once, over all
+    /// connections; a PUT waits for room before its payload is allocated.
+    /// Default: CACHE_SIZE.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_ingress: Option<u64>,
+
     /// Seconds a shutdown (SIGINT, SIGTERM) waits for in-flight requests.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     shutdown_grace: u64,
@@ -98,6 +118,10 @@ async fn serve() -> ExitCode {
             max_connections: args.max_connections.max(1),
             max_in_flight: args.max_in_flight.max(1),
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
+            write_timeout: Duration::from_secs(args.write_timeout.max(1)),
+            max_queued_bytes: args.max_queued_bytes,
+            max_queued_total: args.max_queued_total,
+            max_ingress: args.max_ingress.unwrap_or(args.cache_size),
         },
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };

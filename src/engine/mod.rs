@@ -40,6 +40,10 @@ use crate::Error;
 use clock::{ClockList, NodeId};
 use counter::StripedCounter;
 
+/// The largest budget an engine takes (1 EiB); a larger one is capped, so
+/// that no sum of charges near it can overflow.
+pub const MAX_BUDGET: u64 = 1 << 60;
+
 /// The longest key accepted, in bytes of UTF-8.
 pub const MAX_KEY_LEN: usize = 4096;
 
@@ -120,8 +124,10 @@ struct Entry {
 }
 
 impl Engine {
-    /// An empty cache with a budget of `memory_limit` bytes.
+    /// An empty cache with a budget of `memory_limit` bytes (at most
+    /// [`MAX_BUDGET`]).
     pub fn new(memory_limit: u64) -> Engine {
+        let memory_limit = memory_limit.min(MAX_BUDGET);
         Engine {
             shared: Arc::new(Shared {
                 index: DashMap::with_shard_amount(INDEX_SHARDS),
@@ -218,6 +224,16 @@ impl Engine {
             None => self.shared.misses.incr(),
         }
         Ok(found)
+    }
+
+    /// The payload length of the tensor under `key`, if cached, without
+    /// counting a hit or a miss or marking it used: for a front end that
+    /// reserves room before it answers.
+    pub fn peek_len(&self, key: &str) -> Option<u64> {
+        self.shared
+            .index
+            .get(key)
+            .map(|entry| entry.tensor.data().len() as u64)
     }
 
     /// Whether `key` is cached, without counting a hit or a miss.

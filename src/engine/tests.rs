@@ -306,3 +306,17 @@ fn charges_near_the_top_of_u64_saturate_instead_of_wrapping() {
         Err(Error::OutOfMemory { .. })
     ));
 }
+
+#[test]
+fn a_budget_near_u64_max_is_capped_and_never_overflows() {
+    let engine = Engine::new(u64::MAX);
+    assert_eq!(engine.memory_limit(), MAX_BUDGET);
+    engine.put("a", bytes(1000, 1)).unwrap();
+    engine.put("b", bytes(1000, 2)).unwrap();
+    let stats = engine.stats();
+    assert_eq!(stats.entries, 2);
+    assert_eq!(
+        stats.memory_used,
+        2 * Engine::charge("a", bytes(1000, 0).meta())
+    );
+}

@@ -18,8 +18,10 @@
 //! would copy each payload into its buffer; [`write_frames`] hands the
 //! stored buffers to `writev` as they are.
 
+use std::any::Any;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -160,14 +162,51 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
+/// What a queued frame keeps reserved (the server's queued-bytes budgets)
+/// until it has been written, or dropped unwritten with its queue.
+pub type Hold = Box<dyn Any + Send + Sync>;
+
 /// A frame to send: its head (prefix and header) and its payload, kept
 /// apart so the payload goes out from its own buffer.
-#[derive(Debug, Clone)]
+#[derive(Default)]
 pub struct OutFrame {
     /// Prefix and header bytes.
     pub head: Bytes,
     /// The payload; empty for most frames.
     pub payload: Bytes,
+    /// Released once the frame is written; see [`Hold`].
+    pub hold: Option<Hold>,
+}
+
+impl OutFrame {
+    /// A frame holding nothing.
+    pub fn new(head: impl Into<Bytes>, payload: Bytes) -> OutFrame {
+        OutFrame {
+            head: head.into(),
+            payload,
+            hold: None,
+        }
+    }
+
+    /// Bytes on the wire.
+    pub fn len(&self) -> u64 {
+        (self.head.len() + self.payload.len()) as u64
+    }
+
+    /// Whether the frame is empty (never, for a real frame).
+    pub fn is_empty(&self) -> bool {
+        self.head.is_empty() && self.payload.is_empty()
+    }
+}
+
+impl std::fmt::Debug for OutFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OutFrame")
+            .field("head", &self.head.len())
+            .field("payload", &self.payload.len())
+            .field("held", &self.hold.is_some())
+            .finish()
+    }
 }
 
 /// Writes every frame in `frames` with vectored writes: heads and payloads
@@ -178,23 +217,33 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
     frames: impl IntoIterator<Item = OutFrame>,
 ) -> io::Result<()> {
     let mut chunks = VecDeque::new();
-    queue_chunks(&mut chunks, frames);
-    write_chunks(io, &mut chunks).await
+    let mut holds = Vec::new();
+    queue_chunks(&mut chunks, &mut holds, frames);
+    write_chunks(io, &mut chunks, None).await
 }
 
-fn queue_chunks(chunks: &mut VecDeque<Bytes>, frames: impl IntoIterator<Item = OutFrame>) {
+/// Moves the frames' buffers onto `chunks` and their holds onto `holds`.
+fn queue_chunks(
+    chunks: &mut VecDeque<Bytes>,
+    holds: &mut Vec<Hold>,
+    frames: impl IntoIterator<Item = OutFrame>,
+) {
     for frame in frames {
         chunks.push_back(frame.head);
         if !frame.payload.is_empty() {
             chunks.push_back(frame.payload);
         }
+        holds.extend(frame.hold);
     }
 }
 
 /// Writes and empties `chunks`, up to [`MAX_IOV`] buffers per `writev`.
+/// With a `stall` limit, a write that makes no progress for that long fails
+/// with [`io::ErrorKind::TimedOut`].
 async fn write_chunks<W: AsyncWrite + Unpin>(
     io: &mut W,
     chunks: &mut VecDeque<Bytes>,
+    stall: Option<Duration>,
 ) -> io::Result<()> {
     while !chunks.is_empty() {
         // One small allocation per system call; the buffers are not copied.
@@ -203,7 +252,16 @@ async fn write_chunks<W: AsyncWrite + Unpin>(
             .take(MAX_IOV)
             .map(|c| IoSlice::new(c))
             .collect();
-        let mut written = io.write_vectored(&slices).await?;
+        let write = io.write_vectored(&slices);
+        let mut written = match stall {
+            None => write.await?,
+            Some(limit) => tokio::time::timeout(limit, write).await.map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no write progress for {limit:?}"),
+                )
+            })??,
+        };
         if written == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -225,23 +283,33 @@ async fn write_chunks<W: AsyncWrite + Unpin>(
 
 /// Drains a queue of frames onto `writer`: waits for one frame, takes
 /// whatever else is already queued (up to a bound) and writes them all with
-/// vectored writes, so pipelined small responses share system calls. Shuts
-/// the writer down when every sender is gone; stops at the first error.
+/// vectored writes, so pipelined small responses share system calls. Each
+/// frame's [`Hold`] is released once it is written. Shuts the writer down
+/// when every sender is gone; stops at the first error, or when a write
+/// makes no progress for `stall` — then the queue is dropped with
+/// everything it holds, and senders see it closed.
 pub async fn write_loop<W: AsyncWrite + Unpin>(
     mut writer: W,
     mut rx: tokio::sync::mpsc::Receiver<OutFrame>,
+    stall: Option<Duration>,
 ) {
     const BATCH: usize = 32;
     let mut batch = Vec::with_capacity(BATCH);
     let mut chunks = VecDeque::with_capacity(2 * BATCH);
+    let mut holds = Vec::with_capacity(BATCH);
     while rx.recv_many(&mut batch, BATCH).await > 0 {
-        queue_chunks(&mut chunks, batch.drain(..));
-        if let Err(e) = write_chunks(&mut writer, &mut chunks).await {
+        queue_chunks(&mut chunks, &mut holds, batch.drain(..));
+        if let Err(e) = write_chunks(&mut writer, &mut chunks, stall).await {
             tracing::debug!("write failed: {e}");
             return;
         }
+        holds.clear();
     }
-    writer.shutdown().await.ok();
+    if let Some(limit) = stall {
+        let _ = tokio::time::timeout(limit, writer.shutdown()).await;
+    } else {
+        writer.shutdown().await.ok();
+    }
 }
 
 #[cfg(test)]
@@ -345,10 +413,7 @@ mod tests {
     async fn vectored_writer_sends_everything_in_order() {
         let (mut tx, mut rx) = tokio::io::duplex(4096);
         let frames: Vec<OutFrame> = (0..200u8)
-            .map(|i| OutFrame {
-                head: Bytes::from(vec![i; 3]),
-                payload: Bytes::from(vec![i; i as usize * 10]),
-            })
+            .map(|i| OutFrame::new(vec![i; 3], Bytes::from(vec![i; i as usize * 10])))
             .collect();
         let expected: Vec<u8> = frames
             .iter()

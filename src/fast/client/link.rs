@@ -62,7 +62,8 @@ impl Link {
     pub(super) fn open(stream: TcpStream, options: &FastClientOptions) -> Arc<Link> {
         let (reader, writer) = stream.into_split();
         let (tx, rx) = mpsc::channel(options.queue.max(1));
-        tokio::spawn(write_loop(writer, rx));
+        // The client bounds its calls with its own request timeout.
+        tokio::spawn(write_loop(writer, rx, None));
         let link = Arc::new(Link {
             tx,
             pending: Mutex::new(Pending::default()),
@@ -97,6 +98,21 @@ impl Link {
         for (_, waiter) in waiters {
             waiter.send(Err(ClientError::Unavailable(why.clone())));
         }
+    }
+}
+
+/// A call's place in its link's pending table. Dropping it — the call got
+/// its reply, timed out, or was cancelled (a hedged read that lost, a
+/// caller's own timeout) — removes the waiter, so none outlives its call.
+#[derive(Debug)]
+pub(super) struct Registration {
+    pub(super) link: Arc<Link>,
+    pub(super) id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.link.pending().waiters.remove(&self.id);
     }
 }
 

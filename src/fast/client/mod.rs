@@ -22,13 +22,13 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 
 use super::stream::OutFrame;
-use super::wire::{encode_frame, Body, Limits, Request, Status, WireMeta};
+use super::wire::{encode_frame, Body, Limits, Request, Status, WireMeta, PREFIX_LEN};
 use crate::client::{ClientError, TensorStore};
 use crate::stats::{Counters, Stats};
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 use exclusive::Exclusive;
-use link::{Link, Reply, Waiter};
+use link::{Link, Registration, Reply, Waiter};
 use reply::{check, tensor_from, unexpected};
 
 /// Options for [`FastClient::connect_with`].
@@ -38,8 +38,14 @@ pub struct FastClientOptions {
     pub connect_timeout: Duration,
     /// How long one call may wait for its reply; `None` waits forever.
     pub request_timeout: Option<Duration>,
-    /// The largest payload accepted from the server.
+    /// The largest payload accepted from the server: what a reply may make
+    /// this client allocate (`get_into` also accepts up to its buffer).
     pub max_payload: u64,
+    /// The largest request header the server accepts (its `--max-header`).
+    /// A `get_many` is split into requests under it; any other request
+    /// over it is refused here, before it can make the server close the
+    /// connection that other calls share.
+    pub max_header: u32,
     /// Frames queued for the writer before callers wait.
     pub queue: usize,
 }
@@ -49,11 +55,18 @@ impl Default for FastClientOptions {
         FastClientOptions {
             connect_timeout: Duration::from_secs(5),
             request_timeout: None,
-            max_payload: 64 << 30,
+            max_payload: 4 << 30,
+            max_header: 64 * 1024,
             queue: 256,
         }
     }
 }
+
+/// Header bytes of a `GET_MANY` besides its keys (an upper bound).
+const GET_MANY_HEADER: u64 = 64;
+/// Header bytes per key besides the key itself: an archived string (8) and
+/// alignment padding, rounded up.
+const PER_KEY: u64 = 16;
 
 #[derive(Debug)]
 struct Inner {
@@ -185,22 +198,25 @@ impl FastClient {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
+        let reused = spare.is_some();
         let mut conn = match spare {
             Some(conn) => conn,
             None => Exclusive::connect(inner.peer, &inner.options).await?,
         };
-        let limits = limits(&inner.options);
-        let work = conn.get_into(key, dst, &limits);
-        let result = match inner.request_timeout {
-            Some(limit) => tokio::time::timeout(limit, work)
-                .await
-                .unwrap_or(Err(ClientError::Timeout(limit))),
-            None => work.await,
-        };
-        // A connection is reusable unless it broke or timed out mid-frame.
-        if !matches!(
+        let mut result = self.get_into_on(&mut conn, key, dst).await;
+        if reused && matches!(result, Err(ClientError::Unavailable(_))) {
+            // The idle connection had died meanwhile (the server's idle
+            // timeout, a restart): a GET is safe to send again, on a fresh
+            // connection, so an earlier call's dead connection never fails
+            // this one.
+            conn = Exclusive::connect(inner.peer, &inner.options).await?;
+            result = self.get_into_on(&mut conn, key, dst).await;
+        }
+        // Kept only after an answer that leaves the connection in step:
+        // after a fatal status the server closes it.
+        if matches!(
             result,
-            Err(ClientError::Timeout(_) | ClientError::Unavailable(_) | ClientError::Protocol(_))
+            Ok(_) | Err(ClientError::Invalid(_) | ClientError::InvalidArgument(_))
         ) {
             inner
                 .spare
@@ -211,19 +227,67 @@ impl FastClient {
         result
     }
 
-    /// Reads many tensors in one request; the result has one entry per key,
-    /// in order, `None` where a key is not cached.
+    async fn get_into_on(
+        &self,
+        conn: &mut Exclusive,
+        key: &str,
+        dst: &mut [u8],
+    ) -> Result<Option<TensorMeta>, ClientError> {
+        let mut limits = limits(&self.inner.options);
+        limits.max_payload = limits.max_payload.max(dst.len() as u64);
+        let work = conn.get_into(key, dst, &limits);
+        match self.inner.request_timeout {
+            Some(limit) => tokio::time::timeout(limit, work)
+                .await
+                .unwrap_or(Err(ClientError::Timeout(limit))),
+            None => work.await,
+        }
+    }
+
+    /// Reads many tensors; the result has one entry per key, in order,
+    /// `None` where a key is not cached. The keys go out as one `GET_MANY`
+    /// request, or as several when they would not fit in one header
+    /// ([`FastClientOptions::max_header`]).
     pub async fn get_many<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Tensor>>, ClientError> {
+        let budget = u64::from(self.inner.options.max_header).saturating_sub(GET_MANY_HEADER);
+        let mut out = Vec::with_capacity(keys.len());
+        let mut rest = keys;
+        loop {
+            // At least one key per request: a key that does not fit alone
+            // is refused by `send`, before it reaches the server.
+            let mut size = 0;
+            let take = rest
+                .iter()
+                .position(|k| {
+                    size += k.as_ref().len() as u64 + PER_KEY;
+                    size > budget
+                })
+                .unwrap_or(rest.len())
+                .max(1)
+                .min(rest.len());
+            let (batch, later) = rest.split_at(take);
+            out.extend(self.get_batch(batch).await?);
+            rest = later;
+            if rest.is_empty() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// One `GET_MANY` request.
+    async fn get_batch<K: AsRef<str>>(
         &self,
         keys: &[K],
     ) -> Result<Vec<Option<Tensor>>, ClientError> {
         let keys: Vec<String> = keys.iter().map(|k| k.as_ref().to_owned()).collect();
         let n = keys.len();
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let id = self
+        let call = self
             .send(Request::GetMany { keys }, Bytes::new(), Waiter::Many(tx))
             .await?;
-        let (link, id) = id;
         let mut out: Vec<Option<Tensor>> = (0..n).map(|_| None).collect();
         let collect = async {
             let mut answered = 0;
@@ -251,7 +315,8 @@ impl FastClient {
             }
             Ok(())
         };
-        self.with_timeout(&link, id, collect).await?;
+        self.with_timeout(collect).await?;
+        drop(call);
         Ok(out)
     }
 
@@ -299,8 +364,8 @@ impl FastClient {
     /// Sends one request and waits for its one reply, whatever its status.
     async fn round_trip(&self, request: Request, payload: Bytes) -> Result<Reply, ClientError> {
         let (tx, rx) = oneshot::channel();
-        let (link, id) = self.send(request, payload, Waiter::One(tx)).await?;
-        self.with_timeout(&link, id, async {
+        let _call = self.send(request, payload, Waiter::One(tx)).await?;
+        self.with_timeout(async {
             rx.await
                 .map_err(|_| ClientError::Unavailable("the connection closed".into()))?
         })
@@ -334,17 +399,25 @@ impl FastClient {
         }
     }
 
-    /// Registers a waiter and queues the request; returns the connection
-    /// it went out on and its id.
+    /// Registers a waiter and queues the request. The registration, while
+    /// held, keeps the waiter in the pending table; the call drops it when
+    /// it is done, however it ends.
     async fn send(
         &self,
         request: Request,
         payload: Bytes,
         waiter: Waiter,
-    ) -> Result<(Arc<Link>, u64), ClientError> {
+    ) -> Result<Registration, ClientError> {
         let link = self.link().await?;
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let head = encode_frame(request.opcode(), 0, id, &request, payload.len() as u64)?;
+        let header_len = head.len() - PREFIX_LEN;
+        let max_header = self.inner.options.max_header;
+        if header_len > max_header as usize {
+            return Err(ClientError::TooLarge(format!(
+                "the request header is {header_len} bytes, the server accepts {max_header}"
+            )));
+        }
         {
             let mut pending = link.pending();
             if let Some(why) = &pending.closed {
@@ -352,35 +425,26 @@ impl FastClient {
             }
             pending.waiters.insert(id, waiter);
         }
-        let frame = OutFrame {
-            head: Bytes::from(head),
-            payload,
-        };
-        if link.tx.send(frame).await.is_err() {
-            link.pending().waiters.remove(&id);
+        let call = Registration { link, id };
+        let frame = OutFrame::new(head, payload);
+        if call.link.tx.send(frame).await.is_err() {
             return Err(ClientError::Unavailable("the connection closed".into()));
         }
-        Ok((link, id))
+        Ok(call)
     }
 
-    /// Waits for `work` within the request timeout; on timeout the waiter
-    /// is dropped so a late reply is discarded.
+    /// Waits for `work` within the request timeout. The caller's
+    /// [`Registration`] removes the waiter, so a late reply is discarded.
     async fn with_timeout<T>(
         &self,
-        link: &Link,
-        id: u64,
         work: impl std::future::Future<Output = Result<T, ClientError>>,
     ) -> Result<T, ClientError> {
         let Some(limit) = self.inner.request_timeout else {
             return work.await;
         };
-        match tokio::time::timeout(limit, work).await {
-            Ok(result) => result,
-            Err(_) => {
-                link.pending().waiters.remove(&id);
-                Err(ClientError::Timeout(limit))
-            }
-        }
+        tokio::time::timeout(limit, work)
+            .await
+            .unwrap_or(Err(ClientError::Timeout(limit)))
     }
 }
 
@@ -421,5 +485,36 @@ impl TensorStore for FastClient {
     }
     async fn stats(&self) -> Result<Stats, ClientError> {
         FastClient::stats(self).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn cancelled_calls_leave_no_waiter_behind() {
+        // A server that accepts and never answers.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let silent = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut sink).await;
+        });
+        let client = FastClient::connect(addr).await.unwrap();
+        for i in 0..100 {
+            // The caller gives up (as a hedged read's loser does): the
+            // call's future is dropped mid-flight.
+            let key = format!("k{i}");
+            let call = client.get(&key);
+            assert!(tokio::time::timeout(Duration::from_millis(2), call)
+                .await
+                .is_err());
+        }
+        let link = client.link().await.unwrap();
+        assert!(link.pending().waiters.is_empty(), "waiters left behind");
+        drop(client);
+        silent.abort();
     }
 }

@@ -10,12 +10,14 @@
 //! with the engine, not copied.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::budget::{Closed, Queue, Shared};
 use super::FastConfig;
 use crate::engine::Engine;
 use crate::fast::stream::{write_loop, FrameReader, OutFrame, ReadError};
@@ -26,34 +28,45 @@ use crate::fast::wire::{
 use crate::tensor::Tensor;
 use crate::Error;
 
+/// How long a connection's last word (the error that ends it) may wait for
+/// room in its queue.
+const LAST_WORD: Duration = Duration::from_secs(1);
+
+/// Room reserved for a response head beyond its key: prefix, header and
+/// metadata.
+const HEAD_ESTIMATE: u64 = 512;
+
 /// Serves one connection until the client closes it, it breaks the
-/// protocol, it idles past the timeout, or `shutdown` is cancelled.
+/// protocol, it idles past the timeout, its writer stalls past the write
+/// timeout, or `shutdown` is cancelled.
 pub(crate) async fn serve_connection<R, W>(
     reader: R,
     writer: W,
     engine: Engine,
     config: Arc<FastConfig>,
+    shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel::<OutFrame>(config.max_in_flight.max(1));
-    let writer = tokio::spawn(write_loop(writer, rx));
+    let writer = tokio::spawn(write_loop(writer, rx, Some(config.write_timeout)));
+    let queue = Queue::new(tx, config.max_queued_bytes, shared, shutdown.clone());
     let mut reader = FrameReader::new(reader);
     // Each header is validated and read in place here; reused, so a
     // connection allocates for headers only while they grow.
     let mut aligned = AlignedHeader::new();
     let limits = Limits {
         max_header: config.max_header,
-        max_payload: config.max_payload,
+        max_payload: config.max_payload.min(config.max_ingress),
     };
     loop {
         let head = tokio::select! {
             biased;
             () = shutdown.cancelled() => {
                 let err = ProtocolError::new(Status::ShuttingDown, 0, "the server is shutting down");
-                send_error(&tx, Opcode::Ping, &err).await;
+                send_error(&queue, Opcode::Ping, &err).await;
                 break;
             }
             head = tokio::time::timeout(config.idle_timeout, reader.read_head(&limits)) => head,
@@ -61,13 +74,13 @@ pub(crate) async fn serve_connection<R, W>(
         let head = match head {
             Err(_elapsed) => {
                 let err = ProtocolError::new(Status::Timeout, 0, "idle timeout");
-                send_error(&tx, Opcode::Ping, &err).await;
+                send_error(&queue, Opcode::Ping, &err).await;
                 break;
             }
             Ok(Ok(Some(head))) => head,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
-                fail(&tx, None, e).await;
+                fail(&queue, None, e).await;
                 break;
             }
         };
@@ -78,54 +91,62 @@ pub(crate) async fn serve_connection<R, W>(
         {
             Ok(request) => request,
             Err(e) => {
-                send_error(&tx, prefix.opcode, &e).await;
+                send_error(&queue, prefix.opcode, &e).await;
                 break;
             }
         };
+        let conn = Conn {
+            engine: &engine,
+            queue: &queue,
+        };
         let per_frame = tokio::time::timeout(
             config.idle_timeout,
-            handle(&mut reader, &engine, &prefix, request, &tx),
+            conn.handle(&mut reader, &prefix, request),
         );
         match per_frame.await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                fail(&tx, Some(&prefix), e).await;
+                fail(&queue, Some(&prefix), e).await;
                 break;
             }
             Err(_elapsed) => {
                 let err = ProtocolError::new(
                     Status::Timeout,
                     prefix.request_id,
-                    "the payload did not arrive within the idle timeout",
+                    "the request did not complete within the idle timeout",
                 );
-                send_error(&tx, prefix.opcode, &err).await;
+                send_error(&queue, prefix.opcode, &err).await;
                 break;
             }
         }
     }
-    drop(tx);
+    drop(queue);
+    // Bounded: the writer gives up on a write that makes no progress for
+    // the write timeout.
     writer.await.ok();
 }
 
-/// Queues an error frame, if the peer can still hear it.
-async fn send_error(tx: &mpsc::Sender<OutFrame>, opcode: Opcode, err: &ProtocolError) {
+/// Queues the error frame that ends a connection, if the peer can still
+/// hear it.
+async fn send_error(queue: &Queue, opcode: Opcode, err: &ProtocolError) {
     match error_frame(opcode, err) {
-        Ok(frame) => drop(tx.send(frame).await),
+        Ok(frame) => queue.last_word(frame, LAST_WORD).await,
         Err(e) => tracing::warn!("cannot encode an error frame: {e}"),
     }
 }
 
 /// Sends the error that ends a connection, if the peer can still hear it.
-async fn fail(tx: &mpsc::Sender<OutFrame>, prefix: Option<&Prefix>, err: impl Into<Fatal>) {
+async fn fail(queue: &Queue, prefix: Option<&Prefix>, err: impl Into<Fatal>) {
     let (opcode, id) = prefix.map_or((Opcode::Ping, 0), |p| (p.opcode, p.request_id));
     match err.into() {
-        Fatal::Read(ReadError::Protocol(e)) => send_error(tx, opcode, &e).await,
+        Fatal::Read(ReadError::Protocol(e)) => send_error(queue, opcode, &e).await,
         Fatal::Read(ReadError::Io(e)) => tracing::debug!("connection failed: {e}"),
         Fatal::Read(ReadError::Truncated) => tracing::debug!("connection closed mid-frame"),
+        Fatal::Closed => tracing::debug!("the connection's writer is gone"),
         Fatal::Encode(e) => {
             tracing::warn!("cannot encode a response: {e}");
             let err = ProtocolError::new(Status::Internal, id, e.to_string());
-            send_error(tx, opcode, &err).await;
+            send_error(queue, opcode, &err).await;
         }
     }
 }
@@ -172,79 +193,106 @@ enum Fatal {
     Read(#[from] ReadError),
     #[error(transparent)]
     Encode(#[from] EncodeError),
+    #[error("the connection's writer is gone")]
+    Closed,
 }
 
-/// Applies one request, read in place from its archived header, and queues
-/// its response frames. Errors are fatal to the connection; request-level
-/// failures are answered and return `Ok`.
-async fn handle<R: AsyncRead + Unpin>(
-    reader: &mut FrameReader<R>,
-    engine: &Engine,
-    prefix: &Prefix,
-    request: &ArchivedRequest,
-    tx: &mpsc::Sender<OutFrame>,
-) -> Result<(), Fatal> {
-    let id = prefix.request_id;
-    let opcode = prefix.opcode;
-    let reply = |response: Response| response_frame(opcode, FLAG_END, id, &response, Bytes::new());
-    let refuse = |e: Error| error_frame(opcode, &ProtocolError::from_error(&e, id));
-    let frame = match request {
-        ArchivedRequest::Ping => reply(Response::ok(Body::Empty))?,
-        ArchivedRequest::Get { key } => get_frame(engine, key.as_str(), opcode, FLAG_END, id, 0)?,
-        ArchivedRequest::Put { key, meta } => {
-            let key = key.as_str();
-            let admitted = meta
-                .to_meta()
-                .and_then(|meta| engine.admit(key, &meta, prefix.payload_len).map(|_| meta));
-            match admitted {
-                Err(e) => {
-                    // Refused before reading: skip the payload without
-                    // keeping it, then answer.
-                    reader.skip_payload(prefix.payload_len).await?;
-                    refuse(e)?
-                }
-                Ok(meta) => {
-                    let payload = reader.read_payload(prefix.payload_len).await?;
-                    match Tensor::new(meta, payload).and_then(|t| engine.put(key, t)) {
-                        Ok(()) => reply(Response::ok(Body::Empty))?,
-                        Err(e) => refuse(e)?,
+impl From<Closed> for Fatal {
+    fn from(_: Closed) -> Fatal {
+        Fatal::Closed
+    }
+}
+
+/// What handling one request needs from its connection and server.
+struct Conn<'a> {
+    engine: &'a Engine,
+    queue: &'a Queue,
+}
+
+impl Conn<'_> {
+    /// Applies one request, read in place from its archived header, and
+    /// queues its response frames. Errors are fatal to the connection;
+    /// request-level failures are answered and return `Ok`.
+    async fn handle<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut FrameReader<R>,
+        prefix: &Prefix,
+        request: &ArchivedRequest,
+    ) -> Result<(), Fatal> {
+        let (engine, queue) = (self.engine, self.queue);
+        let id = prefix.request_id;
+        let opcode = prefix.opcode;
+        let reply =
+            |response: Response| response_frame(opcode, FLAG_END, id, &response, Bytes::new());
+        let refuse = |e: Error| error_frame(opcode, &ProtocolError::from_error(&e, id));
+        let frame = match request {
+            ArchivedRequest::Ping => reply(Response::ok(Body::Empty))?,
+            ArchivedRequest::Get { key } => {
+                return self.get(key.as_str(), opcode, FLAG_END, id, 0).await;
+            }
+            ArchivedRequest::Put { key, meta } => {
+                let key = key.as_str();
+                let len = prefix.payload_len;
+                let admitted = meta
+                    .to_meta()
+                    .and_then(|meta| engine.admit(key, &meta, len).map(|_| meta));
+                match admitted {
+                    Err(e) => {
+                        // Refused before reading: skip the payload without
+                        // keeping it, then answer.
+                        reader.skip_payload(len).await?;
+                        refuse(e)?
+                    }
+                    Ok(meta) => {
+                        // Room among the payloads being received, before
+                        // allocating this one; held until the engine has it.
+                        let _receiving = queue.receive(len).await?;
+                        let payload = reader.read_payload(len).await?;
+                        match Tensor::new(meta, payload).and_then(|t| engine.put(key, t)) {
+                            Ok(()) => reply(Response::ok(Body::Empty))?,
+                            Err(e) => refuse(e)?,
+                        }
                     }
                 }
             }
-        }
-        ArchivedRequest::Delete { key } => match engine.delete(key.as_str()) {
-            Ok(deleted) => reply(Response::ok(Body::Deleted(deleted)))?,
-            Err(e) => refuse(e)?,
-        },
-        ArchivedRequest::Stats => {
-            reply(Response::ok(Body::Stats(engine.stats().counters().into())))?
-        }
-        ArchivedRequest::GetMany { keys } => {
-            let Some((last, rest)) = keys.split_last() else {
-                return send(tx, reply(Response::ok(Body::Empty))?).await;
-            };
-            for (i, key) in rest.iter().enumerate() {
-                let frame = get_frame(engine, key.as_str(), opcode, 0, id, i as u32)?;
-                send(tx, frame).await?;
+            ArchivedRequest::Delete { key } => match engine.delete(key.as_str()) {
+                Ok(deleted) => reply(Response::ok(Body::Deleted(deleted)))?,
+                Err(e) => refuse(e)?,
+            },
+            ArchivedRequest::Stats => {
+                reply(Response::ok(Body::Stats(engine.stats().counters().into())))?
             }
-            get_frame(
-                engine,
-                last.as_str(),
-                opcode,
-                FLAG_END,
-                id,
-                rest.len() as u32,
-            )?
-        }
-    };
-    send(tx, frame).await
-}
+            ArchivedRequest::GetMany { keys } => {
+                let Some((last, rest)) = keys.split_last() else {
+                    return Ok(queue.push(reply(Response::ok(Body::Empty))?).await?);
+                };
+                for (i, key) in rest.iter().enumerate() {
+                    self.get(key.as_str(), opcode, 0, id, i as u32).await?;
+                }
+                return self
+                    .get(last.as_str(), opcode, FLAG_END, id, rest.len() as u32)
+                    .await;
+            }
+        };
+        Ok(queue.push(frame).await?)
+    }
 
-/// Queues a frame; fails once the writer has given up on the socket.
-async fn send(tx: &mpsc::Sender<OutFrame>, frame: OutFrame) -> Result<(), Fatal> {
-    tx.send(frame)
-        .await
-        .map_err(|_| ReadError::Io(std::io::ErrorKind::BrokenPipe.into()).into())
+    /// Answers a GET of `key` (or one key of a batch). Room in the queue is
+    /// reserved before the tensor is taken from the engine, so a reader
+    /// waiting for room never keeps an evicted tensor alive.
+    async fn get(
+        &self,
+        key: &str,
+        opcode: Opcode,
+        flags: u8,
+        id: u64,
+        index: u32,
+    ) -> Result<(), Fatal> {
+        let estimate = self.engine.peek_len(key).unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
+        let reservation = self.queue.reserve(estimate).await?;
+        let frame = get_frame(self.engine, key, opcode, flags, id, index)?;
+        Ok(self.queue.send(frame, reservation).await?)
+    }
 }
 
 /// The frame answering a GET of `key` (or one key of a batch): the stored
@@ -289,10 +337,7 @@ fn response_frame(
         response,
         payload.len() as u64,
     )?;
-    Ok(OutFrame {
-        head: Bytes::from(head),
-        payload,
-    })
+    Ok(OutFrame::new(head, payload))
 }
 
 /// An error response ending its request.

@@ -1,12 +1,15 @@
 //! The fast path's server side: the accept loop and its limits.
 //!
 //! - `handler`: one connection (read, apply, respond).
+//! - `budget`: the byte budgets for queued responses and payloads being
+//!   received.
 //!
 //! Shutdown and connection tracking use tokio-util's tools for exactly
 //! this: one [`CancellationToken`] for the door, a child token per
 //! connection, and a [`TaskTracker`] that the door waits on, within the
 //! grace period, for connections to finish their current request.
 
+mod budget;
 mod handler;
 
 use std::sync::Arc;
@@ -31,8 +34,10 @@ where
     R: tokio::io::AsyncRead + Unpin + Send,
     W: tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    let shared = Arc::new(shared_budgets(&config));
     // Nothing ever cancels this token.
-    handler::serve_connection(reader, writer, engine, config, CancellationToken::new()).await;
+    let stop = CancellationToken::new();
+    handler::serve_connection(reader, writer, engine, config, shared, stop).await;
 }
 
 /// Limits and timeouts of the fast path. Every one is a `server` flag.
@@ -51,6 +56,21 @@ pub struct FastConfig {
     /// A connection that sends nothing for this long is closed, and so is
     /// one whose frame takes longer than this to arrive.
     pub idle_timeout: Duration,
+    /// A connection whose socket accepts no byte of its responses for this
+    /// long is closed and its queued responses dropped (a client that
+    /// stopped reading).
+    pub write_timeout: Duration,
+    /// Bytes of responses queued per connection before the server stops
+    /// reading its requests. One response larger than this is still sent,
+    /// alone.
+    pub max_queued_bytes: u64,
+    /// Bytes of responses queued over all connections; past it, every
+    /// connection with something to send waits.
+    pub max_queued_total: u64,
+    /// Bytes of PUT payloads being received at once, over all connections.
+    /// A PUT waits for room before its payload is allocated; the largest
+    /// payload accepted is the smaller of this and `max_payload`.
+    pub max_ingress: u64,
 }
 
 impl FastConfig {
@@ -63,7 +83,19 @@ impl FastConfig {
             max_connections: 1024,
             max_in_flight: 128,
             idle_timeout: Duration::from_secs(300),
+            write_timeout: Duration::from_secs(30),
+            max_queued_bytes: 64 << 20,
+            max_queued_total: 1 << 30,
+            max_ingress: memory_limit,
         }
+    }
+}
+
+/// The server-wide budgets for `config`.
+fn shared_budgets(config: &FastConfig) -> budget::Shared {
+    budget::Shared {
+        queued: budget::Budget::new(config.max_queued_total),
+        ingress: budget::Budget::new(config.max_ingress),
     }
 }
 
@@ -77,6 +109,7 @@ pub(crate) async fn serve(
     grace: Duration,
 ) {
     let config = Arc::new(config);
+    let shared = Arc::new(shared_budgets(&config));
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let connections = TaskTracker::new();
     loop {
@@ -99,11 +132,11 @@ pub(crate) async fn serve(
             tokio::spawn(refuse_busy(stream));
             continue;
         };
-        let (engine, config) = (engine.clone(), Arc::clone(&config));
+        let (engine, config, shared) = (engine.clone(), Arc::clone(&config), Arc::clone(&shared));
         let stop = shutdown.child_token();
         connections.spawn(async move {
             let (reader, writer) = stream.into_split();
-            handler::serve_connection(reader, writer, engine, config, stop).await;
+            handler::serve_connection(reader, writer, engine, config, shared, stop).await;
             drop(permit);
         });
     }
