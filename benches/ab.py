@@ -81,6 +81,7 @@ def main():
     ap.add_argument("--b", required=True, help="the server binary under test")
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--only", default="", help="cells whose 'size/op/conc/pipeline' contains this")
     args = ap.parse_args()
     servers = {name: start(binary) for name, binary in (("A", args.a), ("B", args.b))}
     try:
@@ -89,6 +90,8 @@ def main():
         print("| size | op | conc | pipeline | A MB/s | B MB/s | A ops/s | B ops/s | B ÷ A |")
         print("|---|---|---|---|---|---|---|---|---|", flush=True)
         for size, op, conc, pipe in CELLS:
+            if args.only not in f"{human(size)}/{op}/{conc}/{pipe}":
+                continue
             runs = {"A": [], "B": []}
             for _ in range(args.repeats):
                 for name in ("A", "B"):
