@@ -260,3 +260,37 @@ async fn a_hedged_read_does_not_wait_for_a_hung_replica() {
         .unwrap();
     assert_eq!(cluster.get(&absent).await.unwrap(), None);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_that_keeps_losing_hedge_races_is_marked_down() {
+    let hung_addr = hung_node().await;
+    let real = nodes(1).await;
+    let cluster = ClusterClient::new(ClusterConfig {
+        replicas: 2,
+        write_quorum: 1,
+        timeout: Duration::from_millis(300),
+        backoff_min: Duration::from_secs(30),
+        backoff_max: Duration::from_secs(30),
+        hedge_after: Some(Duration::from_millis(30)),
+        ..ClusterConfig::new(vec![hung_addr.to_string(), real[0].fast_addr().to_string()])
+    })
+    .unwrap();
+    let key = (0..)
+        .map(|i| format!("h{i}"))
+        .find(|k| cluster.replicas_of(k)[0] == hung_addr.to_string())
+        .unwrap();
+    cluster.put_tensor(&key, tensor_for(4)).await.unwrap();
+    let mut took = Vec::new();
+    for _ in 0..20 {
+        let started = Instant::now();
+        assert_eq!(cluster.get(&key).await.unwrap(), Some(tensor_for(4)));
+        took.push(started.elapsed());
+    }
+    // Once the hung replica is marked down (after a few lost races, or its
+    // first timeout), reads go to the live one first and pay no hedge delay.
+    let late = &took[10..];
+    assert!(
+        late.iter().all(|t| *t < Duration::from_millis(25)),
+        "later gets still waited for the hedge: {took:?}"
+    );
+}

@@ -296,3 +296,51 @@ async fn shutdown_stops_serving() {
     server.shutdown().await.unwrap();
     assert!(RemoteCacheClient::connect(addr.to_string()).await.is_err());
 }
+
+#[tokio::test]
+async fn the_grpc_door_limits_connections_and_closes_idle_ones() {
+    use redstone::grpc::GrpcConfig;
+    use redstone::server::{Config, Server};
+    use std::time::Duration;
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpStream;
+
+    let config = Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        fast_addr: "127.0.0.1:0".parse().unwrap(),
+        memory_limit: 1 << 20,
+        grpc: GrpcConfig {
+            max_connections: 2,
+            idle_timeout: Duration::from_millis(700),
+            ..GrpcConfig::default()
+        },
+        ..Config::default()
+    };
+    let server = Server::bind(config).await.unwrap().spawn();
+    let addr = server.grpc_addr();
+    // Two silent connections take both places...
+    let mut held = [
+        TcpStream::connect(addr).await.unwrap(),
+        TcpStream::connect(addr).await.unwrap(),
+    ];
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // ...so a third is closed at once.
+    let mut third = TcpStream::connect(addr).await.unwrap();
+    let mut first_byte = [0u8; 1];
+    let read = tokio::time::timeout(Duration::from_secs(2), third.read(&mut first_byte))
+        .await
+        .expect("the connection over the limit is closed, not left waiting");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // The silent ones are closed after the idle timeout.
+    for conn in &mut held {
+        let mut sink = Vec::new();
+        tokio::time::timeout(Duration::from_secs(3), conn.read_to_end(&mut sink))
+            .await
+            .expect("an idle connection is closed")
+            .ok();
+    }
+    // Their places are free again for a real client.
+    let client = RemoteCacheClient::connect(addr.to_string()).await.unwrap();
+    client.get_stats().await.unwrap();
+    server.shutdown().await.unwrap();
+}

@@ -85,6 +85,18 @@ pub(crate) struct Args {
     /// Cluster mode: replicas that must acknowledge a put (default R).
     #[arg(long)]
     pub(crate) write_quorum: Option<usize>,
+    /// A key read but no longer cached (evicted) is not an error: for
+    /// mixed runs against a budget smaller than the keys written.
+    #[arg(long)]
+    pub(crate) allow_misses: bool,
+    /// Soak: also open this many fast-path connections that pipeline GETs
+    /// and never read, for the whole run.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) stall: usize,
+    /// Soak: sample this server process's resident memory every second
+    /// (and `memory_used`, from the server), and report the peaks.
+    #[arg(long, value_name = "PID")]
+    pub(crate) server_pid: Option<u32>,
     /// fill/check: keys are PREFIX:0 … PREFIX:K-1.
     #[arg(long, default_value = "bench")]
     pub(crate) key_prefix: String,

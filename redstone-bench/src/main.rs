@@ -7,6 +7,7 @@ mod args;
 mod conn;
 mod oneshot;
 mod resp;
+mod soak;
 mod workers;
 
 use std::process::ExitCode;
@@ -97,6 +98,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         values: Arc::clone(&values),
         base: base.clone(),
         prefix: format!("bench:w{run_id}:{w}:"),
+        allow_misses: args.allow_misses,
     };
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
@@ -175,6 +177,22 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    let stalled = match (args.stall, args.target) {
+        (0, _) => Vec::new(),
+        (n, Target::Fast) => soak::stallers(&addr, n, keys, size).await?,
+        _ => return Err("--stall drives the fast path".into()),
+    };
+    let sampler = match (args.server_pid, args.target) {
+        (None, _) | (_, Target::Redis) => None,
+        (pid, Target::Fast) => {
+            let conn = Conn::Fast(FastClient::connect(addr.as_str()).await?);
+            Some(soak::sample(pid, conn, Arc::clone(&stop)))
+        }
+        (pid, Target::Grpc) => {
+            let conn = Conn::Grpc(RemoteCacheClient::connect(addr.as_str()).await?);
+            Some(soak::sample(pid, conn, Arc::clone(&stop)))
+        }
+    };
     tokio::time::sleep(Duration::from_secs(1)).await;
     measuring.store(true, Ordering::Relaxed);
     let started = Instant::now();
@@ -182,6 +200,11 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     stop.store(true, Ordering::Relaxed);
     let elapsed = started.elapsed().as_secs_f64();
 
+    let peaks = match sampler {
+        Some(sampler) => Some(sampler.await?),
+        None => None,
+    };
+    drop(stalled);
     let mut all = Tally::default();
     for w in workers {
         let t = w.await?;
@@ -191,15 +214,13 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             all.first_error = t.first_error;
         }
     }
-    report(
-        &args,
+    let shape = Shape {
         size,
         concurrency,
         connections,
         pipeline,
-        elapsed,
-        all,
-    );
+    };
+    report(&args, &shape, elapsed, all, peaks);
     Ok(())
 }
 
@@ -217,15 +238,21 @@ fn percentiles(latencies_ns: &mut [u32]) -> (f64, f64, f64) {
     (pct(0.50), pct(0.99), pct(0.999))
 }
 
-fn report(
-    args: &Args,
+/// What a run was: its value size and parallelism.
+struct Shape {
     size: usize,
     concurrency: usize,
     connections: usize,
     pipeline: usize,
-    elapsed: f64,
-    mut all: Tally,
-) {
+}
+
+fn report(args: &Args, shape: &Shape, elapsed: f64, mut all: Tally, peaks: Option<soak::Peaks>) {
+    let &Shape {
+        size,
+        concurrency,
+        connections,
+        pipeline,
+    } = shape;
     let ops = all.latencies_ns.len() as f64;
     let (p50, p99, p999) = percentiles(&mut all.latencies_ns);
     let ops_per_sec = ops / elapsed;
@@ -240,12 +267,18 @@ fn report(
     if let Some(e) = &all.first_error {
         eprintln!("first error: {e}");
     }
+    let soak = peaks.map_or(String::new(), |p| {
+        format!(
+            ",\"rss_max_bytes\":{},\"memory_used_max\":{},\"memory_limit\":{}",
+            p.rss_bytes, p.memory_used, p.memory_limit
+        )
+    });
     if args.json {
         println!(
             "{{\"target\":\"{target}\",\"op\":\"{op}\",\"size\":{size},\"concurrency\":{concurrency},\
              \"connections\":{connections},\"pipeline\":{pipeline},\"duration_s\":{elapsed:.3},\
              \"ops\":{ops},\"ops_per_sec\":{ops_per_sec:.1},\"mb_per_sec\":{mb_per_sec:.2},\
-             \"p50_us\":{p50:.1},\"p99_us\":{p99:.1},\"p999_us\":{p999:.1},\"errors\":{}}}",
+             \"p50_us\":{p50:.1},\"p99_us\":{p99:.1},\"p999_us\":{p999:.1},\"errors\":{}{soak}}}",
             all.errors
         );
     }

@@ -39,6 +39,8 @@ pub(crate) struct Ctx {
     pub(crate) base: Bytes,
     /// Keys this worker puts start with this, so workers never collide.
     pub(crate) prefix: String,
+    /// A missing key is not an error (see `--allow-misses`).
+    pub(crate) allow_misses: bool,
 }
 
 /// A tiny xorshift, so key choice costs nothing measurable.
@@ -54,14 +56,15 @@ impl Rng {
 }
 
 impl Ctx {
-    /// Judges a value read for key `i`: missing is an error, and so is a
-    /// wrong value when verifying.
+    /// Judges a value read for key `i`: missing is an error (unless misses
+    /// are allowed), and so is a wrong value when verifying.
     pub(crate) fn check_read(&self, i: u64, value: Option<&[u8]>) -> Result<(), String> {
         match value {
             Some(v) if self.verify && v != &self.values[i as usize][..] => {
                 Err(format!("key {i}: value differs"))
             }
             Some(_) => Ok(()),
+            None if self.allow_misses => Ok(()),
             None => Err(format!("key {i}: missing (evicted? use fewer --keys)")),
         }
     }

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use redstone::fast::FastConfig;
+use redstone::grpc::GrpcConfig;
 use redstone::server::{Config, Server};
 use redstone::size::parse_size;
 use tracing_subscriber::EnvFilter;
@@ -51,8 +52,9 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 128)]
     max_in_flight: usize,
 
-    /// Seconds a fast-path connection may stay silent, or take to send one
-    /// frame, before it is closed.
+    /// Seconds a connection (either door) may stay silent, or take to send
+    /// one frame (fast path) or complete one request (gRPC), before it is
+    /// closed.
     #[arg(long, value_name = "SECS", default_value_t = 300)]
     idle_timeout: u64,
 
@@ -75,6 +77,14 @@ struct Args {
     /// Default: CACHE_SIZE.
     #[arg(long, value_name = "SIZE", value_parser = parse_size)]
     max_ingress: Option<u64>,
+
+    /// gRPC connections served at once; more are closed at accept.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    grpc_max_connections: usize,
+
+    /// gRPC requests (HTTP/2 streams) in flight per connection; more wait.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    grpc_max_streams: u32,
 
     /// Seconds a shutdown (SIGINT, SIGTERM) waits for in-flight requests.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
@@ -122,6 +132,11 @@ async fn serve() -> ExitCode {
             max_queued_bytes: args.max_queued_bytes,
             max_queued_total: args.max_queued_total,
             max_ingress: args.max_ingress.unwrap_or(args.cache_size),
+        },
+        grpc: GrpcConfig {
+            max_connections: args.grpc_max_connections.max(1),
+            max_concurrent_streams: args.grpc_max_streams.max(1),
+            idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         },
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };

@@ -21,8 +21,6 @@ mod node;
 pub mod placement;
 mod read;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -161,25 +159,42 @@ impl ClusterClient {
             rest = &order[2..];
             let (first, second) = (*first, *second);
             let started = Instant::now();
-            type Read<'a> = Pin<Box<dyn Future<Output = (usize, ReadResult)> + Send + 'a>>;
-            let mut a: Read<'_> = Box::pin(async move { (first, inner.get_on(first, key).await) });
-            let mut b: Read<'_> = Box::pin(async move {
-                tokio::time::sleep(hedge).await;
-                (second, inner.get_on(second, key).await)
+            // The first read runs on a task of its own: when the hedge wins
+            // it is left to finish, within the node's timeout, so that a
+            // hung replica is still marked down rather than cancelled
+            // before it can time out.
+            let mut a = tokio::spawn({
+                let (inner, key) = (Arc::clone(inner), key.to_owned());
+                async move { inner.get_on(first, &key).await }
             });
-            let (i, result) = tokio::select! { x = &mut a => x, x = &mut b => x };
+            let joined = |r: Result<ReadResult, tokio::task::JoinError>| {
+                r.unwrap_or_else(|e| Err(ClientError::Protocol(format!("read task failed: {e}"))))
+            };
+            let mut b = std::pin::pin!(async move {
+                tokio::time::sleep(hedge).await;
+                inner.get_on(second, key).await
+            });
+            let (i, result) = tokio::select! {
+                r = &mut a => (first, joined(r)),
+                r = &mut b => (second, r),
+            };
+            if i == second {
+                // The hedge answered first: the first replica lost a race.
+                inner.nodes[first].lost_race(&inner.config);
+            } else {
+                inner.nodes[first].won_race();
+            }
             if let Some(tensor) = reads.absorb(i, result)? {
                 return Ok(Some(inner.found(key, tensor, reads)));
             }
             let (i, result) = if i == second {
-                a.await
+                (first, joined(a.await))
             } else if started.elapsed() < hedge {
                 // The first replica answered before the hedge went out:
                 // ask the second now rather than after the delay.
-                drop(b);
                 (second, inner.get_on(second, key).await)
             } else {
-                b.await
+                (second, b.await)
             };
             if let Some(tensor) = reads.absorb(i, result)? {
                 return Ok(Some(inner.found(key, tensor, reads)));

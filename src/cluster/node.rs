@@ -20,6 +20,9 @@ pub(super) struct NodeState {
     pub(super) client: Option<FastClient>,
     /// Consecutive failures, for the backoff.
     pub(super) failures: u32,
+    /// Hedged reads this node lost in a row (a slower replica answered
+    /// first); past [`HEDGE_LOSSES_TO_DOWN`] it is marked down.
+    pub(super) hedge_losses: u32,
     /// Skipped until then.
     pub(super) down_until: Option<Instant>,
 }
@@ -46,6 +49,26 @@ impl Node {
         tracing::warn!(node = %self.addr, ?backoff, "node marked down");
     }
 
+    /// A hedged read of this node lost the race to another replica. A
+    /// node that keeps losing is as good as down for reads: every get would
+    /// pay the hedge delay.
+    pub(super) fn lost_race(&self, config: &ClusterConfig) {
+        let losses = {
+            let mut s = self.state();
+            s.hedge_losses = s.hedge_losses.saturating_add(1);
+            s.hedge_losses
+        };
+        if losses >= HEDGE_LOSSES_TO_DOWN {
+            self.state().hedge_losses = 0;
+            self.mark_down(config);
+        }
+    }
+
+    /// A hedged read of this node answered first.
+    pub(super) fn won_race(&self) {
+        self.state().hedge_losses = 0;
+    }
+
     pub(super) fn mark_up(&self) {
         let mut s = self.state();
         if s.failures > 0 {
@@ -55,6 +78,9 @@ impl Node {
         s.down_until = None;
     }
 }
+
+/// Hedge races a node may lose in a row before it is marked down.
+pub(super) const HEDGE_LOSSES_TO_DOWN: u32 = 3;
 
 /// Errors that say the node, not the request, is the problem: the client
 /// marks the node down and, for reads, tries the next replica.

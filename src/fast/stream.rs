@@ -18,7 +18,6 @@
 //! would copy each payload into its buffer; [`write_frames`] hands the
 //! stored buffers to `writev` as they are.
 
-use std::any::Any;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::time::Duration;
@@ -162,29 +161,39 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 }
 
-/// What a queued frame keeps reserved (the server's queued-bytes budgets)
-/// until it has been written, or dropped unwritten with its queue.
-pub type Hold = Box<dyn Any + Send + Sync>;
-
 /// A frame to send: its head (prefix and header) and its payload, kept
 /// apart so the payload goes out from its own buffer.
-#[derive(Default)]
+#[derive(Debug, Clone, Default)]
 pub struct OutFrame {
     /// Prefix and header bytes.
     pub head: Bytes,
     /// The payload; empty for most frames.
     pub payload: Bytes,
-    /// Released once the frame is written; see [`Hold`].
-    pub hold: Option<Hold>,
+}
+
+/// A frame in a writer's queue, with what it keeps reserved (the server's
+/// queued-bytes budgets; `()` for a client) until it has been written, or
+/// dropped unwritten with its queue.
+#[derive(Debug)]
+pub struct Queued<H> {
+    /// The frame.
+    pub frame: OutFrame,
+    /// Released once the frame is written.
+    pub hold: H,
+}
+
+impl From<OutFrame> for Queued<()> {
+    fn from(frame: OutFrame) -> Queued<()> {
+        Queued { frame, hold: () }
+    }
 }
 
 impl OutFrame {
-    /// A frame holding nothing.
+    /// A frame of a head and a payload.
     pub fn new(head: impl Into<Bytes>, payload: Bytes) -> OutFrame {
         OutFrame {
             head: head.into(),
             payload,
-            hold: None,
         }
     }
 
@@ -199,16 +208,6 @@ impl OutFrame {
     }
 }
 
-impl std::fmt::Debug for OutFrame {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("OutFrame")
-            .field("head", &self.head.len())
-            .field("payload", &self.payload.len())
-            .field("held", &self.hold.is_some())
-            .finish()
-    }
-}
-
 /// Writes every frame in `frames` with vectored writes: heads and payloads
 /// go to the kernel as they are, many frames per system call, without
 /// copying a payload into a staging buffer.
@@ -218,22 +217,26 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
 ) -> io::Result<()> {
     let mut chunks = VecDeque::new();
     let mut holds = Vec::new();
-    queue_chunks(&mut chunks, &mut holds, frames);
+    queue_chunks(
+        &mut chunks,
+        &mut holds,
+        frames.into_iter().map(Queued::from),
+    );
     write_chunks(io, &mut chunks, None).await
 }
 
 /// Moves the frames' buffers onto `chunks` and their holds onto `holds`.
-fn queue_chunks(
+fn queue_chunks<H>(
     chunks: &mut VecDeque<Bytes>,
-    holds: &mut Vec<Hold>,
-    frames: impl IntoIterator<Item = OutFrame>,
+    holds: &mut Vec<H>,
+    frames: impl IntoIterator<Item = Queued<H>>,
 ) {
-    for frame in frames {
+    for Queued { frame, hold } in frames {
         chunks.push_back(frame.head);
         if !frame.payload.is_empty() {
             chunks.push_back(frame.payload);
         }
-        holds.extend(frame.hold);
+        holds.push(hold);
     }
 }
 
@@ -284,13 +287,13 @@ async fn write_chunks<W: AsyncWrite + Unpin>(
 /// Drains a queue of frames onto `writer`: waits for one frame, takes
 /// whatever else is already queued (up to a bound) and writes them all with
 /// vectored writes, so pipelined small responses share system calls. Each
-/// frame's [`Hold`] is released once it is written. Shuts the writer down
+/// frame's hold is released once it is written. Shuts the writer down
 /// when every sender is gone; stops at the first error, or when a write
 /// makes no progress for `stall` — then the queue is dropped with
 /// everything it holds, and senders see it closed.
-pub async fn write_loop<W: AsyncWrite + Unpin>(
+pub async fn write_loop<W: AsyncWrite + Unpin, H>(
     mut writer: W,
-    mut rx: tokio::sync::mpsc::Receiver<OutFrame>,
+    mut rx: tokio::sync::mpsc::Receiver<Queued<H>>,
     stall: Option<Duration>,
 ) {
     const BATCH: usize = 32;

@@ -21,11 +21,10 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::server::TcpIncoming;
 
 use crate::engine::Engine;
 use crate::fast::FastConfig;
-use crate::grpc::{GrpcService, H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
+use crate::grpc::{GrpcConfig, GrpcService, H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
 
 /// Server settings. `Config::default()` is what `server` runs with no
 /// arguments.
@@ -39,6 +38,8 @@ pub struct Config {
     pub memory_limit: u64,
     /// The fast path's limits. `max_payload` is capped at `memory_limit`.
     pub fast: FastConfig,
+    /// The gRPC door's limits.
+    pub grpc: GrpcConfig,
     /// How long a shutdown waits for in-flight requests before giving up.
     pub shutdown_grace: Duration,
 }
@@ -50,6 +51,7 @@ impl Default for Config {
             fast_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
             memory_limit: 1 << 30,
             fast: FastConfig::for_budget(1 << 30),
+            grpc: GrpcConfig::default(),
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -135,11 +137,15 @@ impl Server {
             self.config.shutdown_grace,
         ));
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let incoming = TcpIncoming::from(self.grpc).with_nodelay(Some(true));
+        let limits = &self.config.grpc;
+        let incoming = crate::grpc::incoming(self.grpc, limits);
         let grpc = tonic::transport::Server::builder()
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
             .max_frame_size(H2_MAX_FRAME)
+            // tonic's default (None) lifts hyper's own stream limit.
+            .max_concurrent_streams(limits.max_concurrent_streams.max(1))
+            .timeout(limits.idle_timeout)
             .layer(tower::util::MapResponseLayer::new(
                 crate::grpc::oversize_request_status,
             ))

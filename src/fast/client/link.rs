@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::reply::read_error;
 use super::{limits, FastClientOptions};
 use crate::client::ClientError;
-use crate::fast::stream::{write_loop, FrameReader, OutFrame};
+use crate::fast::stream::{write_loop, FrameReader, Queued};
 use crate::fast::wire::{decode_response, Limits, Response, Status};
 
 /// A reply frame: its decoded header and payload.
@@ -52,7 +52,7 @@ pub(super) struct Pending {
 /// waiting for replies.
 #[derive(Debug)]
 pub(super) struct Link {
-    pub(super) tx: mpsc::Sender<OutFrame>,
+    pub(super) tx: mpsc::Sender<Queued<()>>,
     pending: Mutex<Pending>,
     pub(super) next_id: AtomicU64,
 }

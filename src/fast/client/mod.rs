@@ -427,7 +427,7 @@ impl FastClient {
         }
         let call = Registration { link, id };
         let frame = OutFrame::new(head, payload);
-        if call.link.tx.send(frame).await.is_err() {
+        if call.link.tx.send(frame.into()).await.is_err() {
             return Err(ClientError::Unavailable("the connection closed".into()));
         }
         Ok(call)

@@ -50,7 +50,7 @@ pub(crate) async fn serve_connection<R, W>(
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let (tx, rx) = mpsc::channel::<OutFrame>(config.max_in_flight.max(1));
+    let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
     let writer = tokio::spawn(write_loop(writer, rx, Some(config.write_timeout)));
     let queue = Queue::new(tx, config.max_queued_bytes, shared, shutdown.clone());
     let mut reader = FrameReader::new(reader);
