@@ -287,9 +287,12 @@ async fn a_client_that_never_reads_is_cut_off_and_frees_its_connection() {
 async fn queued_responses_keep_no_more_evicted_tensors_alive_than_the_queue_bound() {
     let _turn = MEMORY.lock().await;
     const MIB: u64 = 1 << 20;
+    // Per connection alone, each stalled batch could keep 64 MiB (two of
+    // its 30 MiB tensors) alive: 384 MiB over six. The server-wide bound
+    // allows 32 MiB in all.
     let fast = FastConfig {
-        max_queued_bytes: 8 * MIB,
-        max_queued_total: 64 * MIB,
+        max_queued_bytes: 64 * MIB,
+        max_queued_total: 32 * MIB,
         ..FastConfig::for_budget(128 * MIB)
     };
     let server = start_server_with(128 * MIB, fast).await;

@@ -59,7 +59,8 @@ struct Args {
     idle_timeout: u64,
 
     /// Seconds a fast-path connection's socket may accept none of its
-    /// responses before the connection is closed and its queue dropped.
+    /// responses, or deliver none of a PUT's payload, before the connection
+    /// is closed and its queue dropped.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     write_timeout: u64,
 

@@ -178,11 +178,11 @@ impl ClusterClient {
                 r = &mut a => (first, joined(r)),
                 r = &mut b => (second, r),
             };
-            if i == second {
-                // The hedge answered first: the first replica lost a race.
-                inner.nodes[first].lost_race(&inner.config);
-            } else {
-                inner.nodes[first].won_race();
+            match (i == second, &result) {
+                // The hedge found the tensor first: the first replica lost.
+                (true, Ok(Some(_))) => inner.nodes[first].lost_race(&inner.config),
+                (false, Ok(_)) => inner.nodes[first].won_race(),
+                _ => {}
             }
             if let Some(tensor) = reads.absorb(i, result)? {
                 return Ok(Some(inner.found(key, tensor, reads)));
@@ -295,14 +295,14 @@ impl Inner {
         ranked
     }
 
-    /// Replicas in placement order, those marked down last (still tried:
-    /// they may be back).
+    /// Replicas in placement order, those marked down or slow last (still
+    /// tried: they may be back).
     fn read_order(&self, key: &str) -> Vec<usize> {
-        let (up, down): (Vec<usize>, Vec<usize>) = self
+        let (first, last): (Vec<usize>, Vec<usize>) = self
             .replica_set(key)
             .into_iter()
-            .partition(|&i| self.nodes[i].is_up());
-        up.into_iter().chain(down).collect()
+            .partition(|&i| self.nodes[i].is_up() && !self.nodes[i].is_slow());
+        first.into_iter().chain(last).collect()
     }
 
     /// The node's connection, made if needed. A node inside its backoff is

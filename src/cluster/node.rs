@@ -20,9 +20,13 @@ pub(super) struct NodeState {
     pub(super) client: Option<FastClient>,
     /// Consecutive failures, for the backoff.
     pub(super) failures: u32,
-    /// Hedged reads this node lost in a row (a slower replica answered
-    /// first); past [`HEDGE_LOSSES_TO_DOWN`] it is marked down.
+    /// Hedged reads this node lost in a row (another replica found the
+    /// tensor first); at [`HEDGE_LOSSES_TO_DOWN`] it is marked slow.
     pub(super) hedge_losses: u32,
+    /// Read last, after the other replicas, until then: the node answers,
+    /// but slower than the hedge delay. Unlike `down_until`, an answer does
+    /// not clear it.
+    pub(super) slow_until: Option<Instant>,
     /// Skipped until then.
     pub(super) down_until: Option<Instant>,
 }
@@ -49,19 +53,22 @@ impl Node {
         tracing::warn!(node = %self.addr, ?backoff, "node marked down");
     }
 
-    /// A hedged read of this node lost the race to another replica. A
-    /// node that keeps losing is as good as down for reads: every get would
-    /// pay the hedge delay.
+    /// A hedged read of this node lost the race: another replica found the
+    /// tensor first. A node that keeps losing is read last for a while, so
+    /// that gets stop paying the hedge delay.
     pub(super) fn lost_race(&self, config: &ClusterConfig) {
-        let losses = {
-            let mut s = self.state();
-            s.hedge_losses = s.hedge_losses.saturating_add(1);
-            s.hedge_losses
-        };
-        if losses >= HEDGE_LOSSES_TO_DOWN {
-            self.state().hedge_losses = 0;
-            self.mark_down(config);
+        let mut s = self.state();
+        s.hedge_losses = s.hedge_losses.saturating_add(1);
+        if s.hedge_losses >= HEDGE_LOSSES_TO_DOWN {
+            s.hedge_losses = 0;
+            s.slow_until = Some(Instant::now() + config.backoff_max);
+            tracing::warn!(node = %self.addr, "node keeps losing hedged reads; reading it last");
         }
+    }
+
+    /// Whether reads should try this node after the others.
+    pub(super) fn is_slow(&self) -> bool {
+        self.state().slow_until.is_some_and(|t| Instant::now() < t)
     }
 
     /// A hedged read of this node answered first.
@@ -79,7 +86,7 @@ impl Node {
     }
 }
 
-/// Hedge races a node may lose in a row before it is marked down.
+/// Hedge races a node may lose in a row before it is read last.
 pub(super) const HEDGE_LOSSES_TO_DOWN: u32 = 3;
 
 /// Errors that say the node, not the request, is the problem: the client

@@ -61,6 +61,9 @@ pub struct FrameReader<R> {
     io: R,
     /// Bytes read but not yet consumed.
     buf: BytesMut,
+    /// How long a payload may go without a byte arriving; see
+    /// [`FrameReader::set_stall_timeout`].
+    stall: Option<Duration>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -69,7 +72,17 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         FrameReader {
             io,
             buf: BytesMut::with_capacity(READ_CHUNK),
+            stall: None,
         }
+    }
+
+    /// Makes [`read_payload`](FrameReader::read_payload) and
+    /// [`skip_payload`](FrameReader::skip_payload) fail with
+    /// [`io::ErrorKind::TimedOut`] when no byte of the payload arrives for
+    /// `limit`: an upload that stalls gives back what it holds without
+    /// waiting for the whole frame's deadline.
+    pub fn set_stall_timeout(&mut self, limit: Option<Duration>) {
+        self.stall = limit;
     }
 
     /// Reads the next prefix and header. `Ok(None)` is a clean end of stream
@@ -113,7 +126,18 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let want = (len - payload.len()) as u64;
             // `take` keeps the read inside this payload even if the
             // allocator gave the buffer spare capacity.
-            let n = (&mut self.io).take(want).read_buf(&mut payload).await?;
+            let stall = self.stall;
+            let mut limited = (&mut self.io).take(want);
+            let read = limited.read_buf(&mut payload);
+            let n = match stall {
+                None => read.await?,
+                Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| {
+                    io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        format!("no payload byte arrived for {limit:?}"),
+                    )
+                })??,
+            };
             if n == 0 {
                 return Err(ReadError::Truncated);
             }
@@ -146,7 +170,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if len == 0 {
                 return Ok(());
             }
-            if !self.fill().await? {
+            if !self.fill_payload().await? {
                 return Err(ReadError::Truncated);
             }
         }
@@ -158,6 +182,21 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.buf.reserve(READ_CHUNK);
         }
         Ok(self.io.read_buf(&mut self.buf).await? > 0)
+    }
+
+    /// [`fill`](FrameReader::fill) within the stall timeout.
+    async fn fill_payload(&mut self) -> Result<bool, ReadError> {
+        let Some(limit) = self.stall else {
+            return self.fill().await;
+        };
+        tokio::time::timeout(limit, self.fill())
+            .await
+            .unwrap_or_else(|_| {
+                Err(ReadError::Io(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no payload byte arrived for {limit:?}"),
+                )))
+            })
     }
 }
 

@@ -503,12 +503,13 @@ mod tests {
             let _ = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut sink).await;
         });
         let client = FastClient::connect(addr).await.unwrap();
-        for i in 0..100 {
+        for i in 0..20 {
             // The caller gives up (as a hedged read's loser does): the
             // call's future is dropped mid-flight.
             let key = format!("k{i}");
             let call = client.get(&key);
-            assert!(tokio::time::timeout(Duration::from_millis(2), call)
+            // Long enough that the call has registered, on any machine.
+            assert!(tokio::time::timeout(Duration::from_millis(50), call)
                 .await
                 .is_err());
         }

@@ -44,8 +44,11 @@ pub(super) struct Taken {
 
 impl Drop for Taken {
     fn drop(&mut self) {
-        self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
-        if self.budget.waiting.load(Ordering::Acquire) > 0 {
+        // SeqCst here and in `take`: a release (store `used`, load
+        // `waiting`) racing a new waiter (store `waiting`, load `used`) is
+        // the store-buffer pattern; weaker orderings may let both miss.
+        self.budget.used.fetch_sub(self.bytes, Ordering::SeqCst);
+        if self.budget.waiting.load(Ordering::SeqCst) > 0 {
             self.budget.room.notify_waiters();
         }
     }
@@ -65,7 +68,7 @@ impl Budget {
     fn try_take(self: &Arc<Self>, bytes: u64) -> Option<Taken> {
         let bytes = bytes.min(self.capacity);
         self.used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |used| {
                 let after = used.checked_add(bytes)?;
                 (after <= self.capacity).then_some(after)
             })
@@ -81,7 +84,7 @@ impl Budget {
         if let Some(taken) = self.try_take(bytes) {
             return taken;
         }
-        self.waiting.fetch_add(1, Ordering::AcqRel);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         let _waiting = Waiting(self);
         loop {
             let room = self.room.notified();
@@ -99,7 +102,7 @@ impl Budget {
     /// Bytes taken right now.
     #[cfg(test)]
     fn used(&self) -> u64 {
-        self.used.load(Ordering::Acquire)
+        self.used.load(Ordering::SeqCst)
     }
 }
 
@@ -108,7 +111,7 @@ struct Waiting<'a>(&'a Budget);
 
 impl Drop for Waiting<'_> {
     fn drop(&mut self) {
-        self.0.waiting.fetch_sub(1, Ordering::AcqRel);
+        self.0.waiting.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -181,6 +184,9 @@ impl Queue {
     /// server shuts down, so a handler never waits on a queue nobody
     /// drains.
     pub(super) async fn reserve(&self, bytes: u64) -> Result<Reservation, Closed> {
+        // One frame takes at most one connection's worth of the server-wide
+        // budget, so a single huge frame cannot hold every connection up.
+        let bytes = bytes.min(self.connection.capacity);
         if let Some(connection) = self.connection.try_take(bytes) {
             if let Some(server) = self.shared.queued.try_take(bytes) {
                 return Ok(Reservation {
@@ -212,17 +218,29 @@ impl Queue {
         frame: OutFrame,
         reservation: Reservation,
     ) -> Result<(), Closed> {
-        let queued = Queued {
-            frame,
-            hold: Some(reservation),
-        };
-        self.tx.send(queued).await.map_err(|_| Closed)
+        self.queue(frame, Some(reservation)).await
     }
 
-    /// Reserves for `frame` as it is, then queues it.
+    /// Queues a frame without payload (a PUT's or DELETE's answer, STATS,
+    /// PING). It takes no byte budget: such frames are small and bounded
+    /// in number by the queue's length, and must never wait behind other
+    /// connections' large responses.
     pub(super) async fn push(&self, frame: OutFrame) -> Result<(), Closed> {
-        let reservation = self.reserve(frame.len()).await?;
-        self.send(frame, reservation).await
+        debug_assert!(frame.payload.is_empty());
+        self.queue(frame, None).await
+    }
+
+    async fn queue(&self, frame: OutFrame, hold: Option<Reservation>) -> Result<(), Closed> {
+        tokio::select! {
+            sent = self.tx.send(Queued { frame, hold }) => sent.map_err(|_| Closed),
+            () = self.stop.cancelled() => Err(Closed),
+        }
+    }
+
+    /// Completes once the writer is gone (the peer left, or stalled past
+    /// the write timeout).
+    pub(super) async fn closed(&self) {
+        self.tx.closed().await;
     }
 
     /// Queues a frame that ends the connection, holding no reservation: it

@@ -16,6 +16,7 @@ use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 use super::budget::{Closed, Queue, Shared};
 use super::FastConfig;
@@ -51,9 +52,16 @@ pub(crate) async fn serve_connection<R, W>(
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
-    let writer = tokio::spawn(write_loop(writer, rx, Some(config.write_timeout)));
+    // Aborted if this future is dropped (the server's grace period ran out).
+    let writer = AbortOnDropHandle::new(tokio::spawn(write_loop(
+        writer,
+        rx,
+        Some(config.write_timeout),
+    )));
     let queue = Queue::new(tx, config.max_queued_bytes, shared, shutdown.clone());
     let mut reader = FrameReader::new(reader);
+    // An upload that stops sending gives back its ingress room.
+    reader.set_stall_timeout(Some(config.write_timeout));
     // Each header is validated and read in place here; reused, so a
     // connection allocates for headers only while they grow.
     let mut aligned = AlignedHeader::new();
@@ -69,6 +77,8 @@ pub(crate) async fn serve_connection<R, W>(
                 send_error(&queue, Opcode::Ping, &err).await;
                 break;
             }
+            // The writer gave up (a stalled reader): the connection is over.
+            () = queue.closed() => break,
             head = tokio::time::timeout(config.idle_timeout, reader.read_head(&limits)) => head,
         };
         let head = match head {
@@ -288,10 +298,18 @@ impl Conn<'_> {
         id: u64,
         index: u32,
     ) -> Result<(), Fatal> {
-        let estimate = self.engine.peek_len(key).unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
-        let reservation = self.queue.reserve(estimate).await?;
-        let frame = get_frame(self.engine, key, opcode, flags, id, index)?;
-        Ok(self.queue.send(frame, reservation).await?)
+        let mut estimate =
+            self.engine.peek_len(key).unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
+        loop {
+            let reservation = self.queue.reserve(estimate).await?;
+            let frame = get_frame(self.engine, key, opcode, flags, id, index)?;
+            if frame.len() <= estimate {
+                return Ok(self.queue.send(frame, reservation).await?);
+            }
+            // The key was replaced by a larger tensor while this waited:
+            // let go of it and wait for room for its real size.
+            estimate = frame.len();
+        }
     }
 }
 

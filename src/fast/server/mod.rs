@@ -57,8 +57,8 @@ pub struct FastConfig {
     /// one whose frame takes longer than this to arrive.
     pub idle_timeout: Duration,
     /// A connection whose socket accepts no byte of its responses for this
-    /// long is closed and its queued responses dropped (a client that
-    /// stopped reading).
+    /// long (a client that stopped reading), or delivers no byte of a PUT's
+    /// payload, is closed and its queued responses dropped.
     pub write_timeout: Duration,
     /// Bytes of responses queued per connection before the server stops
     /// reading its requests. One response larger than this is still sent,
@@ -112,6 +112,10 @@ pub(crate) async fn serve(
     let shared = Arc::new(shared_budgets(&config));
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let connections = TaskTracker::new();
+    // Cancelled once the grace period is over: connections still open then
+    // (a request waiting for room, a writer draining to a slow reader) are
+    // dropped, their writers aborted, so nothing outlives the server.
+    let kill = CancellationToken::new();
     loop {
         let accepted = tokio::select! {
             () = shutdown.cancelled() => break,
@@ -134,9 +138,13 @@ pub(crate) async fn serve(
         };
         let (engine, config, shared) = (engine.clone(), Arc::clone(&config), Arc::clone(&shared));
         let stop = shutdown.child_token();
+        let kill = kill.clone();
         connections.spawn(async move {
             let (reader, writer) = stream.into_split();
-            handler::serve_connection(reader, writer, engine, config, shared, stop).await;
+            tokio::select! {
+                () = handler::serve_connection(reader, writer, engine, config, shared, stop) => {}
+                () = kill.cancelled() => {}
+            }
             drop(permit);
         });
     }
@@ -146,7 +154,9 @@ pub(crate) async fn serve(
         .await
         .is_err()
     {
-        tracing::warn!("fast-path connections still open after the grace period");
+        tracing::warn!("fast-path connections still open after the grace period; closing them");
+        kill.cancel();
+        connections.wait().await;
     }
 }
 
