@@ -225,6 +225,34 @@ async fn puts_are_put_once_and_deletes_reach_every_replica() {
     assert_eq!(stats.memory_limit, 3 * (256 << 20));
 }
 
+/// A key whose first replica in `cluster` is `node`.
+fn key_first_on(cluster: &ClusterClient, node: SocketAddr, prefix: &str) -> String {
+    (0..)
+        .map(|i| format!("{prefix}{i}"))
+        .find(|k| cluster.replicas_of(k)[0] == node.to_string())
+        .unwrap()
+}
+
+/// Two replicas, `first` then a live node, hedged after `hedge`.
+fn hedged_pair(
+    first: SocketAddr,
+    live: SocketAddr,
+    timeout: Duration,
+    hedge: Duration,
+    backoff: Duration,
+) -> ClusterClient {
+    ClusterClient::new(ClusterConfig {
+        replicas: 2,
+        write_quorum: 1,
+        timeout,
+        backoff_min: backoff,
+        backoff_max: backoff,
+        hedge_after: Some(hedge),
+        ..ClusterConfig::new(vec![first.to_string(), live.to_string()])
+    })
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hedged_read_does_not_wait_for_a_hung_replica() {
     let hung_addr = hung_node().await;
@@ -297,19 +325,14 @@ async fn a_replica_that_keeps_losing_hedge_races_is_read_last() {
     let real = nodes(2).await;
     let slow = slow_proxy(real[0].fast_addr(), Duration::from_millis(150)).await;
     let fast = real[1].fast_addr();
-    let cluster = ClusterClient::new(ClusterConfig {
-        replicas: 2,
-        write_quorum: 2,
-        timeout: Duration::from_secs(2),
-        backoff_max: Duration::from_secs(30),
-        hedge_after: Some(Duration::from_millis(20)),
-        ..ClusterConfig::new(vec![slow.to_string(), fast.to_string()])
-    })
-    .unwrap();
-    let key = (0..)
-        .map(|i| format!("s{i}"))
-        .find(|k| cluster.replicas_of(k)[0] == slow.to_string())
-        .unwrap();
+    let cluster = hedged_pair(
+        slow,
+        fast,
+        Duration::from_secs(2),
+        Duration::from_millis(20),
+        Duration::from_secs(30),
+    );
+    let key = key_first_on(&cluster, slow, "s");
     cluster.put_tensor(&key, tensor_for(5)).await.unwrap();
     let mut took = Vec::new();
     for _ in 0..12 {
@@ -332,20 +355,14 @@ async fn a_replica_that_keeps_losing_hedge_races_is_read_last() {
 async fn a_hung_replica_that_loses_a_hedge_race_is_still_marked_down() {
     let hung_addr = hung_node().await;
     let real = nodes(1).await;
-    let cluster = ClusterClient::new(ClusterConfig {
-        replicas: 2,
-        write_quorum: 1,
-        timeout: Duration::from_millis(300),
-        backoff_min: Duration::from_secs(30),
-        backoff_max: Duration::from_secs(30),
-        hedge_after: Some(Duration::from_millis(30)),
-        ..ClusterConfig::new(vec![hung_addr.to_string(), real[0].fast_addr().to_string()])
-    })
-    .unwrap();
-    let key = (0..)
-        .map(|i| format!("h{i}"))
-        .find(|k| cluster.replicas_of(k)[0] == hung_addr.to_string())
-        .unwrap();
+    let cluster = hedged_pair(
+        hung_addr,
+        real[0].fast_addr(),
+        Duration::from_millis(300),
+        Duration::from_millis(30),
+        Duration::from_secs(30),
+    );
+    let key = key_first_on(&cluster, hung_addr, "h");
     cluster.put_tensor(&key, tensor_for(4)).await.unwrap();
     assert_eq!(cluster.get(&key).await.unwrap(), Some(tensor_for(4)));
     // The first read was left to run to its timeout, which marks the hung
