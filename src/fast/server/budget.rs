@@ -172,6 +172,7 @@ impl Queue {
             return Ok(taken);
         }
         tokio::select! {
+            biased;
             taken = self.shared.ingress.take(bytes) => Ok(taken),
             () = self.stop.cancelled() => Err(Closed),
             () = self.tx.closed() => Err(Closed),
@@ -206,6 +207,7 @@ impl Queue {
             }
         };
         tokio::select! {
+            biased;
             reservation = both => Ok(reservation),
             () = self.stop.cancelled() => Err(Closed),
             () = self.tx.closed() => Err(Closed),
@@ -231,7 +233,10 @@ impl Queue {
     }
 
     async fn queue(&self, frame: OutFrame, hold: Option<Reservation>) -> Result<(), Closed> {
+        // Biased: during a shutdown, an answer that can be queued is queued
+        // (in-flight requests finish); only one still waiting is dropped.
         tokio::select! {
+            biased;
             sent = self.tx.send(Queued { frame, hold }) => sent.map_err(|_| Closed),
             () = self.stop.cancelled() => Err(Closed),
         }
