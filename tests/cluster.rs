@@ -380,3 +380,34 @@ async fn a_hung_replica_that_loses_a_hedge_race_is_still_marked_down() {
         "gets still wait for the hedge: {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_that_misses_a_replica_is_not_ok() {
+    let hung_addr = hung_node().await;
+    let real = nodes(2).await;
+    let mut addrs: Vec<String> = real.iter().map(|s| s.fast_addr().to_string()).collect();
+    addrs.push(hung_addr.to_string());
+    let cluster = ClusterClient::new(ClusterConfig {
+        replicas: 3,
+        write_quorum: 2,
+        timeout: Duration::from_millis(300),
+        ..ClusterConfig::new(addrs)
+    })
+    .unwrap();
+    cluster.put_tensor("gone", tensor_for(6)).await.unwrap();
+    // The hung replica may still hold the tensor: the delete says so.
+    match cluster.delete("gone").await {
+        Err(ClientError::Quorum(why)) => {
+            assert!(why.contains(&hung_addr.to_string()), "{why}");
+            assert!(why.contains("2 of 3"), "{why}");
+        }
+        other => panic!("a delete that missed a replica returned {other:?}"),
+    }
+    // The replicas that answered did remove it.
+    for server in &real {
+        let direct = redstone::client::FastClient::connect(server.fast_addr())
+            .await
+            .unwrap();
+        assert!(direct.get("gone").await.unwrap().is_none());
+    }
+}

@@ -45,7 +45,8 @@ pub enum ClientError {
     /// offsets).
     #[error("{0}")]
     TooLarge(String),
-    /// A cluster put reached fewer replicas than its write quorum.
+    /// A cluster write did not reach enough replicas: a put fewer than its
+    /// write quorum, a delete not every replica.
     #[error("write quorum not reached: {0}")]
     Quorum(String),
     /// No reply within the request timeout.

@@ -209,31 +209,38 @@ impl ClusterClient {
     }
 
     /// Removes `key` from all its replicas; whether any held it.
+    ///
+    /// `Ok` only when every replica answered: a replica that could not be
+    /// reached may still hold the tensor and serve it later, so the delete
+    /// is then [`ClientError::Quorum`], naming those replicas. The replicas
+    /// that answered have removed the key; retry the delete to finish it.
     pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        let replicas = self.inner.replica_set(key);
         let mut deletes = JoinSet::new();
-        for i in self.inner.replica_set(key) {
+        for &i in &replicas {
             let (inner, key) = (Arc::clone(&self.inner), key.to_owned());
-            deletes.spawn(async move { inner.delete_on(i, &key).await });
+            deletes.spawn(async move { (i, inner.delete_on(i, &key).await) });
         }
         let mut any = false;
-        let mut answered = false;
-        let mut last_error = None;
+        let mut missed = Vec::new();
         while let Some(joined) = deletes.join_next().await {
             match joined {
-                Ok(Ok(deleted)) => {
-                    answered = true;
-                    any |= deleted;
-                }
-                Ok(Err(e)) => last_error = Some(e),
-                Err(e) => {
-                    last_error = Some(ClientError::Protocol(format!("delete task failed: {e}")))
-                }
+                Ok((_, Ok(deleted))) => any |= deleted,
+                // A refusal every node would give (a bad key) is the answer.
+                Ok((_, Err(e))) if !is_node_failure(&e) => return Err(e),
+                Ok((i, Err(e))) => missed.push(format!("{}: {e}", self.inner.nodes[i].addr)),
+                Err(e) => missed.push(format!("delete task failed: {e}")),
             }
         }
-        match last_error {
-            Some(e) if !answered => Err(e),
-            _ => Ok(any),
+        if missed.is_empty() {
+            return Ok(any);
         }
+        Err(ClientError::Quorum(format!(
+            "the delete of {key:?} reached {} of {} replicas; retry it. Not reached: {}",
+            replicas.len() - missed.len(),
+            replicas.len(),
+            missed.join("; ")
+        )))
     }
 
     /// The counters of every node, with whether the client sees it up.
