@@ -312,7 +312,7 @@ impl Choices<'_> {
 /// frame that decodes to itself.
 pub fn roundtrip(data: &[u8]) {
     let mut c = Choices(data);
-    let request = match c.byte() % 6 {
+    let request = match c.byte() % 8 {
         0 => Request::Ping,
         1 => Request::Get { key: c.string() },
         2 => Request::Put {
@@ -321,8 +321,13 @@ pub fn roundtrip(data: &[u8]) {
         },
         3 => Request::Delete { key: c.string() },
         4 => Request::Stats,
-        _ => Request::GetMany {
+        5 => Request::GetMany {
             keys: (0..c.byte() % 8).map(|_| c.string()).collect(),
+        },
+        6 => Request::Digest { key: c.string() },
+        _ => Request::DeleteIf {
+            key: c.string(),
+            digest: c.u64().to_le_bytes(),
         },
     };
     let id = c.u64();
@@ -342,10 +347,11 @@ pub fn roundtrip(data: &[u8]) {
         request
     );
 
-    let body = match c.byte() % 4 {
+    let body = match c.byte() % 5 {
         0 => Body::Empty,
         1 => Body::Tensor(c.meta()),
         2 => Body::Deleted(c.byte() & 1 == 1),
+        3 => Body::Digest(c.u64()),
         _ => Body::Stats(WireStats {
             entries: c.u64(),
             memory_used: c.u64(),

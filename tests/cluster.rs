@@ -140,7 +140,14 @@ async fn a_hung_node_costs_at_most_the_timeout() {
         .map(|i| format!("k{i}"))
         .find(|k| cluster.replicas_of(k)[0] == hung_addr.to_string())
         .unwrap();
-    cluster.put_tensor(&key, tensor_for(1)).await.unwrap(); // W = 1: the real node
+    // Stored on the live replica directly: a cluster put would wait for
+    // the hung one and mark it down, and this test is about reads.
+    redstone::client::FastClient::connect(real[0].fast_addr())
+        .await
+        .unwrap()
+        .put_tensor(&key, tensor_for(1))
+        .await
+        .unwrap();
     let started = Instant::now();
     let got = cluster.get(&key).await.unwrap();
     let took = started.elapsed();
@@ -269,7 +276,13 @@ async fn a_hedged_read_does_not_wait_for_a_hung_replica() {
         .map(|i| format!("h{i}"))
         .find(|k| cluster.replicas_of(k)[0] == hung_addr.to_string())
         .unwrap();
-    cluster.put_tensor(&key, tensor_for(3)).await.unwrap();
+    // Stored on the live replica directly (see above).
+    redstone::client::FastClient::connect(real[0].fast_addr())
+        .await
+        .unwrap()
+        .put_tensor(&key, tensor_for(3))
+        .await
+        .unwrap();
     let started = Instant::now();
     assert_eq!(cluster.get(&key).await.unwrap(), Some(tensor_for(3)));
     let took = started.elapsed();
@@ -363,7 +376,14 @@ async fn a_hung_replica_that_loses_a_hedge_race_is_still_marked_down() {
         Duration::from_secs(30),
     );
     let key = key_first_on(&cluster, hung_addr, "h");
-    cluster.put_tensor(&key, tensor_for(4)).await.unwrap();
+    // Stored on the live replica directly: a cluster put would wait for
+    // the hung one, time out and mark it down before any read.
+    redstone::client::FastClient::connect(real[0].fast_addr())
+        .await
+        .unwrap()
+        .put_tensor(&key, tensor_for(4))
+        .await
+        .unwrap();
     assert_eq!(cluster.get(&key).await.unwrap(), Some(tensor_for(4)));
     // The first read was left to run to its timeout, which marks the hung
     // replica down: later gets go to the live replica first.
@@ -409,5 +429,94 @@ async fn a_delete_that_misses_a_replica_is_not_ok() {
             .await
             .unwrap();
         assert!(direct.get("gone").await.unwrap().is_none());
+    }
+}
+
+/// What each of `servers` holds under `key`, read directly.
+async fn held_by(servers: &[ServerHandle], key: &str) -> Vec<Option<Tensor>> {
+    let mut out = Vec::new();
+    for server in servers {
+        let direct = redstone::client::FastClient::connect(server.fast_addr())
+            .await
+            .unwrap();
+        out.push(direct.get(key).await.unwrap());
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_holding_another_value_is_a_conflict_not_an_acknowledgement() {
+    let servers = nodes(3).await;
+    let cluster = ClusterClient::new(config(&servers, 3, 2)).unwrap();
+    let (v1, v2) = (tensor_for(10), tensor_for(11));
+    // v1 sits on one replica (a put that raced, or an old value).
+    let second = cluster.replicas_of("k")[1].to_owned();
+    redstone::client::FastClient::connect(second.as_str())
+        .await
+        .unwrap()
+        .put_tensor("k", v1.clone())
+        .await
+        .unwrap();
+    assert!(matches!(
+        cluster.put_tensor("k", v2.clone()).await,
+        Err(ClientError::AlreadyExists(_))
+    ));
+    // The failed put took its value back: no replica serves v2.
+    for held in held_by(&servers, "k").await {
+        assert_ne!(held.as_ref(), Some(&v2));
+    }
+    let got = cluster.get("k").await.unwrap();
+    assert!(got.is_none() || got == Some(v1.clone()), "{got:?}");
+    // The same value again is the put-once AlreadyExists, and changes
+    // nothing.
+    let servers2 = nodes(3).await;
+    let fresh = ClusterClient::new(config(&servers2, 3, 2)).unwrap();
+    fresh.put_tensor("same", v1.clone()).await.unwrap();
+    assert!(matches!(
+        fresh.put_tensor("same", v1.clone()).await,
+        Err(ClientError::AlreadyExists(_))
+    ));
+    assert_eq!(held_by(&servers2, "same").await, vec![Some(v1); 3]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn of_two_concurrent_puts_of_different_values_at_most_one_is_acknowledged() {
+    let servers = nodes(3).await;
+    let a = ClusterClient::new(config(&servers, 3, 2)).unwrap();
+    let b = ClusterClient::new(config(&servers, 3, 2)).unwrap();
+    const KEYS: u64 = 200;
+    let writer = |cluster: ClusterClient, offset: u64| {
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            for i in 0..KEYS {
+                let ok = cluster
+                    .put_tensor(&format!("race/{i}"), tensor_for(1000 * offset + i))
+                    .await
+                    .is_ok();
+                acked.push(ok);
+            }
+            acked
+        })
+    };
+    let (ta, tb) = (writer(a, 1), writer(b, 2));
+    let (acked_a, acked_b) = (ta.await.unwrap(), tb.await.unwrap());
+    for i in 0..KEYS {
+        let key = format!("race/{i}");
+        let (va, vb) = (tensor_for(1000 + i), tensor_for(2000 + i));
+        assert!(
+            !(acked_a[i as usize] && acked_b[i as usize]),
+            "{key}: both values acknowledged"
+        );
+        let winner = match (acked_a[i as usize], acked_b[i as usize]) {
+            (true, _) => Some(&va),
+            (_, true) => Some(&vb),
+            _ => None,
+        };
+        for held in held_by(&servers, &key).await {
+            assert!(
+                held.is_none() || held.as_ref() == winner,
+                "{key}: a replica serves a value that was not acknowledged"
+            );
+        }
     }
 }

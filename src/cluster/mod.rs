@@ -7,9 +7,11 @@
 //! - `node`: one node's connection and health (backoff while down).
 //! - `read`: what the replicas asked during one get have answered.
 //!
-//! Tensors are immutable, so replicas never conflict: a replica has the
-//! tensor or it does not. A put writes all R replicas at once and succeeds
-//! when W acknowledge. A get asks the replicas in placement order, skipping
+//! Tensors are immutable, so a replica has the tensor or it does not — or,
+//! when two puts race, another value: a put writes all R replicas at once,
+//! compares content digests where a replica already holds the key, and
+//! succeeds when W acknowledge and none holds another value; a failed put
+//! takes its value back (`DELETE_IF` its digest). A get asks the replicas in placement order, skipping
 //! nodes marked down, and falls over to the next on a timeout, a connection
 //! error or `NotFound`; when a replica missed a tensor another had, the
 //! client writes it back in the background (read repair). A node that fails
@@ -21,7 +23,7 @@ mod node;
 pub mod placement;
 mod read;
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use tokio::task::JoinSet;
@@ -105,33 +107,54 @@ impl ClusterClient {
             .collect()
     }
 
-    /// Stores `tensor` on all of `key`'s replicas at once; succeeds once W
-    /// acknowledge (the others finish in the background). A replica that
-    /// already holds the key acknowledges; if every acknowledgement is of
-    /// that kind, the put is [`ClientError::AlreadyExists`], as on one node.
+    /// Stores `tensor` on all of `key`'s replicas at once and waits for
+    /// every one to answer (or time out); succeeds when W acknowledged and
+    /// none holds another value.
+    ///
+    /// A replica that already holds the key acknowledges only if it holds
+    /// this very tensor (same [`Tensor::digest`]); if every
+    /// acknowledgement is of that kind, the put is
+    /// [`ClientError::AlreadyExists`], as on one node. A replica holding
+    /// another value is a conflict: this put lost a race (or the key was
+    /// put before with other contents), and it fails with `AlreadyExists`.
+    /// A put that fails takes its value back from every replica it may
+    /// have reached, so it never stays readable. With W > R/2 (the
+    /// default W = R), of two puts of different values under one key at
+    /// most one succeeds.
     pub async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
         let needed = self.inner.config.write_quorum;
+        let digest = Arc::new(OnceLock::new());
         let mut writes = JoinSet::new();
         for i in self.inner.replica_set(key) {
             let (inner, key, tensor) = (Arc::clone(&self.inner), key.to_owned(), tensor.clone());
-            writes.spawn(async move { inner.put_on(i, &key, tensor).await });
+            let digest = Arc::clone(&digest);
+            writes.spawn(async move { inner.write_on(i, &key, tensor, &digest).await });
         }
-        let (mut stored, mut held) = (0, 0);
+        let (mut stored, mut held, mut conflicts) = (0, 0, 0);
         let mut errors = Vec::new();
         while let Some(joined) = writes.join_next().await {
             match joined {
-                Ok(Ok(())) => stored += 1,
-                Ok(Err(ClientError::AlreadyExists(_))) => held += 1,
+                Ok(Ok(Write::Stored)) => stored += 1,
+                Ok(Ok(Write::Held)) => held += 1,
+                Ok(Ok(Write::Conflict)) => conflicts += 1,
                 Ok(Err(e)) => errors.push(e),
                 Err(e) => errors.push(ClientError::Protocol(format!("write task failed: {e}"))),
             }
-            if stored > 0 && stored + held >= needed {
-                // Quorum: let the rest finish on their own.
-                writes.detach_all();
-                return Ok(());
-            }
         }
-        if stored + held >= needed {
+        // Every replica has answered (or timed out): a conflict anywhere
+        // means another value is out there, and this put must not win.
+        if conflicts == 0 && stored > 0 && stored + held >= needed {
+            return Ok(());
+        }
+        if conflicts == 0 && stored == 0 && held >= needed {
+            return Err(Error::AlreadyExists(key.to_owned()).into());
+        }
+        // Failed: take this value back wherever it may have landed.
+        if stored > 0 || !errors.is_empty() {
+            let digest = *digest.get_or_init(|| tensor.digest());
+            self.inner.take_back(key, digest).await;
+        }
+        if conflicts > 0 {
             return Err(Error::AlreadyExists(key.to_owned()).into());
         }
         // A refusal that every node would give (too big, bad key) is the
@@ -280,6 +303,16 @@ impl ClusterClient {
     }
 }
 
+/// What one replica did with a put.
+enum Write {
+    /// It stored the tensor.
+    Stored,
+    /// It already held this very tensor.
+    Held,
+    /// It holds another value under the key.
+    Conflict,
+}
+
 impl TensorStore for ClusterClient {
     async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
         ClusterClient::put_tensor(self, key, tensor).await
@@ -367,6 +400,50 @@ impl Inner {
     async fn put_on(&self, i: usize, key: &str, tensor: Tensor) -> Result<(), ClientError> {
         self.on(i, |c| async move { c.put_tensor(key, tensor).await })
             .await
+    }
+
+    /// One replica's part of a put: stored, already holding this very
+    /// tensor, or holding another.
+    async fn write_on(
+        &self,
+        i: usize,
+        key: &str,
+        tensor: Tensor,
+        digest: &OnceLock<u64>,
+    ) -> Result<Write, ClientError> {
+        let mine = match self.put_on(i, key, tensor.clone()).await {
+            Ok(()) => return Ok(Write::Stored),
+            Err(ClientError::AlreadyExists(_)) => *digest.get_or_init(|| tensor.digest()),
+            Err(e) => return Err(e),
+        };
+        match self.on(i, |c| async move { c.digest(key).await }).await? {
+            Some(theirs) if theirs == mine => Ok(Write::Held),
+            Some(_) => Ok(Write::Conflict),
+            // Deleted between the two requests: neither an acknowledgement
+            // nor proof of another value.
+            None => Err(ClientError::Unavailable(format!(
+                "{key:?} vanished from {} during the put",
+                self.nodes[i].addr
+            ))),
+        }
+    }
+
+    /// Removes the value with `digest` from every replica of `key` that
+    /// answers (a failed put taking its value back), never another value.
+    async fn take_back(self: &Arc<Self>, key: &str, digest: u64) {
+        let mut undo = JoinSet::new();
+        for i in self.replica_set(key) {
+            let (inner, key) = (Arc::clone(self), key.to_owned());
+            undo.spawn(async move {
+                let result = inner
+                    .on(i, |c| async move { c.delete_if(&key, digest).await })
+                    .await;
+                if let Err(e) = result {
+                    tracing::warn!(node = %inner.nodes[i].addr, "could not take back a failed put: {e}");
+                }
+            });
+        }
+        while undo.join_next().await.is_some() {}
     }
 
     async fn get_on(&self, i: usize, key: &str) -> Result<Option<Tensor>, ClientError> {

@@ -236,6 +236,34 @@ impl Engine {
             .map(|entry| entry.tensor.data().len() as u64)
     }
 
+    /// The [`Tensor::digest`] of the tensor under `key`, if cached, without
+    /// counting a hit or a miss. Computed outside every lock.
+    pub fn digest(&self, key: &str) -> Result<Option<u64>, Error> {
+        validate_key(key)?;
+        let tensor = self.shared.index.get(key).map(|e| e.tensor.clone());
+        Ok(tensor.map(|t| t.digest()))
+    }
+
+    /// Removes `key` only if the tensor under it has digest `digest`;
+    /// returns whether it removed it. A writer that lost a race for a key
+    /// takes back its own value this way, never another's.
+    pub fn delete_if(&self, key: &str, digest: u64) -> Result<bool, Error> {
+        validate_key(key)?;
+        let Some(tensor) = self.shared.index.get(key).map(|e| e.tensor.clone()) else {
+            return Ok(false);
+        };
+        if tensor.digest() != digest {
+            return Ok(false);
+        }
+        // The digest was computed outside the lock: remove only the very
+        // entry it was computed for (tensors are immutable, so the same
+        // payload buffer means the same tensor).
+        Ok(self.remove_if(key, |e| {
+            e.tensor.data().as_ptr() == tensor.data().as_ptr()
+                && e.tensor.data().len() == tensor.data().len()
+        }))
+    }
+
     /// Whether `key` is cached, without counting a hit or a miss.
     pub fn contains(&self, key: &str) -> bool {
         self.shared.index.contains_key(key)
@@ -277,9 +305,18 @@ impl Engine {
     /// Removes `key`; returns whether it was cached.
     pub fn delete(&self, key: &str) -> Result<bool, Error> {
         validate_key(key)?;
+        Ok(self.remove_if(key, |_| true))
+    }
+
+    /// Removes `key`'s entry if `keep_going` says so, under the eviction
+    /// lock; the payload is freed after the lock is released.
+    fn remove_if(&self, key: &str, keep_going: impl FnOnce(&Entry) -> bool) -> bool {
         let removed = {
             let mut order = self.lock_order();
-            let removed = self.shared.index.remove(key);
+            let removed = self
+                .shared
+                .index
+                .remove_if(key, |_, entry| keep_going(entry));
             if let Some((_, entry)) = &removed {
                 order.remove(entry.node);
                 self.shared
@@ -288,7 +325,7 @@ impl Engine {
             }
             removed
         };
-        Ok(removed.is_some())
+        removed.is_some()
     }
 
     /// A snapshot of the counters.

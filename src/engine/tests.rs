@@ -320,3 +320,22 @@ fn a_budget_near_u64_max_is_capped_and_never_overflows() {
         2 * Engine::charge("a", bytes(1000, 0).meta())
     );
 }
+
+#[test]
+fn delete_if_removes_only_the_tensor_with_that_digest() {
+    let engine = Engine::new(1 << 20);
+    engine.put("k", bytes(100, 1)).unwrap();
+    let mine = bytes(100, 1).digest();
+    let theirs = bytes(100, 2).digest();
+    assert_eq!(engine.digest("k").unwrap(), Some(mine));
+    assert_eq!(engine.digest("absent").unwrap(), None);
+    assert!(
+        !engine.delete_if("k", theirs).unwrap(),
+        "another value stays"
+    );
+    assert!(engine.contains("k"));
+    assert!(engine.delete_if("k", mine).unwrap());
+    assert!(!engine.contains("k"));
+    assert_eq!(engine.stats().memory_used, 0);
+    assert!(!engine.delete_if("k", mine).unwrap());
+}

@@ -336,6 +336,37 @@ impl FastClient {
         }
     }
 
+    /// The content digest ([`Tensor::digest`]) of the tensor under `key`,
+    /// or `None` if it is not cached; the server computes it, so no
+    /// payload crosses the wire.
+    pub async fn digest(&self, key: &str) -> Result<Option<u64>, ClientError> {
+        let request = Request::Digest {
+            key: key.to_owned(),
+        };
+        match self.call_allow_missing(request).await? {
+            None => Ok(None),
+            Some(reply) => match reply.response.body {
+                Body::Digest(digest) => Ok(Some(digest)),
+                other => Err(unexpected(&other)),
+            },
+        }
+    }
+
+    /// Removes `key` only if the tensor under it has this digest; returns
+    /// whether it did. A writer takes back its own value this way, never
+    /// another's.
+    pub async fn delete_if(&self, key: &str, digest: u64) -> Result<bool, ClientError> {
+        let request = Request::DeleteIf {
+            key: key.to_owned(),
+            digest: digest.to_le_bytes(),
+        };
+        let reply = self.call(request, Bytes::new()).await?;
+        match reply.response.body {
+            Body::Deleted(deleted) => Ok(deleted),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The server's counters.
     pub async fn stats(&self) -> Result<Stats, ClientError> {
         let reply = self.call(Request::Stats, Bytes::new()).await?;

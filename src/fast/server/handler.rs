@@ -269,6 +269,17 @@ impl Conn<'_> {
                 Ok(deleted) => reply(Response::ok(Body::Deleted(deleted)))?,
                 Err(e) => refuse(e)?,
             },
+            ArchivedRequest::Digest { key } => match engine.digest(key.as_str()) {
+                Ok(Some(digest)) => reply(Response::ok(Body::Digest(digest)))?,
+                Ok(None) => refuse(Error::NotFound(key.as_str().to_owned()))?,
+                Err(e) => refuse(e)?,
+            },
+            ArchivedRequest::DeleteIf { key, digest } => {
+                match engine.delete_if(key.as_str(), u64::from_le_bytes(*digest)) {
+                    Ok(deleted) => reply(Response::ok(Body::Deleted(deleted)))?,
+                    Err(e) => refuse(e)?,
+                }
+            }
             ArchivedRequest::Stats => {
                 reply(Response::ok(Body::Stats(engine.stats().counters().into())))?
             }

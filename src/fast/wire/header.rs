@@ -82,6 +82,22 @@ pub enum Request {
         /// The keys, answered in this order.
         keys: Vec<String>,
     },
+    /// `DIGEST key`: the [`Tensor::digest`](crate::tensor::Tensor::digest)
+    /// of the tensor under `key`.
+    Digest {
+        /// The key.
+        key: String,
+    },
+    /// `DELETE_IF key digest`: remove `key` only if its tensor has this
+    /// digest.
+    DeleteIf {
+        /// The key.
+        key: String,
+        /// The digest, little-endian. Bytes rather than a `u64`, so that
+        /// the archived `Request` keeps its 4-byte alignment and every
+        /// other request's bytes stay as they were.
+        digest: [u8; 8],
+    },
 }
 
 impl Request {
@@ -95,6 +111,8 @@ impl Request {
             Request::Delete { .. } => Opcode::Delete,
             Request::Stats => Opcode::Stats,
             Request::GetMany { .. } => Opcode::GetMany,
+            Request::Digest { .. } => Opcode::Digest,
+            Request::DeleteIf { .. } => Opcode::DeleteIf,
         }
     }
 }
@@ -110,6 +128,8 @@ impl ArchivedRequest {
             ArchivedRequest::Delete { .. } => Opcode::Delete,
             ArchivedRequest::Stats => Opcode::Stats,
             ArchivedRequest::GetMany { .. } => Opcode::GetMany,
+            ArchivedRequest::Digest { .. } => Opcode::Digest,
+            ArchivedRequest::DeleteIf { .. } => Opcode::DeleteIf,
         }
     }
 }
@@ -168,6 +188,8 @@ pub enum Body {
     Deleted(bool),
     /// STATS' answer.
     Stats(WireStats),
+    /// DIGEST's answer.
+    Digest(u64),
 }
 
 /// A response header.

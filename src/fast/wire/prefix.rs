@@ -46,6 +46,10 @@ pub enum Opcode {
     Stats = 5,
     /// Read many tensors; answered by one frame per key.
     GetMany = 6,
+    /// The content digest of one key's tensor.
+    Digest = 7,
+    /// Remove one key only if its tensor has a given digest.
+    DeleteIf = 8,
 }
 
 impl Opcode {
@@ -58,6 +62,8 @@ impl Opcode {
             4 => Opcode::Delete,
             5 => Opcode::Stats,
             6 => Opcode::GetMany,
+            7 => Opcode::Digest,
+            8 => Opcode::DeleteIf,
             _ => return None,
         })
     }
