@@ -6,7 +6,9 @@ use std::fs;
 use std::path::Path;
 
 use prost::Message;
-use redstone::fast::wire::{encode, encode_frame, Body, Request, Response, Status, WireMeta};
+use redstone::fast::wire::{
+    encode, encode_frame, Body, ConditionalPut, Request, Response, Status, WireMeta,
+};
 use redstone::grpc::proto;
 
 fn frame(id: u64, request: &Request, payload: &[u8]) -> Vec<u8> {
@@ -46,6 +48,22 @@ fn main() -> std::io::Result<()> {
         (
             Request::GetMany {
                 keys: vec!["k".into(), "p".into(), "x".into()],
+            },
+            vec![],
+        ),
+        (Request::Digest { key: "p".into() }, vec![]),
+        (
+            Request::PutIf(Box::new(ConditionalPut {
+                key: "q".into(),
+                meta: u8_meta(2),
+                since: 0u64.to_le_bytes(),
+            })),
+            vec![3u8; 2],
+        ),
+        (
+            Request::DeleteIf {
+                key: "p".into(),
+                digest: [0; 8],
             },
             vec![],
         ),

@@ -19,6 +19,12 @@ pub enum Error {
     #[error("AlreadyExists: key {0:?} is already cached; delete it first to replace it")]
     AlreadyExists(String),
 
+    /// A conditional put ([`Engine::put_if`](crate::engine::Engine::put_if))
+    /// began before the key was last deleted: it would bring a deleted
+    /// value back.
+    #[error("Deleted: key {0:?} was deleted after this write began")]
+    Deleted(String),
+
     /// The tensor's charge exceeds the whole cache budget; nothing was evicted.
     #[error(
         "OutOfMemory: the tensor needs {needed} bytes of budget, the whole cache holds {limit}"

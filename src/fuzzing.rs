@@ -17,7 +17,7 @@ use crate::engine::Engine;
 use crate::fast::stream::FrameReader;
 use crate::fast::wire::{
     decode_request, decode_response, encode, encode_frame, AlignedHeader, ArchivedRequest, Body,
-    Limits, Prefix, Request, Response, Status, WireMeta, WireStats, PREFIX_LEN,
+    ConditionalPut, Limits, Prefix, Request, Response, Status, WireMeta, WireStats, PREFIX_LEN,
 };
 use crate::fast::FastConfig;
 use crate::grpc::proto;
@@ -312,7 +312,7 @@ impl Choices<'_> {
 /// frame that decodes to itself.
 pub fn roundtrip(data: &[u8]) {
     let mut c = Choices(data);
-    let request = match c.byte() % 8 {
+    let request = match c.byte() % 9 {
         0 => Request::Ping,
         1 => Request::Get { key: c.string() },
         2 => Request::Put {
@@ -325,6 +325,11 @@ pub fn roundtrip(data: &[u8]) {
             keys: (0..c.byte() % 8).map(|_| c.string()).collect(),
         },
         6 => Request::Digest { key: c.string() },
+        7 => Request::PutIf(Box::new(ConditionalPut {
+            key: c.string(),
+            meta: c.meta(),
+            since: c.u64().to_le_bytes(),
+        })),
         _ => Request::DeleteIf {
             key: c.string(),
             digest: c.u64().to_le_bytes(),

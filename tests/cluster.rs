@@ -520,3 +520,45 @@ async fn of_two_concurrent_puts_of_different_values_at_most_one_is_acknowledged(
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_read_repair_racing_a_delete_does_not_bring_the_tensor_back() {
+    let servers = nodes(2).await;
+    // The replica that has the tensor answers slowly; the other never had it.
+    let slow = slow_proxy(servers[0].fast_addr(), Duration::from_millis(300)).await;
+    let empty = servers[1].fast_addr();
+    let cluster = ClusterClient::new(ClusterConfig {
+        replicas: 2,
+        write_quorum: 1,
+        timeout: Duration::from_secs(3),
+        ..ClusterConfig::new(vec![empty.to_string(), slow.to_string()])
+    })
+    .unwrap();
+    let key = key_first_on(&cluster, empty, "repair");
+    redstone::client::FastClient::connect(servers[0].fast_addr())
+        .await
+        .unwrap()
+        .put_tensor(&key, tensor_for(7))
+        .await
+        .unwrap();
+    // The get asks the empty replica (NotFound), then waits on the slow
+    // one; meanwhile the key is deleted everywhere.
+    let get = {
+        let (cluster, key) = (cluster.clone(), key.clone());
+        tokio::spawn(async move { cluster.get(&key).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let direct = ClusterClient::new(ClusterConfig {
+        replicas: 2,
+        write_quorum: 1,
+        ..ClusterConfig::new(vec![empty.to_string(), servers[0].fast_addr().to_string()])
+    })
+    .unwrap();
+    assert!(direct.delete(&key).await.unwrap());
+    // The get read the tensor before the delete; its read repair onto the
+    // empty replica comes after, and must be refused.
+    let _ = get.await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(held_by(&servers, &key).await, vec![None, None]);
+    assert_eq!(cluster.get(&key).await.unwrap(), None);
+}

@@ -87,6 +87,11 @@ struct Args {
     #[arg(long, value_name = "N", default_value_t = 128)]
     grpc_max_streams: u32,
 
+    /// Seconds a delete is remembered, so that a cluster's read repair or
+    /// late write begun before it cannot bring the tensor back (0: none).
+    #[arg(long, value_name = "SECS", default_value_t = 60)]
+    tombstone_ttl: u64,
+
     /// Seconds a shutdown (SIGINT, SIGTERM) waits for in-flight requests.
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     shutdown_grace: u64,
@@ -139,6 +144,7 @@ async fn serve() -> ExitCode {
             max_concurrent_streams: args.grpc_max_streams.max(1),
             idle_timeout: Duration::from_secs(args.idle_timeout.max(1)),
         },
+        tombstone_ttl: Duration::from_secs(args.tombstone_ttl),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
     };
     let server = match Server::bind(config).await {

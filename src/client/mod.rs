@@ -32,6 +32,10 @@ pub enum ClientError {
     /// The key is already cached (`ALREADY_EXISTS`).
     #[error("{0}")]
     AlreadyExists(String),
+    /// A conditional put began before the key was deleted: writing it
+    /// would bring a deleted value back (fast path, cluster writes).
+    #[error("{0}")]
+    Deleted(String),
     /// The tensor is larger than the whole cache (`RESOURCE_EXHAUSTED`).
     #[error("{0}")]
     OutOfMemory(String),
@@ -79,6 +83,7 @@ impl From<Error> for ClientError {
         match err {
             Error::AlreadyExists(_) => ClientError::AlreadyExists(err.to_string()),
             Error::OutOfMemory { .. } => ClientError::OutOfMemory(err.to_string()),
+            Error::Deleted(_) => ClientError::Deleted(err.to_string()),
             // A miss is `Ok(None)` on every client; no call returns it as
             // an error.
             Error::NotFound(_)

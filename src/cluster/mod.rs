@@ -33,6 +33,7 @@ use node::{is_node_failure, Node, NodeState};
 use read::{ReadResult, Reads};
 
 use crate::client::{ClientError, TensorStore};
+use crate::engine::unix_ms;
 use crate::fast::{FastClient, FastClientOptions};
 use crate::stats::{Counters, Stats};
 use crate::tensor::Tensor;
@@ -123,12 +124,13 @@ impl ClusterClient {
     /// most one succeeds.
     pub async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
         let needed = self.inner.config.write_quorum;
+        let since_ms = unix_ms();
         let digest = Arc::new(OnceLock::new());
         let mut writes = JoinSet::new();
         for i in self.inner.replica_set(key) {
             let (inner, key, tensor) = (Arc::clone(&self.inner), key.to_owned(), tensor.clone());
             let digest = Arc::clone(&digest);
-            writes.spawn(async move { inner.write_on(i, &key, tensor, &digest).await });
+            writes.spawn(async move { inner.write_on(i, &key, tensor, since_ms, &digest).await });
         }
         let (mut stored, mut held, mut conflicts) = (0, 0, 0);
         let mut errors = Vec::new();
@@ -176,7 +178,7 @@ impl ClusterClient {
     pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
         let inner = &self.inner;
         let order = inner.read_order(key);
-        let mut reads = Reads::default();
+        let mut reads = Reads::new(unix_ms());
         let mut rest = &order[..];
         if let (Some(hedge), [first, second, ..]) = (inner.config.hedge_after, &order[..]) {
             rest = &order[2..];
@@ -397,8 +399,17 @@ impl Inner {
         result
     }
 
-    async fn put_on(&self, i: usize, key: &str, tensor: Tensor) -> Result<(), ClientError> {
-        self.on(i, |c| async move { c.put_tensor(key, tensor).await })
+    /// A conditional put on node `i`: refused if the key was deleted there
+    /// after `since_ms`, so neither a late write nor a read repair brings
+    /// back a deleted tensor.
+    async fn put_on(
+        &self,
+        i: usize,
+        key: &str,
+        tensor: Tensor,
+        since_ms: u64,
+    ) -> Result<(), ClientError> {
+        self.on(i, |c| async move { c.put_if(key, tensor, since_ms).await })
             .await
     }
 
@@ -409,9 +420,10 @@ impl Inner {
         i: usize,
         key: &str,
         tensor: Tensor,
+        since_ms: u64,
         digest: &OnceLock<u64>,
     ) -> Result<Write, ClientError> {
-        let mine = match self.put_on(i, key, tensor.clone()).await {
+        let mine = match self.put_on(i, key, tensor.clone(), since_ms).await {
             Ok(()) => return Ok(Write::Stored),
             Err(ClientError::AlreadyExists(_)) => *digest.get_or_init(|| tensor.digest()),
             Err(e) => return Err(e),
@@ -461,20 +473,20 @@ impl Inner {
     /// A get's result: read repair for the replicas that missed it.
     fn found(self: &Arc<Self>, key: &str, tensor: Tensor, reads: Reads) -> Tensor {
         if !reads.missing_on.is_empty() {
-            self.repair(key, &tensor, reads.missing_on);
+            self.repair(key, &tensor, reads.missing_on, reads.began_ms);
         }
         tensor
     }
 
     /// Writes `tensor` back to the replicas that answered `NotFound`, in the
-    /// background.
-    fn repair(self: &Arc<Self>, key: &str, tensor: &Tensor, nodes: Vec<usize>) {
+    /// background, unless the key was deleted there since the get began.
+    fn repair(self: &Arc<Self>, key: &str, tensor: &Tensor, nodes: Vec<usize>, began_ms: u64) {
         for i in nodes {
             let (inner, key, tensor) = (Arc::clone(self), key.to_owned(), tensor.clone());
             tokio::spawn(async move {
-                match inner.put_on(i, &key, tensor).await {
+                match inner.put_on(i, &key, tensor, began_ms).await {
                     Ok(()) => tracing::debug!(node = %inner.nodes[i].addr, key, "read repair"),
-                    Err(ClientError::AlreadyExists(_)) => {}
+                    Err(ClientError::AlreadyExists(_) | ClientError::Deleted(_)) => {}
                     Err(e) => {
                         tracing::debug!(node = %inner.nodes[i].addr, key, "read repair failed: {e}")
                     }

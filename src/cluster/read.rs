@@ -7,14 +7,24 @@ use crate::tensor::Tensor;
 pub(super) type ReadResult = Result<Option<Tensor>, ClientError>;
 
 /// What the replicas asked so far answered, during one get.
-#[derive(Default)]
 pub(super) struct Reads {
+    /// When the get began ([`unix_ms`](crate::engine::unix_ms)): read
+    /// repair writes only if the key was not deleted since.
+    pub(super) began_ms: u64,
     /// Replicas that answered `NotFound`: read repair targets.
     pub(super) missing_on: Vec<usize>,
     last_failure: Option<ClientError>,
 }
 
 impl Reads {
+    pub(super) fn new(began_ms: u64) -> Reads {
+        Reads {
+            began_ms,
+            missing_on: Vec::new(),
+            last_failure: None,
+        }
+    }
+
     /// Takes one replica's answer: the tensor if found, `None` to go on,
     /// or an error that ends the get (a refusal every node would give).
     pub(super) fn absorb(

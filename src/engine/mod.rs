@@ -27,6 +27,7 @@
 
 mod clock;
 mod counter;
+mod tombstones;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -39,6 +40,22 @@ use crate::tensor::Tensor;
 use crate::Error;
 use clock::{ClockList, NodeId};
 use counter::StripedCounter;
+use tombstones::Tombstones;
+pub use tombstones::TOMBSTONE_OVERHEAD;
+
+/// How long a delete is remembered by default; see [`Engine::with_tombstones`].
+pub const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The most tombstones kept by default.
+pub const MAX_TOMBSTONES: usize = 1 << 20;
+
+/// Milliseconds since the Unix epoch, the clock tombstones and conditional
+/// puts are compared on (0 if the clock is before 1970).
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}
 
 /// The largest budget an engine takes (1 EiB); a larger one is capped, so
 /// that no sum of charges near it can overflow.
@@ -103,6 +120,8 @@ struct Shared {
     /// `memory_used` consistent. A std mutex: it is never held across an
     /// `.await`, and the work under it is O(1) per entry touched.
     order: Mutex<ClockList>,
+    /// Recent deletes. Locked only while `order` is held, after it.
+    tombstones: Mutex<Tombstones>,
     /// Bytes charged; written only under `order`, read lock-free by stats.
     memory_used: AtomicU64,
     memory_limit: u64,
@@ -127,11 +146,19 @@ impl Engine {
     /// An empty cache with a budget of `memory_limit` bytes (at most
     /// [`MAX_BUDGET`]).
     pub fn new(memory_limit: u64) -> Engine {
+        Engine::with_tombstones(memory_limit, TOMBSTONE_TTL, MAX_TOMBSTONES)
+    }
+
+    /// An empty cache that remembers each delete for `ttl` (at most `max`
+    /// of them; 0 remembers none), so that a conditional put
+    /// ([`Engine::put_if`]) begun before the delete is refused.
+    pub fn with_tombstones(memory_limit: u64, ttl: std::time::Duration, max: usize) -> Engine {
         let memory_limit = memory_limit.min(MAX_BUDGET);
         Engine {
             shared: Arc::new(Shared {
                 index: DashMap::with_shard_amount(INDEX_SHARDS),
                 order: Mutex::new(ClockList::new()),
+                tombstones: Mutex::new(Tombstones::new(ttl, max)),
                 memory_used: AtomicU64::new(0),
                 memory_limit,
                 hits: StripedCounter::default(),
@@ -275,6 +302,20 @@ impl Engine {
     /// evicted then), and with [`Error::OutOfMemory`] at once, evicting
     /// nothing, if the tensor's charge exceeds the whole budget.
     pub fn put(&self, key: &str, tensor: Tensor) -> Result<(), Error> {
+        self.insert(key, tensor, None)
+    }
+
+    /// [`put`](Engine::put), unless `key` was deleted at or after
+    /// `since_ms` ([`unix_ms`] of when the write began): then
+    /// [`Error::Deleted`]. For writes that copy a value which may have
+    /// been deleted meanwhile (a cluster's read repair, a put's write that
+    /// arrives late). A plain `put` always goes through and clears the
+    /// key's tombstone.
+    pub fn put_if(&self, key: &str, tensor: Tensor, since_ms: u64) -> Result<(), Error> {
+        self.insert(key, tensor, Some(since_ms))
+    }
+
+    fn insert(&self, key: &str, tensor: Tensor, since_ms: Option<u64>) -> Result<(), Error> {
         let charge = self.admissible(key, tensor.meta(), tensor.data().len() as u64)?;
         let evicted;
         {
@@ -283,7 +324,18 @@ impl Engine {
             if self.shared.index.contains_key(key) {
                 return Err(Error::AlreadyExists(key.to_owned()));
             }
-            evicted = self.make_room(&mut order, charge);
+            let mut stones = self.lock_tombstones();
+            let mut freed = stones.expire(unix_ms());
+            if let Some(since) = since_ms {
+                if stones.deleted_since(key, since) {
+                    self.release(freed);
+                    return Err(Error::Deleted(key.to_owned()));
+                }
+            }
+            freed += stones.clear(key);
+            self.release(freed);
+            evicted = self.make_room(&mut order, &mut stones, charge);
+            drop(stones);
             let key: Arc<str> = Arc::from(key);
             let node = order.push_front(Arc::clone(&key));
             self.shared.index.insert(
@@ -303,9 +355,50 @@ impl Engine {
     }
 
     /// Removes `key`; returns whether it was cached.
+    ///
+    /// The delete is remembered (a tombstone, charged to the budget) for
+    /// the engine's tombstone TTL, whether or not the key was cached, so
+    /// that a conditional put begun before it is refused.
     pub fn delete(&self, key: &str) -> Result<bool, Error> {
         validate_key(key)?;
-        Ok(self.remove_if(key, |_| true))
+        let now = unix_ms();
+        let (removed, evicted) = {
+            let mut order = self.lock_order();
+            let removed = self.shared.index.remove(key);
+            if let Some((_, entry)) = &removed {
+                order.remove(entry.node);
+                self.release(entry.charge);
+            }
+            let mut stones = self.lock_tombstones();
+            self.release(stones.expire(now));
+            let key: Arc<str> = Arc::from(key);
+            let charge = Tombstones::charge(&key);
+            let mut evicted = Vec::new();
+            if charge <= self.shared.memory_limit {
+                evicted = self.make_room(&mut order, &mut stones, charge);
+                let (added, freed) = stones.bury(&key, now);
+                self.shared.memory_used.fetch_add(added, Ordering::Relaxed);
+                self.release(freed);
+            }
+            (removed, evicted)
+        };
+        // Payloads are freed here, outside the lock.
+        drop(evicted);
+        Ok(removed.is_some())
+    }
+
+    /// Gives back `bytes` of charge (under the eviction lock).
+    fn release(&self, bytes: u64) {
+        if bytes > 0 {
+            self.shared.memory_used.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
+    fn lock_tombstones(&self) -> MutexGuard<'_, Tombstones> {
+        self.shared
+            .tombstones
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Removes `key`'s entry if `keep_going` says so, under the eviction
@@ -352,14 +445,23 @@ impl Engine {
 
     /// Evicts until `charge` more bytes fit; returns the evicted entries so
     /// that the caller frees them after releasing the lock.
-    fn make_room(&self, order: &mut ClockList, charge: u64) -> Vec<Entry> {
+    /// Tensors go first; once none is left, the oldest tombstones.
+    fn make_room(&self, order: &mut ClockList, stones: &mut Tombstones, charge: u64) -> Vec<Entry> {
         let s = &self.shared;
         let mut evicted = Vec::new();
         // Second chances granted in this call; past one full pass the oldest
         // entry goes whatever its bit says.
         let mut passes_left = order.len();
         while s.memory_used.load(Ordering::Relaxed).saturating_add(charge) > s.memory_limit {
-            let Some(id) = order.back() else { break };
+            let Some(id) = order.back() else {
+                match stones.drop_oldest() {
+                    Some(freed) => {
+                        self.release(freed);
+                        continue;
+                    }
+                    None => break,
+                }
+            };
             let Some(key) = order.key(id).cloned() else {
                 break;
             };

@@ -152,7 +152,11 @@ fn stats_count_hits_misses_and_memory() {
     assert_eq!(s.memory_limit, 10_000);
     assert_eq!(s.memory_utilization, charge as f64 / 10_000.0);
     cache.delete("a").unwrap();
-    assert_eq!(cache.stats().memory_used, 0);
+    // What is left is the delete's tombstone.
+    assert_eq!(
+        cache.stats().memory_used,
+        "a".len() as u64 + TOMBSTONE_OVERHEAD
+    );
 }
 
 #[test]
@@ -221,6 +225,8 @@ fn budget_holds_under_concurrent_puts_gets_and_deletes() {
             }
         }
     }
+    // ...and the tombstones of the deletes still remembered.
+    sum += cache.lock_tombstones().charged();
     assert_eq!(sum, s.memory_used);
     assert_eq!(cache.lock_order().len() as u64, s.entries);
 }
@@ -338,4 +344,54 @@ fn delete_if_removes_only_the_tensor_with_that_digest() {
     assert!(!engine.contains("k"));
     assert_eq!(engine.stats().memory_used, 0);
     assert!(!engine.delete_if("k", mine).unwrap());
+}
+
+#[test]
+fn a_conditional_put_begun_before_a_delete_is_refused() {
+    let engine = Engine::new(1 << 20);
+    let before = unix_ms();
+    engine.put("k", bytes(100, 1)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert!(engine.delete("k").unwrap());
+    // A repair or a late write carrying the old value: refused.
+    assert!(matches!(
+        engine.put_if("k", bytes(100, 1), before),
+        Err(Error::Deleted(_))
+    ));
+    assert!(!engine.contains("k"));
+    // A write begun after the delete goes through, and so does a plain put.
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    engine.put_if("k", bytes(100, 2), unix_ms()).unwrap();
+    assert!(engine.delete("k").unwrap());
+    engine.put("k", bytes(100, 3)).unwrap();
+    // A delete of a key never cached is remembered too.
+    let before = unix_ms();
+    std::thread::sleep(std::time::Duration::from_millis(2));
+    assert!(!engine.delete("never").unwrap());
+    assert!(engine.put_if("never", bytes(1, 0), before).is_err());
+}
+
+#[test]
+fn tombstones_are_charged_to_the_budget_and_expire() {
+    let ttl = std::time::Duration::from_millis(50);
+    let engine = Engine::with_tombstones(1 << 20, ttl, 1000);
+    engine.delete("gone").unwrap();
+    let stone = "gone".len() as u64 + TOMBSTONE_OVERHEAD;
+    assert_eq!(engine.stats().memory_used, stone);
+    assert_eq!(engine.stats().entries, 0);
+    std::thread::sleep(ttl * 2);
+    // Expired stones are dropped on the next write.
+    engine.put("k", bytes(10, 0)).unwrap();
+    assert_eq!(
+        engine.stats().memory_used,
+        Engine::charge("k", bytes(10, 0).meta())
+    );
+    // A full cache makes room for a tombstone like for a tensor.
+    let tight = Engine::new(budget_for(2, 100));
+    tight.put("a", bytes(100, 1)).unwrap();
+    tight.put("b", bytes(100, 2)).unwrap();
+    for i in 0..50 {
+        tight.delete(&format!("x{i}")).unwrap();
+        assert!(tight.stats().memory_used <= tight.memory_limit());
+    }
 }

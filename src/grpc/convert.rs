@@ -15,6 +15,8 @@ pub fn status_from_error(err: &Error) -> Status {
     let code = match err {
         Error::NotFound(_) => Code::NotFound,
         Error::AlreadyExists(_) => Code::AlreadyExists,
+        // The gRPC door has no conditional put; mapped for completeness.
+        Error::Deleted(_) => Code::FailedPrecondition,
         Error::OutOfMemory { .. } => Code::ResourceExhausted,
         Error::InvalidKey(_)
         | Error::InvalidTensorMetadata(_)

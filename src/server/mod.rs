@@ -40,6 +40,9 @@ pub struct Config {
     pub fast: FastConfig,
     /// The gRPC door's limits.
     pub grpc: GrpcConfig,
+    /// How long a delete is remembered (see
+    /// [`Engine::with_tombstones`]); zero remembers none.
+    pub tombstone_ttl: Duration,
     /// How long a shutdown waits for in-flight requests before giving up.
     pub shutdown_grace: Duration,
 }
@@ -52,6 +55,7 @@ impl Default for Config {
             memory_limit: 1 << 30,
             fast: FastConfig::for_budget(1 << 30),
             grpc: GrpcConfig::default(),
+            tombstone_ttl: crate::engine::TOMBSTONE_TTL,
             shutdown_grace: Duration::from_secs(10),
         }
     }
@@ -97,7 +101,11 @@ impl Server {
         let (grpc, grpc_addr) = listen(config.grpc_addr).await?;
         let (fast, fast_addr) = listen(config.fast_addr).await?;
         Ok(Server {
-            engine: Engine::new(config.memory_limit),
+            engine: Engine::with_tombstones(
+                config.memory_limit,
+                config.tombstone_ttl,
+                crate::engine::MAX_TOMBSTONES,
+            ),
             grpc,
             grpc_addr,
             fast,

@@ -22,7 +22,9 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 
 use super::stream::OutFrame;
-use super::wire::{encode_frame, Body, Limits, Request, Status, WireMeta, PREFIX_LEN};
+use super::wire::{
+    encode_frame, Body, ConditionalPut, Limits, Request, Status, WireMeta, PREFIX_LEN,
+};
 use crate::client::{ClientError, TensorStore};
 use crate::stats::{Counters, Stats};
 use crate::tensor::meta::TensorMeta;
@@ -162,6 +164,25 @@ impl FastClient {
             key: key.to_owned(),
             meta: WireMeta::from(&meta),
         };
+        self.call(request, data).await.map(drop)
+    }
+
+    /// Stores a tensor under `key` unless the key was deleted at or after
+    /// `since_ms` (Unix milliseconds, e.g. [`unix_ms`](crate::engine::unix_ms)
+    /// when the write began): then [`ClientError::Deleted`]. For writes that
+    /// copy a value that may have been deleted meanwhile.
+    pub async fn put_if(
+        &self,
+        key: &str,
+        tensor: Tensor,
+        since_ms: u64,
+    ) -> Result<(), ClientError> {
+        let (meta, data) = tensor.into_parts();
+        let request = Request::PutIf(Box::new(ConditionalPut {
+            key: key.to_owned(),
+            meta: WireMeta::from(&meta),
+            since: since_ms.to_le_bytes(),
+        }));
         self.call(request, data).await.map(drop)
     }
 

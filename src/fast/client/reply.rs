@@ -15,6 +15,7 @@ pub(super) fn check(status: Status, message: &str) -> Result<(), ClientError> {
     Err(match status {
         Status::Ok => return Ok(()),
         Status::AlreadyExists => ClientError::AlreadyExists(message),
+        Status::Deleted => ClientError::Deleted(message),
         Status::OutOfMemory => ClientError::OutOfMemory(message),
         Status::InvalidKey | Status::InvalidMetadata | Status::InvalidSize => {
             ClientError::InvalidArgument(message)

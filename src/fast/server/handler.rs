@@ -23,8 +23,8 @@ use super::FastConfig;
 use crate::engine::Engine;
 use crate::fast::stream::{write_loop, FrameReader, OutFrame, ReadError};
 use crate::fast::wire::{
-    encode_frame, AlignedHeader, ArchivedRequest, Body, EncodeError, Limits, Opcode, Prefix,
-    ProtocolError, Response, Status, FLAG_END, FLAG_RESPONSE,
+    encode_frame, AlignedHeader, ArchivedRequest, ArchivedWireMeta, Body, EncodeError, Limits,
+    Opcode, Prefix, ProtocolError, Response, Status, FLAG_END, FLAG_RESPONSE,
 };
 use crate::tensor::Tensor;
 use crate::Error;
@@ -186,7 +186,7 @@ fn check_framing<'a>(
             ),
         ));
     }
-    if prefix.opcode != Opcode::Put && prefix.payload_len != 0 {
+    if !matches!(prefix.opcode, Opcode::Put | Opcode::PutIf) && prefix.payload_len != 0 {
         return Err(ProtocolError::new(
             Status::Malformed,
             id,
@@ -241,29 +241,12 @@ impl Conn<'_> {
                 return self.get(key.as_str(), opcode, FLAG_END, id, 0).await;
             }
             ArchivedRequest::Put { key, meta } => {
-                let key = key.as_str();
-                let len = prefix.payload_len;
-                let admitted = meta
-                    .to_meta()
-                    .and_then(|meta| engine.admit(key, &meta, len).map(|_| meta));
-                match admitted {
-                    Err(e) => {
-                        // Refused before reading: skip the payload without
-                        // keeping it, then answer.
-                        reader.skip_payload(len).await?;
-                        refuse(e)?
-                    }
-                    Ok(meta) => {
-                        // Room among the payloads being received, before
-                        // allocating this one; held until the engine has it.
-                        let _receiving = queue.receive(len).await?;
-                        let payload = reader.read_payload(len).await?;
-                        match Tensor::new(meta, payload).and_then(|t| engine.put(key, t)) {
-                            Ok(()) => reply(Response::ok(Body::Empty))?,
-                            Err(e) => refuse(e)?,
-                        }
-                    }
-                }
+                self.put(reader, prefix, key.as_str(), meta, None).await?
+            }
+            ArchivedRequest::PutIf(args) => {
+                let since = Some(u64::from_le_bytes(args.since));
+                self.put(reader, prefix, args.key.as_str(), &args.meta, since)
+                    .await?
             }
             ArchivedRequest::Delete { key } => match engine.delete(key.as_str()) {
                 Ok(deleted) => reply(Response::ok(Body::Deleted(deleted)))?,
@@ -296,6 +279,52 @@ impl Conn<'_> {
             }
         };
         Ok(queue.push(frame).await?)
+    }
+
+    /// A PUT (or, with `since`, a PUT_IF): checked before its payload is
+    /// read, which is received only once there is room for it; returns the
+    /// answer.
+    async fn put<R: AsyncRead + Unpin>(
+        &self,
+        reader: &mut FrameReader<R>,
+        prefix: &Prefix,
+        key: &str,
+        meta: &ArchivedWireMeta,
+        since: Option<u64>,
+    ) -> Result<OutFrame, Fatal> {
+        let (engine, id, opcode) = (self.engine, prefix.request_id, prefix.opcode);
+        let len = prefix.payload_len;
+        let refuse = |e: Error| error_frame(opcode, &ProtocolError::from_error(&e, id));
+        let admitted = meta
+            .to_meta()
+            .and_then(|meta| engine.admit(key, &meta, len).map(|_| meta));
+        let meta = match admitted {
+            Ok(meta) => meta,
+            Err(e) => {
+                // Refused before reading: skip the payload without keeping
+                // it, then answer.
+                reader.skip_payload(len).await?;
+                return Ok(refuse(e)?);
+            }
+        };
+        // Room among the payloads being received, before allocating this
+        // one; held until the engine has it.
+        let _receiving = self.queue.receive(len).await?;
+        let payload = reader.read_payload(len).await?;
+        let stored = Tensor::new(meta, payload).and_then(|t| match since {
+            None => engine.put(key, t),
+            Some(since) => engine.put_if(key, t, since),
+        });
+        Ok(match stored {
+            Ok(()) => response_frame(
+                opcode,
+                FLAG_END,
+                id,
+                &Response::ok(Body::Empty),
+                Bytes::new(),
+            )?,
+            Err(e) => refuse(e)?,
+        })
     }
 
     /// Answers a GET of `key` (or one key of a batch). Room in the queue is

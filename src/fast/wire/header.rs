@@ -98,6 +98,22 @@ pub enum Request {
         /// other request's bytes stay as they were.
         digest: [u8; 8],
     },
+    /// `PUT_IF`, the tensor bytes as payload: a `PUT` refused with
+    /// `Deleted` if the key was deleted at or after `since`. Boxed, so that
+    /// the archived `Request` keeps its size and every other request's
+    /// bytes stay as they were.
+    PutIf(Box<ConditionalPut>),
+}
+
+/// The header of a `PUT_IF`.
+#[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+pub struct ConditionalPut {
+    /// The key.
+    pub key: String,
+    /// The tensor's metadata; the payload must be its byte size.
+    pub meta: WireMeta,
+    /// When the write began, in Unix milliseconds, little-endian.
+    pub since: [u8; 8],
 }
 
 impl Request {
@@ -113,6 +129,7 @@ impl Request {
             Request::GetMany { .. } => Opcode::GetMany,
             Request::Digest { .. } => Opcode::Digest,
             Request::DeleteIf { .. } => Opcode::DeleteIf,
+            Request::PutIf(_) => Opcode::PutIf,
         }
     }
 }
@@ -130,6 +147,7 @@ impl ArchivedRequest {
             ArchivedRequest::GetMany { .. } => Opcode::GetMany,
             ArchivedRequest::Digest { .. } => Opcode::Digest,
             ArchivedRequest::DeleteIf { .. } => Opcode::DeleteIf,
+            ArchivedRequest::PutIf(_) => Opcode::PutIf,
         }
     }
 }

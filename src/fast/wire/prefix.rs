@@ -50,6 +50,8 @@ pub enum Opcode {
     Digest = 7,
     /// Remove one key only if its tensor has a given digest.
     DeleteIf = 8,
+    /// Store one tensor unless its key was deleted after a given time.
+    PutIf = 9,
 }
 
 impl Opcode {
@@ -64,6 +66,7 @@ impl Opcode {
             6 => Opcode::GetMany,
             7 => Opcode::Digest,
             8 => Opcode::DeleteIf,
+            9 => Opcode::PutIf,
             _ => return None,
         })
     }

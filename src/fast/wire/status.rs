@@ -39,11 +39,13 @@ pub enum Status {
     Timeout = 13,
     /// A server-side failure that is not the request's fault.
     Internal = 14,
+    /// A conditional put (`PUT_IF`) began before the key was deleted.
+    Deleted = 15,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 15] = [
+    pub const ALL: [Status; 16] = [
         Status::Ok,
         Status::NotFound,
         Status::AlreadyExists,
@@ -59,6 +61,7 @@ impl Status {
         Status::ShuttingDown,
         Status::Timeout,
         Status::Internal,
+        Status::Deleted,
     ];
 
     /// The status with wire code `code`; unknown codes read as `Internal`.
@@ -75,6 +78,7 @@ impl Status {
         match err {
             Error::NotFound(_) => Status::NotFound,
             Error::AlreadyExists(_) => Status::AlreadyExists,
+            Error::Deleted(_) => Status::Deleted,
             Error::OutOfMemory { .. } => Status::OutOfMemory,
             Error::InvalidKey(_) => Status::InvalidKey,
             Error::InvalidTensorMetadata(_) => Status::InvalidMetadata,
