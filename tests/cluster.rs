@@ -484,22 +484,19 @@ async fn of_two_concurrent_puts_of_different_values_at_most_one_is_acknowledged(
     let servers = nodes(3).await;
     let a = ClusterClient::new(config(&servers, 3, 2)).unwrap();
     let b = ClusterClient::new(config(&servers, 3, 2)).unwrap();
-    const KEYS: u64 = 200;
-    let writer = |cluster: ClusterClient, offset: u64| {
-        tokio::spawn(async move {
-            let mut acked = Vec::new();
-            for i in 0..KEYS {
-                let ok = cluster
-                    .put_tensor(&format!("race/{i}"), tensor_for(1000 * offset + i))
-                    .await
-                    .is_ok();
-                acked.push(ok);
-            }
-            acked
-        })
-    };
-    let (ta, tb) = (writer(a, 1), writer(b, 2));
-    let (acked_a, acked_b) = (ta.await.unwrap(), tb.await.unwrap());
+    const KEYS: u64 = 100;
+    // Each key's two puts start together, so they overlap.
+    let mut acked_a = Vec::new();
+    let mut acked_b = Vec::new();
+    for i in 0..KEYS {
+        let key = format!("race/{i}");
+        let (ra, rb) = tokio::join!(
+            a.put_tensor(&key, tensor_for(1000 + i)),
+            b.put_tensor(&key, tensor_for(2000 + i))
+        );
+        acked_a.push(ra.is_ok());
+        acked_b.push(rb.is_ok());
+    }
     for i in 0..KEYS {
         let key = format!("race/{i}");
         let (va, vb) = (tensor_for(1000 + i), tensor_for(2000 + i));
@@ -542,12 +539,21 @@ async fn a_read_repair_racing_a_delete_does_not_bring_the_tensor_back() {
         .await
         .unwrap();
     // The get asks the empty replica (NotFound), then waits on the slow
-    // one; meanwhile the key is deleted everywhere.
+    // one; once the slow one has answered (its server counted the hit),
+    // but before the reply gets through the proxy, the key is deleted
+    // everywhere.
     let get = {
         let (cluster, key) = (cluster.clone(), key.clone());
         tokio::spawn(async move { cluster.get(&key).await })
     };
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while servers[0].engine().stats().hits == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the get never reached the slow replica"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let direct = ClusterClient::new(ClusterConfig {
         replicas: 2,
         write_quorum: 1,
@@ -557,8 +563,15 @@ async fn a_read_repair_racing_a_delete_does_not_bring_the_tensor_back() {
     assert!(direct.delete(&key).await.unwrap());
     // The get read the tensor before the delete; its read repair onto the
     // empty replica comes after, and must be refused.
-    let _ = get.await.unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(held_by(&servers, &key).await, vec![None, None]);
+    assert_eq!(get.await.unwrap().unwrap(), Some(tensor_for(7)));
+    for _ in 0..20 {
+        tokio::time::sleep(Duration::from_millis(25)).await;
+        assert_eq!(held_by(&servers, &key).await, vec![None, None]);
+    }
     assert_eq!(cluster.get(&key).await.unwrap(), None);
+    // A put right after a delete is not taken for a late write.
+    direct.put_tensor(&key, tensor_for(8)).await.unwrap();
+    assert!(direct.delete(&key).await.unwrap());
+    direct.put_tensor(&key, tensor_for(9)).await.unwrap();
+    assert_eq!(direct.get(&key).await.unwrap(), Some(tensor_for(9)));
 }

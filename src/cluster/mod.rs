@@ -33,7 +33,7 @@ use node::{is_node_failure, Node, NodeState};
 use read::{ReadResult, Reads};
 
 use crate::client::{ClientError, TensorStore};
-use crate::engine::unix_ms;
+use crate::engine::unix_micros;
 use crate::fast::{FastClient, FastClientOptions};
 use crate::stats::{Counters, Stats};
 use crate::tensor::Tensor;
@@ -121,55 +121,16 @@ impl ClusterClient {
     /// A put that fails takes its value back from every replica it may
     /// have reached, so it never stays readable. With W > R/2 (the
     /// default W = R), of two puts of different values under one key at
-    /// most one succeeds.
+    /// most one succeeds. A put that began before a delete of the key
+    /// reached a replica fails with [`ClientError::Deleted`].
     pub async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
-        let needed = self.inner.config.write_quorum;
-        let since_ms = unix_ms();
-        let digest = Arc::new(OnceLock::new());
-        let mut writes = JoinSet::new();
-        for i in self.inner.replica_set(key) {
-            let (inner, key, tensor) = (Arc::clone(&self.inner), key.to_owned(), tensor.clone());
-            let digest = Arc::clone(&digest);
-            writes.spawn(async move { inner.write_on(i, &key, tensor, since_ms, &digest).await });
-        }
-        let (mut stored, mut held, mut conflicts) = (0, 0, 0);
-        let mut errors = Vec::new();
-        while let Some(joined) = writes.join_next().await {
-            match joined {
-                Ok(Ok(Write::Stored)) => stored += 1,
-                Ok(Ok(Write::Held)) => held += 1,
-                Ok(Ok(Write::Conflict)) => conflicts += 1,
-                Ok(Err(e)) => errors.push(e),
-                Err(e) => errors.push(ClientError::Protocol(format!("write task failed: {e}"))),
-            }
-        }
-        // Every replica has answered (or timed out): a conflict anywhere
-        // means another value is out there, and this put must not win.
-        if conflicts == 0 && stored > 0 && stored + held >= needed {
-            return Ok(());
-        }
-        if conflicts == 0 && stored == 0 && held >= needed {
-            return Err(Error::AlreadyExists(key.to_owned()).into());
-        }
-        // Failed: take this value back wherever it may have landed.
-        if stored > 0 || !errors.is_empty() {
-            let digest = *digest.get_or_init(|| tensor.digest());
-            self.inner.take_back(key, digest).await;
-        }
-        if conflicts > 0 {
-            return Err(Error::AlreadyExists(key.to_owned()).into());
-        }
-        // A refusal that every node would give (too big, bad key) is the
-        // answer; otherwise say how far the write got.
-        if let Some(pos) = errors.iter().position(|e| !is_node_failure(e)) {
-            return Err(errors.swap_remove(pos));
-        }
-        let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        Err(ClientError::Quorum(format!(
-            "{} of {needed} replicas acknowledged: {}",
-            stored + held,
-            why.join("; ")
-        )))
+        // On a task of its own, so that a caller who stops waiting (a
+        // timeout around this call) does not cancel the take-back of a
+        // failed put halfway.
+        let inner = Arc::clone(&self.inner);
+        tokio::spawn(inner.put(key.to_owned(), tensor))
+            .await
+            .unwrap_or_else(|e| Err(ClientError::Protocol(format!("put task failed: {e}"))))
     }
 
     /// The tensor under `key`, from the first replica that has it. With
@@ -178,7 +139,7 @@ impl ClusterClient {
     pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
         let inner = &self.inner;
         let order = inner.read_order(key);
-        let mut reads = Reads::new(unix_ms());
+        let mut reads = Reads::new(unix_micros());
         let mut rest = &order[..];
         if let (Some(hedge), [first, second, ..]) = (inner.config.hedge_after, &order[..]) {
             rest = &order[2..];
@@ -363,6 +324,16 @@ impl Inner {
                 )));
             }
         }
+        self.connect(i).await
+    }
+
+    /// Node `i`'s connection, made now if there is none, even while the
+    /// node is marked down.
+    async fn connect(&self, i: usize) -> Result<FastClient, ClientError> {
+        let node = &self.nodes[i];
+        if let Some(client) = &node.state().client {
+            return Ok(client.clone());
+        }
         let options = FastClientOptions {
             connect_timeout: self.config.connect_timeout,
             request_timeout: Some(self.config.timeout),
@@ -400,17 +371,82 @@ impl Inner {
     }
 
     /// A conditional put on node `i`: refused if the key was deleted there
-    /// after `since_ms`, so neither a late write nor a read repair brings
+    /// after `since_us`, so neither a late write nor a read repair brings
     /// back a deleted tensor.
     async fn put_on(
         &self,
         i: usize,
         key: &str,
         tensor: Tensor,
-        since_ms: u64,
+        since_us: u64,
     ) -> Result<(), ClientError> {
-        self.on(i, |c| async move { c.put_if(key, tensor, since_ms).await })
+        self.on(i, |c| async move { c.put_if(key, tensor, since_us).await })
             .await
+    }
+
+    /// [`ClusterClient::put_tensor`].
+    async fn put(self: Arc<Self>, key: String, tensor: Tensor) -> Result<(), ClientError> {
+        let key = key.as_str();
+        let needed = self.config.write_quorum;
+        let since_us = unix_micros();
+        let digest = Arc::new(OnceLock::new());
+        let mut writes = JoinSet::new();
+        for i in self.replica_set(key) {
+            let (inner, key, tensor) = (Arc::clone(&self), key.to_owned(), tensor.clone());
+            let digest = Arc::clone(&digest);
+            writes.spawn(
+                async move { (i, inner.write_on(i, &key, tensor, since_us, &digest).await) },
+            );
+        }
+        let (mut stored, mut held, mut conflicts) = (0, 0, 0);
+        let mut errors = Vec::new();
+        // Replicas this value may be on: stored, or no answer.
+        let mut placed = Vec::new();
+        while let Some(joined) = writes.join_next().await {
+            match joined {
+                Ok((i, Ok(Write::Stored))) => {
+                    stored += 1;
+                    placed.push(i);
+                }
+                Ok((_, Ok(Write::Held))) => held += 1,
+                Ok((_, Ok(Write::Conflict))) => conflicts += 1,
+                Ok((i, Err(e))) => {
+                    if is_node_failure(&e) {
+                        placed.push(i);
+                    }
+                    errors.push(e);
+                }
+                Err(e) => errors.push(ClientError::Protocol(format!("write task failed: {e}"))),
+            }
+        }
+        // Every replica has answered (or timed out): a conflict anywhere
+        // means another value is out there, and this put must not win.
+        if conflicts == 0 && stored > 0 && stored + held >= needed {
+            return Ok(());
+        }
+        if conflicts == 0 && stored == 0 && held >= needed {
+            return Err(Error::AlreadyExists(key.to_owned()).into());
+        }
+        // Failed: take this value back where it may have landed (not where
+        // a replica already held it: that copy is someone else's).
+        if !placed.is_empty() {
+            let digest = *digest.get_or_init(|| tensor.digest());
+            self.take_back(key, digest, placed).await;
+        }
+        if conflicts > 0 {
+            return Err(Error::AlreadyExists(key.to_owned()).into());
+        }
+        // A refusal that every node would give (too big, bad key) is the
+        // answer; otherwise say how far the write got.
+        if let Some(pos) = errors.iter().position(|e| !is_node_failure(e)) {
+            return Err(errors.swap_remove(pos));
+        }
+        let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        Err(ClientError::Quorum(format!(
+            "{} of {needed} replicas acknowledged: {}",
+            stored + held,
+            why.join("; ")
+        )))
     }
 
     /// One replica's part of a put: stored, already holding this very
@@ -420,10 +456,10 @@ impl Inner {
         i: usize,
         key: &str,
         tensor: Tensor,
-        since_ms: u64,
+        since_us: u64,
         digest: &OnceLock<u64>,
     ) -> Result<Write, ClientError> {
-        let mine = match self.put_on(i, key, tensor.clone(), since_ms).await {
+        let mine = match self.put_on(i, key, tensor.clone(), since_us).await {
             Ok(()) => return Ok(Write::Stored),
             Err(ClientError::AlreadyExists(_)) => *digest.get_or_init(|| tensor.digest()),
             Err(e) => return Err(e),
@@ -440,18 +476,25 @@ impl Inner {
         }
     }
 
-    /// Removes the value with `digest` from every replica of `key` that
-    /// answers (a failed put taking its value back), never another value.
-    async fn take_back(self: &Arc<Self>, key: &str, digest: u64) {
+    /// Removes the value with `digest` from `nodes` (a failed put taking
+    /// its value back), never another value. Nodes marked down are tried
+    /// too: a write that timed out there may still land.
+    async fn take_back(self: &Arc<Self>, key: &str, digest: u64, nodes: Vec<usize>) {
         let mut undo = JoinSet::new();
-        for i in self.replica_set(key) {
+        for i in nodes {
             let (inner, key) = (Arc::clone(self), key.to_owned());
             undo.spawn(async move {
-                let result = inner
-                    .on(i, |c| async move { c.delete_if(&key, digest).await })
-                    .await;
+                let result = match inner.connect(i).await {
+                    Ok(c) => {
+                        let limit = inner.config.timeout;
+                        tokio::time::timeout(limit, c.delete_if(&key, digest))
+                            .await
+                            .unwrap_or(Err(ClientError::Timeout(limit)))
+                    }
+                    Err(e) => Err(e),
+                };
                 if let Err(e) = result {
-                    tracing::warn!(node = %inner.nodes[i].addr, "could not take back a failed put: {e}");
+                    tracing::warn!(node = %inner.nodes[i].addr, key, "could not take back a failed put: {e}");
                 }
             });
         }
@@ -473,18 +516,18 @@ impl Inner {
     /// A get's result: read repair for the replicas that missed it.
     fn found(self: &Arc<Self>, key: &str, tensor: Tensor, reads: Reads) -> Tensor {
         if !reads.missing_on.is_empty() {
-            self.repair(key, &tensor, reads.missing_on, reads.began_ms);
+            self.repair(key, &tensor, reads.missing_on, reads.began_us);
         }
         tensor
     }
 
     /// Writes `tensor` back to the replicas that answered `NotFound`, in the
     /// background, unless the key was deleted there since the get began.
-    fn repair(self: &Arc<Self>, key: &str, tensor: &Tensor, nodes: Vec<usize>, began_ms: u64) {
+    fn repair(self: &Arc<Self>, key: &str, tensor: &Tensor, nodes: Vec<usize>, began_us: u64) {
         for i in nodes {
             let (inner, key, tensor) = (Arc::clone(self), key.to_owned(), tensor.clone());
             tokio::spawn(async move {
-                match inner.put_on(i, &key, tensor, began_ms).await {
+                match inner.put_on(i, &key, tensor, began_us).await {
                     Ok(()) => tracing::debug!(node = %inner.nodes[i].addr, key, "read repair"),
                     Err(ClientError::AlreadyExists(_) | ClientError::Deleted(_)) => {}
                     Err(e) => {

@@ -8,18 +8,18 @@ pub(super) type ReadResult = Result<Option<Tensor>, ClientError>;
 
 /// What the replicas asked so far answered, during one get.
 pub(super) struct Reads {
-    /// When the get began ([`unix_ms`](crate::engine::unix_ms)): read
+    /// When the get began ([`unix_micros`](crate::engine::unix_micros)): read
     /// repair writes only if the key was not deleted since.
-    pub(super) began_ms: u64,
+    pub(super) began_us: u64,
     /// Replicas that answered `NotFound`: read repair targets.
     pub(super) missing_on: Vec<usize>,
     last_failure: Option<ClientError>,
 }
 
 impl Reads {
-    pub(super) fn new(began_ms: u64) -> Reads {
+    pub(super) fn new(began_us: u64) -> Reads {
         Reads {
-            began_ms,
+            began_us,
             missing_on: Vec::new(),
             last_failure: None,
         }

@@ -30,7 +30,7 @@ mod counter;
 mod tombstones;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use dashmap::DashMap;
 
@@ -49,12 +49,14 @@ pub const TOMBSTONE_TTL: std::time::Duration = std::time::Duration::from_secs(60
 /// The most tombstones kept by default.
 pub const MAX_TOMBSTONES: usize = 1 << 20;
 
-/// Milliseconds since the Unix epoch, the clock tombstones and conditional
-/// puts are compared on (0 if the clock is before 1970).
-pub fn unix_ms() -> u64 {
+/// Microseconds since the Unix epoch, the clock tombstones and conditional
+/// puts are compared on (0 if the clock is before 1970). Microseconds, so
+/// that a put sent right after a delete (a loopback round trip later)
+/// already counts as after it.
+pub fn unix_micros() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 /// The largest budget an engine takes (1 EiB); a larger one is capped, so
@@ -140,6 +142,9 @@ struct Entry {
     node: NodeId,
     /// Set by gets, cleared when the entry is given a second chance.
     referenced: AtomicBool,
+    /// The tensor's digest, computed on first request. Its `Arc` also
+    /// tells this entry from a later one under the same key.
+    digest: Arc<OnceLock<u64>>,
 }
 
 impl Engine {
@@ -158,7 +163,8 @@ impl Engine {
             shared: Arc::new(Shared {
                 index: DashMap::with_shard_amount(INDEX_SHARDS),
                 order: Mutex::new(ClockList::new()),
-                tombstones: Mutex::new(Tombstones::new(ttl, max)),
+                // Tombstones may hold up to 1/16 of the budget.
+                tombstones: Mutex::new(Tombstones::new(ttl, max, memory_limit / 16)),
                 memory_used: AtomicU64::new(0),
                 memory_limit,
                 hits: StripedCounter::default(),
@@ -267,28 +273,39 @@ impl Engine {
     /// counting a hit or a miss. Computed outside every lock.
     pub fn digest(&self, key: &str) -> Result<Option<u64>, Error> {
         validate_key(key)?;
-        let tensor = self.shared.index.get(key).map(|e| e.tensor.clone());
-        Ok(tensor.map(|t| t.digest()))
+        Ok(self.digest_of(key).map(|(digest, _)| digest))
+    }
+
+    /// The digest of `key`'s entry (computed once per entry, outside every
+    /// lock) and the entry's identity.
+    fn digest_of(&self, key: &str) -> Option<(u64, Arc<OnceLock<u64>>)> {
+        let (tensor, cell) = self
+            .shared
+            .index
+            .get(key)
+            .map(|e| (e.tensor.clone(), Arc::clone(&e.digest)))?;
+        let digest = *cell.get_or_init(|| tensor.digest());
+        Some((digest, cell))
     }
 
     /// Removes `key` only if the tensor under it has digest `digest`;
     /// returns whether it removed it. A writer that lost a race for a key
-    /// takes back its own value this way, never another's.
+    /// takes back its own value this way, never another's. The delete is
+    /// remembered (as by [`delete`](Engine::delete)) when it removed the
+    /// tensor or the key was absent, so that the writer's own write still
+    /// in flight cannot land after it; not when another value is there.
     pub fn delete_if(&self, key: &str, digest: u64) -> Result<bool, Error> {
         validate_key(key)?;
-        let Some(tensor) = self.shared.index.get(key).map(|e| e.tensor.clone()) else {
-            return Ok(false);
-        };
-        if tensor.digest() != digest {
-            return Ok(false);
+        match self.digest_of(key) {
+            None => {
+                self.bury(key, None);
+                Ok(false)
+            }
+            Some((theirs, _)) if theirs != digest => Ok(false),
+            // The digest was computed outside the lock: remove only the very
+            // entry it was computed for.
+            Some((_, cell)) => Ok(self.bury(key, Some(&|e: &Entry| Arc::ptr_eq(&e.digest, &cell)))),
         }
-        // The digest was computed outside the lock: remove only the very
-        // entry it was computed for (tensors are immutable, so the same
-        // payload buffer means the same tensor).
-        Ok(self.remove_if(key, |e| {
-            e.tensor.data().as_ptr() == tensor.data().as_ptr()
-                && e.tensor.data().len() == tensor.data().len()
-        }))
     }
 
     /// Whether `key` is cached, without counting a hit or a miss.
@@ -306,16 +323,16 @@ impl Engine {
     }
 
     /// [`put`](Engine::put), unless `key` was deleted at or after
-    /// `since_ms` ([`unix_ms`] of when the write began): then
+    /// `since_us` ([`unix_micros`] of when the write began): then
     /// [`Error::Deleted`]. For writes that copy a value which may have
     /// been deleted meanwhile (a cluster's read repair, a put's write that
     /// arrives late). A plain `put` always goes through and clears the
     /// key's tombstone.
-    pub fn put_if(&self, key: &str, tensor: Tensor, since_ms: u64) -> Result<(), Error> {
-        self.insert(key, tensor, Some(since_ms))
+    pub fn put_if(&self, key: &str, tensor: Tensor, since_us: u64) -> Result<(), Error> {
+        self.insert(key, tensor, Some(since_us))
     }
 
-    fn insert(&self, key: &str, tensor: Tensor, since_ms: Option<u64>) -> Result<(), Error> {
+    fn insert(&self, key: &str, tensor: Tensor, since_us: Option<u64>) -> Result<(), Error> {
         let charge = self.admissible(key, tensor.meta(), tensor.data().len() as u64)?;
         let evicted;
         {
@@ -325,8 +342,8 @@ impl Engine {
                 return Err(Error::AlreadyExists(key.to_owned()));
             }
             let mut stones = self.lock_tombstones();
-            let mut freed = stones.expire(unix_ms());
-            if let Some(since) = since_ms {
+            let mut freed = stones.expire(unix_micros());
+            if let Some(since) = since_us {
                 if stones.deleted_since(key, since) {
                     self.release(freed);
                     return Err(Error::Deleted(key.to_owned()));
@@ -345,6 +362,7 @@ impl Engine {
                     charge,
                     node,
                     referenced: AtomicBool::new(false),
+                    digest: Arc::default(),
                 },
             );
             self.shared.memory_used.fetch_add(charge, Ordering::Relaxed);
@@ -361,30 +379,45 @@ impl Engine {
     /// that a conditional put begun before it is refused.
     pub fn delete(&self, key: &str) -> Result<bool, Error> {
         validate_key(key)?;
-        let now = unix_ms();
+        Ok(self.bury(key, Some(&|_: &Entry| true)))
+    }
+
+    /// Removes `key`'s entry if `remove` accepts it (`None`: only if the
+    /// key is absent), then remembers the delete with a tombstone unless
+    /// another entry stays. Returns whether an entry was removed.
+    fn bury(&self, key: &str, remove: Option<&dyn Fn(&Entry) -> bool>) -> bool {
+        let now = unix_micros();
         let (removed, evicted) = {
             let mut order = self.lock_order();
-            let removed = self.shared.index.remove(key);
+            let removed = match remove {
+                Some(remove) => self.shared.index.remove_if(key, |_, e| remove(e)),
+                None => None,
+            };
             if let Some((_, entry)) = &removed {
                 order.remove(entry.node);
                 self.release(entry.charge);
             }
+            let mut evicted = Vec::new();
             let mut stones = self.lock_tombstones();
             self.release(stones.expire(now));
-            let key: Arc<str> = Arc::from(key);
-            let charge = Tombstones::charge(&key);
-            let mut evicted = Vec::new();
-            if charge <= self.shared.memory_limit {
+            if !self.shared.index.contains_key(key) && stones.can_bury(key) {
+                // Stones make room among themselves first; within their
+                // share of the budget, tensors give way like for any put.
+                self.release(stones.make_room_for(key));
+                let charge = Tombstones::charge(key);
                 evicted = self.make_room(&mut order, &mut stones, charge);
-                let (added, freed) = stones.bury(&key, now);
-                self.shared.memory_used.fetch_add(added, Ordering::Relaxed);
-                self.release(freed);
+                let key = removed
+                    .as_ref()
+                    .map_or_else(|| Arc::from(key), |(k, _)| Arc::clone(k));
+                self.shared
+                    .memory_used
+                    .fetch_add(stones.bury(&key, now), Ordering::Relaxed);
             }
             (removed, evicted)
         };
         // Payloads are freed here, outside the lock.
         drop(evicted);
-        Ok(removed.is_some())
+        removed.is_some()
     }
 
     /// Gives back `bytes` of charge (under the eviction lock).
@@ -399,26 +432,6 @@ impl Engine {
             .tombstones
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Removes `key`'s entry if `keep_going` says so, under the eviction
-    /// lock; the payload is freed after the lock is released.
-    fn remove_if(&self, key: &str, keep_going: impl FnOnce(&Entry) -> bool) -> bool {
-        let removed = {
-            let mut order = self.lock_order();
-            let removed = self
-                .shared
-                .index
-                .remove_if(key, |_, entry| keep_going(entry));
-            if let Some((_, entry)) = &removed {
-                order.remove(entry.node);
-                self.shared
-                    .memory_used
-                    .fetch_sub(entry.charge, Ordering::Relaxed);
-            }
-            removed
-        };
-        removed.is_some()
     }
 
     /// A snapshot of the counters.

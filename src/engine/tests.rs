@@ -342,14 +342,18 @@ fn delete_if_removes_only_the_tensor_with_that_digest() {
     assert!(engine.contains("k"));
     assert!(engine.delete_if("k", mine).unwrap());
     assert!(!engine.contains("k"));
-    assert_eq!(engine.stats().memory_used, 0);
+    // Only the delete's tombstone is left charged.
+    assert_eq!(
+        engine.stats().memory_used,
+        "k".len() as u64 + TOMBSTONE_OVERHEAD
+    );
     assert!(!engine.delete_if("k", mine).unwrap());
 }
 
 #[test]
 fn a_conditional_put_begun_before_a_delete_is_refused() {
     let engine = Engine::new(1 << 20);
-    let before = unix_ms();
+    let before = unix_micros();
     engine.put("k", bytes(100, 1)).unwrap();
     std::thread::sleep(std::time::Duration::from_millis(2));
     assert!(engine.delete("k").unwrap());
@@ -361,11 +365,11 @@ fn a_conditional_put_begun_before_a_delete_is_refused() {
     assert!(!engine.contains("k"));
     // A write begun after the delete goes through, and so does a plain put.
     std::thread::sleep(std::time::Duration::from_millis(2));
-    engine.put_if("k", bytes(100, 2), unix_ms()).unwrap();
+    engine.put_if("k", bytes(100, 2), unix_micros()).unwrap();
     assert!(engine.delete("k").unwrap());
     engine.put("k", bytes(100, 3)).unwrap();
     // A delete of a key never cached is remembered too.
-    let before = unix_ms();
+    let before = unix_micros();
     std::thread::sleep(std::time::Duration::from_millis(2));
     assert!(!engine.delete("never").unwrap());
     assert!(engine.put_if("never", bytes(1, 0), before).is_err());
@@ -386,12 +390,31 @@ fn tombstones_are_charged_to_the_budget_and_expire() {
         engine.stats().memory_used,
         Engine::charge("k", bytes(10, 0).meta())
     );
-    // A full cache makes room for a tombstone like for a tensor.
-    let tight = Engine::new(budget_for(2, 100));
-    tight.put("a", bytes(100, 1)).unwrap();
-    tight.put("b", bytes(100, 2)).unwrap();
-    for i in 0..50 {
-        tight.delete(&format!("x{i}")).unwrap();
-        assert!(tight.stats().memory_used <= tight.memory_limit());
+    // Tombstones hold at most 1/16 of the budget: a flood of deletes of
+    // absent keys displaces at most that much of the cached tensors.
+    let limit = 64 * 1024;
+    let full = Engine::new(limit);
+    let mut i = 0;
+    while full.stats().memory_used + Engine::charge("k0000", bytes(1000, 0).meta()) <= limit {
+        full.put(&format!("k{i:04}"), bytes(1000, 1)).unwrap();
+        i += 1;
     }
+    let cached = full.stats().entries;
+    for j in 0..10_000 {
+        full.delete(&format!("absent/{j}")).unwrap();
+        assert!(full.stats().memory_used <= limit);
+    }
+    let left = full.stats().entries;
+    let displaced = (cached - left) * Engine::charge("k0000", bytes(1000, 0).meta());
+    assert!(
+        displaced <= limit / 16 + 2000,
+        "deletes evicted {displaced} bytes"
+    );
+    assert!(left > 0);
+    // With tombstones off, a delete evicts nothing.
+    let off = Engine::with_tombstones(budget_for(2, 100), std::time::Duration::ZERO, 0);
+    off.put("a", bytes(100, 1)).unwrap();
+    off.put("b", bytes(100, 2)).unwrap();
+    off.delete("x").unwrap();
+    assert!(off.contains("a") && off.contains("b"));
 }

@@ -168,20 +168,20 @@ impl FastClient {
     }
 
     /// Stores a tensor under `key` unless the key was deleted at or after
-    /// `since_ms` (Unix milliseconds, e.g. [`unix_ms`](crate::engine::unix_ms)
+    /// `since_us` (Unix microseconds, e.g. [`unix_micros`](crate::engine::unix_micros)
     /// when the write began): then [`ClientError::Deleted`]. For writes that
     /// copy a value that may have been deleted meanwhile.
     pub async fn put_if(
         &self,
         key: &str,
         tensor: Tensor,
-        since_ms: u64,
+        since_us: u64,
     ) -> Result<(), ClientError> {
         let (meta, data) = tensor.into_parts();
         let request = Request::PutIf(Box::new(ConditionalPut {
             key: key.to_owned(),
             meta: WireMeta::from(&meta),
-            since: since_ms.to_le_bytes(),
+            since: since_us.to_le_bytes(),
         }));
         self.call(request, data).await.map(drop)
     }

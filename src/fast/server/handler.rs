@@ -158,6 +158,11 @@ async fn fail(queue: &Queue, prefix: Option<&Prefix>, err: impl Into<Fatal>) {
             let err = ProtocolError::new(Status::Internal, id, e.to_string());
             send_error(queue, opcode, &err).await;
         }
+        Fatal::Task(e) => {
+            tracing::warn!("{e}");
+            let err = ProtocolError::new(Status::Internal, id, e);
+            send_error(queue, opcode, &err).await;
+        }
     }
 }
 
@@ -196,6 +201,20 @@ fn check_framing<'a>(
     Ok(request)
 }
 
+/// Runs `work` on the blocking pool: a digest reads a whole tensor (up to
+/// the budget), which must not hold up a runtime worker. Each entry's
+/// digest is computed once, so repeating the request costs nothing more.
+async fn off_the_runtime<T, F>(engine: &Engine, work: F) -> Result<Result<T, Error>, Fatal>
+where
+    T: Send + 'static,
+    F: FnOnce(&Engine) -> Result<T, Error> + Send + 'static,
+{
+    let engine = engine.clone();
+    tokio::task::spawn_blocking(move || work(&engine))
+        .await
+        .map_err(|e| Fatal::Task(e.to_string()))
+}
+
 /// Why a request ended its connection.
 #[derive(Debug, thiserror::Error)]
 enum Fatal {
@@ -205,6 +224,8 @@ enum Fatal {
     Encode(#[from] EncodeError),
     #[error("the connection's writer is gone")]
     Closed,
+    #[error("a server task failed: {0}")]
+    Task(String),
 }
 
 impl From<Closed> for Fatal {
@@ -252,13 +273,17 @@ impl Conn<'_> {
                 Ok(deleted) => reply(Response::ok(Body::Deleted(deleted)))?,
                 Err(e) => refuse(e)?,
             },
-            ArchivedRequest::Digest { key } => match engine.digest(key.as_str()) {
-                Ok(Some(digest)) => reply(Response::ok(Body::Digest(digest)))?,
-                Ok(None) => refuse(Error::NotFound(key.as_str().to_owned()))?,
-                Err(e) => refuse(e)?,
-            },
+            ArchivedRequest::Digest { key } => {
+                let key = key.as_str().to_owned();
+                match off_the_runtime(engine, move |e| e.digest(&key).map(|d| (d, key))).await? {
+                    Ok((Some(digest), _)) => reply(Response::ok(Body::Digest(digest)))?,
+                    Ok((None, key)) => refuse(Error::NotFound(key))?,
+                    Err(e) => refuse(e)?,
+                }
+            }
             ArchivedRequest::DeleteIf { key, digest } => {
-                match engine.delete_if(key.as_str(), u64::from_le_bytes(*digest)) {
+                let (key, digest) = (key.as_str().to_owned(), u64::from_le_bytes(*digest));
+                match off_the_runtime(engine, move |e| e.delete_if(&key, digest)).await? {
                     Ok(deleted) => reply(Response::ok(Body::Deleted(deleted)))?,
                     Err(e) => refuse(e)?,
                 }

@@ -112,7 +112,7 @@ pub struct ConditionalPut {
     pub key: String,
     /// The tensor's metadata; the payload must be its byte size.
     pub meta: WireMeta,
-    /// When the write began, in Unix milliseconds, little-endian.
+    /// When the write began, in Unix microseconds, little-endian.
     pub since: [u8; 8],
 }
 
@@ -371,6 +371,25 @@ fn malformed(err: rancor::Error, request_id: u64) -> ProtocolError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Wire version 1 fixes these layouts: a new request or body variant
+    /// must not change them (box it instead, as `PutIf` is), or every
+    /// existing frame's bytes change.
+    #[test]
+    fn archived_layouts_are_those_of_wire_version_1() {
+        use std::mem::{align_of, size_of};
+        assert_eq!(
+            (size_of::<ArchivedRequest>(), align_of::<ArchivedRequest>()),
+            (24, 4)
+        );
+        assert_eq!(
+            (
+                size_of::<ArchivedResponse>(),
+                align_of::<ArchivedResponse>()
+            ),
+            (72, 8)
+        );
+    }
 
     #[test]
     fn requests_round_trip() {
