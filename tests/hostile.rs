@@ -198,7 +198,16 @@ async fn a_thousand_idle_connections_hit_the_limit_cleanly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_gets_backpressure() {
     let _turn = MEMORY.lock().await;
-    let server = start_server(64 << 20).await;
+    // Three connections: the setup client's, the good client's and the
+    // flood's.
+    // The write timeout outlasts the 3 s in which the flood must stall.
+    let fast = FastConfig {
+        max_connections: 3,
+        write_timeout: Duration::from_secs(4),
+        idle_timeout: Duration::from_secs(4),
+        ..FastConfig::for_budget(64 << 20)
+    };
+    let server = start_server_with(64 << 20, fast).await;
     let client = FastClient::connect(server.fast_addr()).await.unwrap();
     client
         .put("v", u8_meta(65536), vec![3u8; 65536])
@@ -225,6 +234,18 @@ async fn a_client_that_never_reads_gets_backpressure() {
     let grown = common::rss_bytes().saturating_sub(rss_before);
     assert!(grown < 128 << 20, "memory grew by {grown} bytes");
     good.finish().await;
+    drop(client);
+    // The stalled connection is released (write timeout) while the flooder
+    // still holds its socket: all three places serve again.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        let c = FastClient::connect(server.fast_addr()).await.unwrap();
+        c.ping()
+            .await
+            .expect("a place freed by the stalled connection");
+        fresh.push(c);
+    }
     drop(s);
     server.shutdown().await.unwrap();
 }
