@@ -233,11 +233,18 @@ impl Queue {
     }
 
     async fn queue(&self, frame: OutFrame, hold: Option<Reservation>) -> Result<(), Closed> {
-        // Biased: during a shutdown, an answer that can be queued is queued
-        // (in-flight requests finish); only one still waiting is dropped.
+        let queued = Queued { frame, hold };
+        // The common case, room in the queue, without building a select.
+        let queued = match self.tx.try_send(queued) {
+            Ok(()) => return Ok(()),
+            Err(mpsc::error::TrySendError::Closed(_)) => return Err(Closed),
+            Err(mpsc::error::TrySendError::Full(queued)) => queued,
+        };
+        // Full: wait for room, but not past a shutdown (in-flight answers
+        // that can be queued are; one still waiting is dropped).
         tokio::select! {
             biased;
-            sent = self.tx.send(Queued { frame, hold }) => sent.map_err(|_| Closed),
+            sent = self.tx.send(queued) => sent.map_err(|_| Closed),
             () = self.stop.cancelled() => Err(Closed),
         }
     }
