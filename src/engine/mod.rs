@@ -17,9 +17,12 @@
 //! A stored tensor is charged [`Engine::charge`]: its payload (in whole
 //! pages when large, as the allocator maps it), its key, its shape and a
 //! fixed [`ENTRY_OVERHEAD`] for the index slot, list node and allocation
-//! headers. `benches/memory.py` measures the real footprint against it. `memory_used` only changes under the eviction lock,
-//! and a put evicts before it adds, so `memory_used ≤ memory_limit` holds at
-//! every instant, whatever number of threads put at once.
+//! headers. `benches/memory.py` measures the real footprint against it.
+//! A delete's tombstone (see `tombstones`) is charged its key plus
+//! [`TOMBSTONE_OVERHEAD`]; tombstones together hold at most 1/16 of the
+//! budget. `memory_used` only changes under the eviction lock, and a put
+//! evicts before it adds, so `memory_used ≤ memory_limit` holds at every
+//! instant, whatever number of threads put at once.
 //!
 //! The engine charges the payload's length. A `Bytes` sliced out of a larger
 //! buffer keeps all of that buffer alive, so the front ends hand the engine

@@ -131,12 +131,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             let read = limited.read_buf(&mut payload);
             let n = match stall {
                 None => read.await?,
-                Some(limit) => tokio::time::timeout(limit, read).await.map_err(|_| {
-                    io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        format!("no payload byte arrived for {limit:?}"),
-                    )
-                })??,
+                Some(limit) => tokio::time::timeout(limit, read)
+                    .await
+                    .map_err(|_| stalled(limit))??,
             };
             if n == 0 {
                 return Err(ReadError::Truncated);
@@ -191,13 +188,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         };
         tokio::time::timeout(limit, self.fill())
             .await
-            .unwrap_or_else(|_| {
-                Err(ReadError::Io(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("no payload byte arrived for {limit:?}"),
-                )))
-            })
+            .unwrap_or_else(|_| Err(ReadError::Io(stalled(limit))))
     }
+}
+
+/// The error for a payload from which no byte arrived for `limit`.
+fn stalled(limit: Duration) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        format!("no payload byte arrived for {limit:?}"),
+    )
 }
 
 /// A frame to send: its head (prefix and header) and its payload, kept
