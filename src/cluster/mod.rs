@@ -247,22 +247,27 @@ impl ClusterClient {
     /// The counters summed over the nodes that answer (replicas count once
     /// per node). Fails only if no node answers.
     pub async fn stats(&self) -> Result<Stats, ClientError> {
-        let mut sum = Counters::default();
-        let mut answered = false;
-        let mut last_error = None;
-        for node in self.node_stats().await {
-            match node.stats {
-                Ok(s) => {
-                    answered = true;
-                    sum = sum.saturating_add(s.counters());
-                }
-                Err(e) => last_error = Some(e),
-            }
+        let nodes = self.node_stats().await;
+        if let Some(sum) = NodeStats::sum(&nodes) {
+            return Ok(sum);
         }
-        if !answered {
-            return Err(last_error.unwrap_or(ClientError::Unavailable("no nodes".into())));
-        }
-        Ok(sum.into())
+        Err(nodes
+            .into_iter()
+            .filter_map(|node| node.stats.err())
+            .last()
+            .unwrap_or(ClientError::Unavailable("no nodes".into())))
+    }
+}
+
+impl NodeStats {
+    /// The counters of the nodes in `nodes` that answered, summed; `None`
+    /// if none did.
+    pub fn sum(nodes: &[NodeStats]) -> Option<Stats> {
+        let answered = nodes.iter().filter_map(|node| node.stats.as_ref().ok());
+        answered
+            .map(Stats::counters)
+            .reduce(Counters::saturating_add)
+            .map(Stats::from)
     }
 }
 

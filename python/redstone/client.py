@@ -1,0 +1,199 @@
+"""The blocking :class:`Client` and the asyncio :class:`AsyncClient`."""
+
+from __future__ import annotations
+
+from typing import Any, Dict, List, Optional, Sequence
+
+from . import _convert
+from ._redstone import Native
+
+DEFAULT_ADDR = "127.0.0.1:50052"
+
+
+def _native(
+    addr: Optional[str],
+    nodes: Optional[Sequence[str]],
+    replicas: Optional[int],
+    write_quorum: Optional[int],
+    connect_timeout: float,
+    timeout: Optional[float],
+) -> Native:
+    if addr is not None and nodes is not None:
+        raise ValueError("give either an address or nodes=[...], not both")
+    if nodes is not None:
+        if isinstance(nodes, str):
+            nodes = [n.strip() for n in nodes.split(",") if n.strip()]
+        return Native(
+            nodes=list(nodes),
+            replicas=replicas,
+            write_quorum=write_quorum,
+            connect_timeout=connect_timeout,
+            timeout=timeout,
+        )
+    return Native(addr or DEFAULT_ADDR, connect_timeout=connect_timeout, timeout=timeout)
+
+
+class Client:
+    """A blocking client of one Redstone server's fast path, or of a cluster.
+
+    ::
+
+        c = redstone.Client("127.0.0.1:50052")
+        c.put("emb:1", np.ones((100, 768), np.float32))
+        a = c.get("emb:1")          # np.ndarray, or None
+
+        cluster = redstone.Client(nodes=["h1:50052", "h2:50052", "h3:50052"], replicas=2)
+
+    One client is safe to share between threads, and should be: calls from
+    many threads share its connection (requests are pipelined). The GIL is
+    released while a call waits on the network, so other threads run.
+    Ctrl-C interrupts a waiting call.
+
+    Args:
+        addr: ``host:port`` of a server's fast path (default
+            ``127.0.0.1:50052``). Connects now: an unreachable server is
+            :class:`redstone.ConnectionError`.
+        nodes: a cluster's fast-path addresses (a list, or one
+            comma-separated string), instead of ``addr``. Every client of a
+            cluster must list the same nodes. Nodes are connected on first
+            use, so this succeeds while some are down.
+        replicas: copies of each tensor on a cluster (default
+            ``min(3, len(nodes))``).
+        write_quorum: replicas that must store a put for it to succeed
+            (default ``replicas``).
+        connect_timeout: seconds connecting may take.
+        timeout: seconds one call may wait for its reply (``None``: no
+            limit on one server; 2 s per node on a cluster).
+    """
+
+    def __init__(
+        self,
+        addr: Optional[str] = None,
+        *,
+        nodes: Optional[Sequence[str]] = None,
+        replicas: Optional[int] = None,
+        write_quorum: Optional[int] = None,
+        connect_timeout: float = 5.0,
+        timeout: Optional[float] = None,
+    ) -> None:
+        self._native = _native(addr, nodes, replicas, write_quorum, connect_timeout, timeout)
+
+    def put(self, key: str, value: Any) -> None:
+        """Stores ``value`` under ``key``.
+
+        ``value`` is a numpy array, a torch CPU tensor, an object with
+        ``__dlpack__``, or a buffer (``bytes``, ``memoryview``...; stored
+        as uint8 unless its format says otherwise). Its bytes are sent from
+        its own memory; don't modify it until ``put`` returns. A
+        non-contiguous array is copied once into a contiguous one first.
+
+        Raises:
+            AlreadyExistsError: the key is cached (values are immutable).
+            OutOfMemoryError: the tensor is larger than the whole cache.
+            InvalidArgumentError: a bad key (empty, or over 4 KiB).
+            UnsupportedDtypeError: a dtype Redstone has no code for.
+        """
+        code, shape, layout, flat = _convert.to_parts(value)
+        self._native.put(key, code, shape, layout, flat)
+
+    def get(self, key: str, *, torch: bool = False) -> Any:
+        """The tensor under ``key`` as a numpy array with its stored dtype and
+        shape (writable, owning its memory), or ``None`` if it is not cached.
+        The payload is read from the socket into the array's memory.
+
+        With ``torch=True``, a ``torch.Tensor`` over the same memory
+        (``torch.from_numpy``).
+        """
+        parts = self._native.get(key)
+        return None if parts is None else _convert.from_parts(*parts, torch=torch)
+
+    def get_into(self, key: str, out: Any) -> bool:
+        """Reads the tensor under ``key`` into ``out``, a preallocated,
+        C-contiguous, writable numpy array or torch CPU tensor of exactly the
+        tensor's byte size. Allocates nothing: on one server the bytes go from
+        the socket straight into ``out`` (on a cluster they are copied once).
+
+        The bytes are copied as stored: ``out``'s dtype and shape are not
+        checked, only its byte size. Don't touch ``out`` until this returns.
+
+        Returns:
+            ``True``, or ``False`` if the key is not cached (``out`` untouched).
+
+        Raises:
+            InvalidArgumentError: ``out`` is not the tensor's byte size (``out``
+                untouched), not C-contiguous, or read-only.
+        """
+        return self._native.get_into(key, _convert.out_view(out)) is not None
+
+    def get_many(self, keys: Sequence[str], *, torch: bool = False) -> List[Any]:
+        """One entry per key, in order: an array (or tensor), or ``None``.
+        On one server, one request carries all the keys."""
+        return [None if p is None else _convert.from_parts(*p, torch=torch) for p in self._native.get_many(list(keys))]
+
+    def delete(self, key: str) -> bool:
+        """Removes ``key``; ``True`` if it was cached."""
+        return self._native.delete(key)
+
+    def stats(self) -> Dict[str, Any]:
+        """The server's counters: ``entries``, ``memory_used``,
+        ``memory_limit``, ``hits``, ``misses``, ``evictions``, ``hit_rate``,
+        ``memory_utilization``. A cluster's are summed over the nodes that
+        answer, and ``nodes`` lists each node's (``addr``, ``up``, and its
+        counters or ``error``)."""
+        return self._native.stats()
+
+
+class AsyncClient:
+    """:class:`Client`'s calls as coroutines, for asyncio (FastAPI, Ray
+    Serve...). The network wait happens off the event loop, which keeps
+    running; many calls may be in flight at once.
+
+    ::
+
+        c = redstone.AsyncClient("127.0.0.1:50052")
+        await c.put("emb:1", np.ones((100, 768), np.float32))
+        a = await c.get("emb:1")
+
+    The constructor takes :class:`Client`'s arguments and connects before it
+    returns (a short blocking wait, once). Cancelling a call abandons it: a
+    ``get_into`` cancelled mid-read may still have written part of ``out``.
+    """
+
+    def __init__(
+        self,
+        addr: Optional[str] = None,
+        *,
+        nodes: Optional[Sequence[str]] = None,
+        replicas: Optional[int] = None,
+        write_quorum: Optional[int] = None,
+        connect_timeout: float = 5.0,
+        timeout: Optional[float] = None,
+    ) -> None:
+        self._native = _native(addr, nodes, replicas, write_quorum, connect_timeout, timeout)
+
+    async def put(self, key: str, value: Any) -> None:
+        """:meth:`Client.put`."""
+        code, shape, layout, flat = _convert.to_parts(value)
+        await self._native.aput(key, code, shape, layout, flat)
+
+    async def get(self, key: str, *, torch: bool = False) -> Any:
+        """:meth:`Client.get`."""
+        parts = await self._native.aget(key)
+        return None if parts is None else _convert.from_parts(*parts, torch=torch)
+
+    async def get_into(self, key: str, out: Any) -> bool:
+        """:meth:`Client.get_into`."""
+        return (await self._native.aget_into(key, _convert.out_view(out))) is not None
+
+    async def get_many(self, keys: Sequence[str], *, torch: bool = False) -> List[Any]:
+        """:meth:`Client.get_many`."""
+        parts = await self._native.aget_many(list(keys))
+        return [None if p is None else _convert.from_parts(*p, torch=torch) for p in parts]
+
+    async def delete(self, key: str) -> bool:
+        """:meth:`Client.delete`."""
+        return await self._native.adelete(key)
+
+    async def stats(self) -> Dict[str, Any]:
+        """:meth:`Client.stats`."""
+        return await self._native.astats()

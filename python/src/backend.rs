@@ -1,0 +1,125 @@
+//! One node or a cluster, behind one set of calls.
+
+use redstone::client::ClientError;
+use redstone::cluster::{ClusterClient, NodeStats};
+use redstone::fast::FastClient;
+use redstone::stats::Stats;
+use redstone::tensor::meta::TensorMeta;
+use redstone::tensor::Tensor;
+
+/// Where a Python client's calls go.
+#[derive(Debug, Clone)]
+pub enum Backend {
+    /// One server's fast path.
+    Node(FastClient),
+    /// Keys placed and replicated over several servers.
+    Cluster(ClusterClient),
+}
+
+/// A server's counters, or for a cluster their sum and each node's.
+#[derive(Debug)]
+pub struct Report {
+    pub total: Stats,
+    pub nodes: Option<Vec<NodeStats>>,
+}
+
+impl Backend {
+    pub async fn put(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
+        match self {
+            Backend::Node(c) => c.put_tensor(key, tensor).await,
+            Backend::Cluster(c) => c.put_tensor(key, tensor).await,
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
+        match self {
+            Backend::Node(c) => c.get(key).await,
+            Backend::Cluster(c) => c.get(key).await,
+        }
+    }
+
+    /// On one node the payload is read from the socket into `dst`. A
+    /// cluster read may fail over between replicas and repair them, which
+    /// needs the tensor whole, so there it is received and copied once.
+    pub async fn get_into(
+        &self,
+        key: &str,
+        dst: &mut [u8],
+    ) -> Result<Option<TensorMeta>, ClientError> {
+        match self {
+            Backend::Node(c) => c.get_into(key, dst).await,
+            Backend::Cluster(c) => {
+                let Some(tensor) = c.get(key).await? else {
+                    return Ok(None);
+                };
+                let (meta, data) = tensor.into_parts();
+                if data.len() != dst.len() {
+                    return Err(ClientError::Invalid(redstone::Error::InvalidSize {
+                        expected: data.len() as u64,
+                        actual: dst.len() as u64,
+                    }));
+                }
+                dst.copy_from_slice(&data);
+                Ok(Some(meta))
+            }
+        }
+    }
+
+    /// One entry per key, in order. One node gets them in one request; a
+    /// cluster asks each key's replicas, all keys at once.
+    pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Tensor>>, ClientError> {
+        match self {
+            Backend::Node(c) => c.get_many(&keys).await,
+            Backend::Cluster(c) => {
+                let reads: Vec<_> = keys
+                    .into_iter()
+                    .map(|key| {
+                        let c = c.clone();
+                        tokio::spawn(async move { c.get(&key).await })
+                    })
+                    .collect();
+                let mut out = Vec::with_capacity(reads.len());
+                for read in reads {
+                    out.push(read.await.map_err(|e| {
+                        ClientError::Protocol(format!("read task failed: {e}"))
+                    })??);
+                }
+                Ok(out)
+            }
+        }
+    }
+
+    pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        match self {
+            Backend::Node(c) => c.delete(key).await,
+            Backend::Cluster(c) => c.delete(key).await,
+        }
+    }
+
+    pub async fn stats(&self) -> Result<Report, ClientError> {
+        match self {
+            Backend::Node(c) => Ok(Report {
+                total: c.stats().await?,
+                nodes: None,
+            }),
+            Backend::Cluster(c) => {
+                let nodes = c.node_stats().await;
+                let Some(total) = NodeStats::sum(&nodes) else {
+                    // Every node's error is in the report's message.
+                    let why: Vec<String> = nodes
+                        .iter()
+                        .filter_map(|n| n.stats.as_ref().err().map(|e| format!("{}: {e}", n.addr)))
+                        .collect();
+                    return Err(ClientError::Unavailable(format!(
+                        "no node answered: {}",
+                        why.join("; ")
+                    )));
+                };
+                Ok(Report {
+                    total,
+                    nodes: Some(nodes),
+                })
+            }
+        }
+    }
+}

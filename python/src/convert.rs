@@ -1,0 +1,103 @@
+//! Results as Python objects.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use pyo3::IntoPyObjectExt;
+use redstone::stats::Stats;
+use redstone::tensor::Tensor;
+
+use crate::arrays::into_array;
+use crate::backend::Report;
+
+/// A received tensor as `(dtype code, shape, layout code, flat uint8 array)`,
+/// or `None`.
+pub struct Fetched(pub Option<Tensor>);
+
+impl<'py> IntoPyObject<'py> for Fetched {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        match self.0 {
+            None => Ok(py.None().into_bound(py)),
+            Some(tensor) => parts(py, tensor),
+        }
+    }
+}
+
+/// Several [`Fetched`], as a list.
+pub struct FetchedMany(pub Vec<Option<Tensor>>);
+
+impl<'py> IntoPyObject<'py> for FetchedMany {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let items = self
+            .0
+            .into_iter()
+            .map(|t| Fetched(t).into_pyobject(py))
+            .collect::<PyResult<Vec<_>>>()?;
+        items.into_bound_py_any(py)
+    }
+}
+
+fn parts(py: Python<'_>, tensor: Tensor) -> PyResult<Bound<'_, PyAny>> {
+    let (meta, data) = tensor.into_parts();
+    let array = into_array(py, data)?;
+    let tuple = PyTuple::new(
+        py,
+        [
+            meta.dtype().code().into_bound_py_any(py)?,
+            meta.shape().into_bound_py_any(py)?,
+            meta.layout().code().into_bound_py_any(py)?,
+            array.into_any(),
+        ],
+    )?;
+    Ok(tuple.into_any())
+}
+
+impl<'py> IntoPyObject<'py> for Report {
+    type Target = PyAny;
+    type Output = Bound<'py, PyAny>;
+    type Error = PyErr;
+
+    /// The counters as a dict; a cluster's also has `nodes`, a list of
+    /// dicts with each node's `addr`, `up` and counters (or `error`).
+    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let dict = stats_dict(py, &self.total)?;
+        if let Some(nodes) = self.nodes {
+            let mut list = Vec::with_capacity(nodes.len());
+            for node in nodes {
+                let entry = match &node.stats {
+                    Ok(stats) => stats_dict(py, stats)?,
+                    Err(e) => {
+                        let entry = PyDict::new(py);
+                        entry.set_item("error", e.to_string())?;
+                        entry
+                    }
+                };
+                entry.set_item("addr", node.addr)?;
+                entry.set_item("up", node.up)?;
+                list.push(entry);
+            }
+            dict.set_item("nodes", list)?;
+        }
+        Ok(dict.into_any())
+    }
+}
+
+fn stats_dict<'py>(py: Python<'py>, s: &Stats) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("entries", s.entries)?;
+    dict.set_item("memory_used", s.memory_used)?;
+    dict.set_item("memory_limit", s.memory_limit)?;
+    dict.set_item("hits", s.hits)?;
+    dict.set_item("misses", s.misses)?;
+    dict.set_item("evictions", s.evictions)?;
+    dict.set_item("hit_rate", s.hit_rate)?;
+    dict.set_item("memory_utilization", s.memory_utilization)?;
+    Ok(dict)
+}
