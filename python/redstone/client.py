@@ -30,7 +30,13 @@ def _native(
             connect_timeout=connect_timeout,
             timeout=timeout,
         )
-    return Native(addr or DEFAULT_ADDR, connect_timeout=connect_timeout, timeout=timeout)
+    return Native(
+        addr or DEFAULT_ADDR,
+        replicas=replicas,
+        write_quorum=write_quorum,
+        connect_timeout=connect_timeout,
+        timeout=timeout,
+    )
 
 
 class Client:
@@ -89,7 +95,8 @@ class Client:
 
         Raises:
             AlreadyExistsError: the key is cached (values are immutable).
-            OutOfMemoryError: the tensor is larger than the whole cache.
+            OutOfMemoryError: the tensor is larger than the server takes (its
+                budget, or its --max-tensor).
             InvalidArgumentError: a bad key (empty, or over 4 KiB).
             UnsupportedDtypeError: a dtype Redstone has no code for.
         """

@@ -30,8 +30,9 @@ class AlreadyExistsError(RedstoneError):
 
 
 class OutOfMemoryError(RedstoneError):
-    """The tensor is larger than the server's whole budget. (A full cache
-    evicts to make room; this is only for what can never fit.)"""
+    """The tensor is larger than the server takes: its whole budget, or its
+    ``--max-tensor`` limit. (A full cache evicts to make room; this is only
+    for what can never fit.)"""
 
 
 class InvalidArgumentError(RedstoneError, ValueError):

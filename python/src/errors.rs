@@ -13,10 +13,12 @@ use redstone::client::ClientError;
 fn class_name(err: &ClientError) -> &'static str {
     match err {
         ClientError::AlreadyExists(_) => "AlreadyExistsError",
-        ClientError::OutOfMemory(_) => "OutOfMemoryError",
-        ClientError::InvalidArgument(_) | ClientError::Invalid(_) | ClientError::TooLarge(_) => {
-            "InvalidArgumentError"
-        }
+        // A payload over the server's limit (`--max-tensor`, by default
+        // its budget) is refused before it is read, as `TooLarge`: for a
+        // Python caller, as for the engine's own refusal, the tensor does
+        // not fit in that server.
+        ClientError::OutOfMemory(_) | ClientError::TooLarge(_) => "OutOfMemoryError",
+        ClientError::InvalidArgument(_) | ClientError::Invalid(_) => "InvalidArgumentError",
         ClientError::Timeout(_) => "TimeoutError",
         ClientError::Connect { .. } | ClientError::Unavailable(_) | ClientError::Quorum(_) => {
             "ConnectionError"

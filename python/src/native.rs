@@ -122,7 +122,7 @@ impl Native {
     ) -> PyResult<Option<MetaParts>> {
         let mut target = Target::new(&out)?;
         let backend = self.backend.clone();
-        let meta = wait(py, async move { backend.get_into(&key, target.slice()).await })?;
+        let meta = wait(py, async move { read_into(&backend, &key, target.slice()).await })?;
         Ok(meta.map(meta_parts))
     }
 
@@ -175,7 +175,7 @@ impl Native {
         let mut target = Target::new(&out)?;
         let backend = self.backend.clone();
         awaitable(py, async move {
-            let meta = backend.get_into(&key, target.slice()).await?;
+            let meta = read_into(&backend, &key, target.slice()).await?;
             Ok(meta.map(meta_parts))
         })
     }
@@ -228,6 +228,23 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
 {
     future_into_py(py, async move { work.await.map_err(to_py_detached) })
+}
+
+/// `get_into`, with a size mismatch said in the caller's terms.
+async fn read_into(
+    backend: &Backend,
+    key: &str,
+    out: &mut [u8],
+) -> Result<Option<TensorMeta>, ClientError> {
+    backend.get_into(key, out).await.map_err(|e| match e {
+        ClientError::Invalid(redstone::Error::InvalidSize { expected, actual }) => {
+            ClientError::InvalidArgument(format!(
+                "out is {actual} bytes but the tensor under {key:?} is {expected}: \
+                 give get_into an array of exactly its size (out untouched)"
+            ))
+        }
+        other => other,
+    })
 }
 
 /// A tensor over `data`'s memory, checked against its metadata.

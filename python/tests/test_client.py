@@ -1,0 +1,130 @@
+"""The calls' contracts: misses, refusals, sizes, counters."""
+
+import numpy as np
+import pytest
+
+import redstone
+
+from conftest import Server, unique
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return redstone.Client(server.fast)
+
+
+def test_a_missing_key_is_none_not_an_exception(client):
+    key = unique("missing")
+    assert client.get(key) is None
+    out = np.full(4, 9, np.float32)
+    assert client.get_into(key, out) is False
+    assert (out == 9).all()
+    assert client.delete(key) is False
+    assert client.get_many([key, key]) == [None, None]
+
+
+def test_a_second_put_is_already_exists_and_keeps_the_first_value(client):
+    key = unique("dup")
+    client.put(key, np.ones(3, np.float32))
+    with pytest.raises(redstone.AlreadyExistsError, match="already cached"):
+        client.put(key, np.zeros(3, np.float32))
+    assert client.get(key).tolist() == [1.0, 1.0, 1.0]
+    assert client.delete(key) is True
+    client.put(key, np.zeros(3, np.float32))
+    assert client.get(key).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_a_tensor_over_the_budget_is_out_of_memory(fresh_server):
+    client = redstone.Client(fresh_server.fast)
+    with pytest.raises(redstone.OutOfMemoryError):
+        client.put(unique("huge"), np.zeros(129 << 20, np.uint8))
+    # The server goes on serving, on the same client.
+    key = unique("after")
+    client.put(key, np.ones(2))
+    assert client.get(key) is not None
+
+
+def test_bad_keys_are_invalid_argument(client):
+    with pytest.raises(redstone.InvalidArgumentError):
+        client.put("", np.ones(1))
+    with pytest.raises(redstone.InvalidArgumentError):
+        client.get("k" * 5000)
+    assert issubclass(redstone.InvalidArgumentError, ValueError)
+
+
+def test_get_into_checks_its_buffer_and_leaves_it_alone_when_refused(client):
+    key = unique("into")
+    value = np.arange(12, dtype=np.float32).reshape(3, 4)
+    client.put(key, value)
+    small = np.full(11, -1, np.float32)
+    with pytest.raises(redstone.InvalidArgumentError, match="out is 44 bytes but the tensor under .* is 48"):
+        client.get_into(key, small)
+    assert (small == -1).all()
+    with pytest.raises(redstone.InvalidArgumentError, match="C-contiguous"):
+        client.get_into(key, np.empty((4, 3), np.float32).T)
+    readonly = np.empty((3, 4), np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(redstone.InvalidArgumentError, match="read-only"):
+        client.get_into(key, readonly)
+    # The connection is still in step after the refusals.
+    out = np.empty((3, 4), np.float32)
+    assert client.get_into(key, out) and np.array_equal(out, value)
+
+
+def test_get_many_keeps_the_order_of_its_keys(client):
+    keys = [unique("many") for _ in range(5)]
+    for i, key in enumerate(keys):
+        if i % 2 == 0:
+            client.put(key, np.full(i + 1, i, np.int16))
+    got = client.get_many(keys)
+    assert [None if g is None else g.tolist() for g in got] == [[0], None, [2, 2, 2], None, [4] * 5]
+    assert client.get_many([]) == []
+
+
+def test_stats_count_this_clients_traffic(fresh_server):
+    client = redstone.Client(fresh_server.fast)
+    client.put("a", np.zeros(1000, np.uint8))
+    client.get("a")
+    client.get("a")
+    client.get("b")
+    s = client.stats()
+    assert (s["entries"], s["hits"], s["misses"], s["evictions"]) == (1, 2, 1, 0)
+    assert s["memory_limit"] == 128 << 20
+    assert s["memory_used"] >= 1000
+    assert s["hit_rate"] == pytest.approx(2 / 3)
+
+
+def test_large_tensors_round_trip(fresh_server):
+    # 256 MiB, on a server of its own with room for it.
+    with Server("600MiB") as big:
+        client = redstone.Client(big.fast)
+        value = np.arange(256 << 20, dtype=np.uint64).view(np.uint8)[: 256 << 20]
+        value = value.reshape(1 << 14, 1 << 14)
+        client.put("big", value)
+        out = np.empty_like(value)
+        assert client.get_into("big", out)
+        assert np.array_equal(out, value)
+        del out
+        back = client.get("big")
+        assert back.shape == value.shape and np.array_equal(back, value)
+
+
+def test_timeouts_are_connection_errors(silent_addr):
+    client = redstone.Client(silent_addr, timeout=0.2)
+    with pytest.raises(redstone.TimeoutError):
+        client.get("k")
+    with pytest.raises(redstone.ConnectionError):
+        client.get_into("k", np.empty(4, np.uint8))
+    with pytest.raises(TimeoutError):  # the builtin, too
+        client.stats()
+
+
+def test_arguments_are_checked():
+    with pytest.raises(ValueError, match="not both"):
+        redstone.Client("127.0.0.1:1", nodes=["127.0.0.1:2"])
+    with pytest.raises(ValueError, match="timeout"):
+        redstone.Client("127.0.0.1:1", timeout=-1)
+    with pytest.raises(ValueError, match="cluster"):
+        redstone.Client("127.0.0.1:1", replicas=2)
+    with pytest.raises(redstone.InvalidArgumentError, match="replicas"):
+        redstone.Client(nodes=["127.0.0.1:1", "127.0.0.1:2"], replicas=3)

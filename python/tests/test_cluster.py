@@ -1,0 +1,60 @@
+"""A three-node cluster with two replicas per tensor."""
+
+import numpy as np
+import pytest
+
+import redstone
+
+from conftest import Server
+
+
+@pytest.fixture
+def cluster():
+    servers = [Server("256MiB") for _ in range(3)]
+    try:
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+def test_a_cluster_serves_every_tensor_with_one_node_down(cluster):
+    nodes = [s.fast for s in cluster]
+    client = redstone.Client(nodes=nodes, replicas=2, timeout=1.0)
+    values = {f"t{i}": np.full((32, 32), i, np.float32) for i in range(40)}
+    for key, value in values.items():
+        client.put(key, value)
+    stats = client.stats()
+    assert stats["entries"] == 80  # two replicas each
+    assert len(stats["nodes"]) == 3 and all(n["up"] for n in stats["nodes"])
+
+    cluster[1].stop()
+    for key, value in values.items():
+        assert np.array_equal(client.get(key), value), key
+        out = np.empty_like(value)
+        assert client.get_into(key, out) and np.array_equal(out, value)
+    got = client.get_many(list(values) + ["absent"])
+    assert all(np.array_equal(g, values[k]) for g, k in zip(got, values))
+    assert got[-1] is None
+    stats = client.stats()
+    down = [n for n in stats["nodes"] if n["addr"] == nodes[1]][0]
+    assert "error" in down
+    assert stats["entries"] < 80
+
+    # A delete must reach every replica: with one down, some cannot.
+    refused = 0
+    for key in values:
+        try:
+            client.delete(key)
+        except redstone.ConnectionError as e:
+            assert "retry" in str(e)
+            refused += 1
+    assert 0 < refused < len(values)
+
+
+def test_cluster_puts_are_immutable_too(cluster):
+    client = redstone.Client(nodes=",".join(s.fast for s in cluster))
+    client.put("k", np.ones(3))
+    with pytest.raises(redstone.AlreadyExistsError):
+        client.put("k", np.zeros(3))
+    assert client.get("k").tolist() == [1.0, 1.0, 1.0]
