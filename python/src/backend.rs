@@ -80,9 +80,11 @@ impl Backend {
                     .collect();
                 let mut out = Vec::with_capacity(reads.len());
                 for read in reads {
-                    out.push(read.await.map_err(|e| {
-                        ClientError::Protocol(format!("read task failed: {e}"))
-                    })??);
+                    out.push(
+                        read.await.map_err(|e| {
+                            ClientError::Protocol(format!("read task failed: {e}"))
+                        })??,
+                    );
                 }
                 Ok(out)
             }

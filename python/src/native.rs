@@ -122,7 +122,9 @@ impl Native {
     ) -> PyResult<Option<MetaParts>> {
         let mut target = Target::new(&out)?;
         let backend = self.backend.clone();
-        let meta = wait(py, async move { read_into(&backend, &key, target.slice()).await })?;
+        let meta = wait(py, async move {
+            read_into(&backend, &key, target.slice()).await
+        })?;
         Ok(meta.map(meta_parts))
     }
 
@@ -183,7 +185,10 @@ impl Native {
     /// `get_many`, as an awaitable.
     fn aget_many<'py>(&self, py: Python<'py>, keys: Vec<String>) -> PyResult<Bound<'py, PyAny>> {
         let backend = self.backend.clone();
-        awaitable(py, async move { backend.get_many(keys).await.map(FetchedMany) })
+        awaitable(
+            py,
+            async move { backend.get_many(keys).await.map(FetchedMany) },
+        )
     }
 
     /// `delete`, as an awaitable.
