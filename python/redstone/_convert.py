@@ -77,7 +77,10 @@ def as_array(value: Any) -> Tuple[np.ndarray, Optional[int]]:
     when the array's dtype does not say it (a torch bfloat16 tensor, viewed
     as int16)."""
     if isinstance(value, np.ndarray):
-        return value, None
+        if isinstance(value, np.ma.MaskedArray):
+            raise TypeError("masked arrays are not supported: store .filled(fill_value) or .data")
+        # A subclass (np.matrix...) as the plain array over its memory.
+        return (value if type(value) is np.ndarray else value.view(np.ndarray)), None
     torch = _torch()
     if torch is not None and isinstance(value, torch.Tensor):
         if value.device.type != "cpu":
@@ -87,9 +90,14 @@ def as_array(value: Any) -> Tuple[np.ndarray, Optional[int]]:
         value = value.detach()
         if value.is_conj():
             value = value.resolve_conj()
-        if value.dtype == torch.bfloat16:
-            return value.view(torch.int16).numpy(), BF16
-        return value.numpy(), None
+        if value.is_neg():
+            value = value.resolve_neg()
+        try:
+            if value.dtype == torch.bfloat16:
+                return value.view(torch.int16).numpy(), BF16
+            return value.numpy(), None
+        except (TypeError, RuntimeError) as e:
+            raise UnsupportedDtypeError(f"Redstone cannot take a torch {value.dtype} tensor: {e}") from None
     if isinstance(value, np.generic):
         return np.asarray(value), None
     if hasattr(value, "__dlpack__"):
@@ -161,11 +169,27 @@ def _import_torch() -> Any:
     return torch
 
 
-def out_view(out: Any) -> np.ndarray:
-    """``get_into``'s destination as a flat, writable uint8 view of its memory."""
-    array, _ = as_array(out)
-    if not array.flags.c_contiguous:
-        raise InvalidArgumentError("out must be C-contiguous (np.ascontiguousarray, or allocate it with np.empty)")
+def out_view(out: Any) -> Tuple[np.ndarray, Optional[Tuple[int, Tuple[int, ...], int]]]:
+    """``get_into``'s destination as a flat, writable uint8 view of its
+    memory, and what it expects of the tensor: ``(dtype code, shape, layout
+    code)`` (layout 0: either order), or ``None`` for a flat uint8 array,
+    which takes any tensor's raw bytes."""
+    torch = _torch()
+    is_tensor = torch is not None and isinstance(out, torch.Tensor)
+    if not is_tensor and (not isinstance(out, np.ndarray) or isinstance(out, np.ma.MaskedArray)):
+        raise TypeError(f"out must be a numpy array or a torch CPU tensor, not {type(out).__name__}")
+    array, code = as_array(out)
     if not array.flags.writeable:
         raise InvalidArgumentError("out is read-only")
-    return array.reshape(-1).view(np.uint8)
+    if array.dtype.byteorder == ">":
+        raise InvalidArgumentError("out must be little-endian, as Redstone stores tensors")
+    c, f = array.flags.c_contiguous, array.flags.f_contiguous
+    if not (c or f):
+        raise InvalidArgumentError("out must be contiguous (allocate it with np.empty(shape, dtype))")
+    flat = array.ravel(order="K").view(np.uint8)
+    if array.ndim == 1 and array.dtype == np.uint8 and code is None:
+        return flat, None
+    if code is None:
+        code = _code_of(array.dtype)
+    layout = 0 if (c and f) else (ROW_MAJOR if c else COLUMN_MAJOR)
+    return flat, (code, array.shape, layout)

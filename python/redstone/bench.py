@@ -130,11 +130,14 @@ def run(target: str, addr: str, args: argparse.Namespace) -> Dict[str, Any]:
                     first_error.append(f"{type(e).__name__}: {e}")
             t1 = time.perf_counter_ns()
             if measuring.is_set():
-                mine.append(t1 - t0)
+                # Only completed operations count towards throughput and
+                # latency; misses and errors are reported apart.
                 if failed:
                     errors[w] += 1
                 elif not ok:
                     misses[w] += 1
+                else:
+                    mine.append(t1 - t0)
             i += 1
 
     threads = [threading.Thread(target=worker, args=(w,), daemon=True) for w in range(args.concurrency)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Dict, List, Optional, Sequence
 
-from . import _convert
+from . import _aio, _convert
 from ._redstone import Native
 
 DEFAULT_ADDR = "127.0.0.1:50052"
@@ -17,26 +17,32 @@ def _native(
     write_quorum: Optional[int],
     connect_timeout: float,
     timeout: Optional[float],
+    max_tensor: Optional[int],
 ) -> Native:
     if addr is not None and nodes is not None:
         raise ValueError("give either an address or nodes=[...], not both")
-    if nodes is not None:
-        if isinstance(nodes, str):
-            nodes = [n.strip() for n in nodes.split(",") if n.strip()]
-        return Native(
-            nodes=list(nodes),
-            replicas=replicas,
-            write_quorum=write_quorum,
-            connect_timeout=connect_timeout,
-            timeout=timeout,
-        )
-    return Native(
-        addr or DEFAULT_ADDR,
+    common = dict(
         replicas=replicas,
         write_quorum=write_quorum,
         connect_timeout=connect_timeout,
         timeout=timeout,
+        max_tensor=max_tensor,
     )
+    if nodes is not None:
+        if isinstance(nodes, str):
+            nodes = [n.strip() for n in nodes.split(",") if n.strip()]
+        return Native(nodes=list(nodes), **common)
+    if addr is None:
+        addr = DEFAULT_ADDR
+    if not isinstance(addr, str) or not addr.strip():
+        raise ValueError(f"addr must be 'host:port', not {addr!r}")
+    return Native(addr, **common)
+
+
+def _keys(keys: Sequence[str]) -> List[str]:
+    if isinstance(keys, (str, bytes)):
+        raise TypeError("get_many takes a list of keys, not one key")
+    return list(keys)
 
 
 class Client:
@@ -70,6 +76,8 @@ class Client:
         connect_timeout: seconds connecting may take.
         timeout: seconds one call may wait for its reply (``None``: no
             limit on one server; 2 s per node on a cluster).
+        max_tensor: the largest tensor, in bytes, a reply may make this
+            client allocate (default 64 GiB).
     """
 
     def __init__(
@@ -81,8 +89,9 @@ class Client:
         write_quorum: Optional[int] = None,
         connect_timeout: float = 5.0,
         timeout: Optional[float] = None,
+        max_tensor: Optional[int] = None,
     ) -> None:
-        self._native = _native(addr, nodes, replicas, write_quorum, connect_timeout, timeout)
+        self._native = _native(addr, nodes, replicas, write_quorum, connect_timeout, timeout, max_tensor)
 
     def put(self, key: str, value: Any) -> None:
         """Stores ``value`` under ``key``.
@@ -90,8 +99,11 @@ class Client:
         ``value`` is a numpy array, a torch CPU tensor, an object with
         ``__dlpack__``, or a buffer (``bytes``, ``memoryview``...; stored
         as uint8 unless its format says otherwise). Its bytes are sent from
-        its own memory; don't modify it until ``put`` returns. A
-        non-contiguous array is copied once into a contiguous one first.
+        its own memory; don't modify it until ``put`` returns. ``put``
+        returns only once nothing reads it any more, whatever the outcome
+        (after a timeout, once the bytes already queued are written or
+        dropped with their connection). A non-contiguous array is copied
+        once into a contiguous one first.
 
         Raises:
             AlreadyExistsError: the key is cached (values are immutable).
@@ -116,26 +128,31 @@ class Client:
 
     def get_into(self, key: str, out: Any) -> bool:
         """Reads the tensor under ``key`` into ``out``, a preallocated,
-        C-contiguous, writable numpy array or torch CPU tensor of exactly the
-        tensor's byte size. Allocates nothing: on one server the bytes go from
-        the socket straight into ``out`` (on a cluster they are copied once).
-
-        The bytes are copied as stored: ``out``'s dtype and shape are not
-        checked, only its byte size. Don't touch ``out`` until this returns.
+        writable numpy array or torch CPU tensor with the tensor's dtype and
+        shape, C-contiguous (F-contiguous for a tensor stored column-major,
+        as a Fortran-ordered array is). A flat ``uint8`` array of the
+        tensor's byte size takes any tensor's raw bytes. Allocates nothing:
+        on one server the bytes go from the socket straight into ``out`` (on
+        a cluster they are copied once). Don't touch ``out`` until this
+        returns, nor give the same memory to two calls at once (refused).
 
         Returns:
             ``True``, or ``False`` if the key is not cached (``out`` untouched).
 
         Raises:
-            InvalidArgumentError: ``out`` is not the tensor's byte size (``out``
-                untouched), not C-contiguous, or read-only.
+            InvalidArgumentError: ``out`` does not fit the tensor (dtype,
+                shape, order or byte size; checked before a byte is written,
+                so ``out`` is untouched), is read-only, is not contiguous, or
+                is being written by another ``get_into``.
         """
-        return self._native.get_into(key, _convert.out_view(out)) is not None
+        flat, expect = _convert.out_view(out)
+        return self._native.get_into(key, flat, expect) is not None
 
     def get_many(self, keys: Sequence[str], *, torch: bool = False) -> List[Any]:
         """One entry per key, in order: an array (or tensor), or ``None``.
         On one server, one request carries all the keys."""
-        return [None if p is None else _convert.from_parts(*p, torch=torch) for p in self._native.get_many(list(keys))]
+        parts = self._native.get_many(_keys(keys))
+        return [None if p is None else _convert.from_parts(*p, torch=torch) for p in parts]
 
     def delete(self, key: str) -> bool:
         """Removes ``key``; ``True`` if it was cached."""
@@ -162,8 +179,11 @@ class AsyncClient:
         a = await c.get("emb:1")
 
     The constructor takes :class:`Client`'s arguments and connects before it
-    returns (a short blocking wait, once). Cancelling a call abandons it: a
-    ``get_into`` cancelled mid-read may still have written part of ``out``.
+    returns (a short blocking wait, once). Cancelling a call stops it, and the
+    ``CancelledError`` comes only once nothing touches the caller's arrays
+    any more; a ``get_into`` cancelled mid-read may have written part of
+    ``out``, and a cancelled ``put`` runs on to its end first (it may have
+    stored the tensor).
     """
 
     def __init__(
@@ -175,32 +195,34 @@ class AsyncClient:
         write_quorum: Optional[int] = None,
         connect_timeout: float = 5.0,
         timeout: Optional[float] = None,
+        max_tensor: Optional[int] = None,
     ) -> None:
-        self._native = _native(addr, nodes, replicas, write_quorum, connect_timeout, timeout)
+        self._native = _native(addr, nodes, replicas, write_quorum, connect_timeout, timeout, max_tensor)
 
     async def put(self, key: str, value: Any) -> None:
         """:meth:`Client.put`."""
         code, shape, layout, flat = _convert.to_parts(value)
-        await self._native.aput(key, code, shape, layout, flat)
+        await _aio.run(self._native.aput(key, code, shape, layout, flat), abort=False)
 
     async def get(self, key: str, *, torch: bool = False) -> Any:
         """:meth:`Client.get`."""
-        parts = await self._native.aget(key)
+        parts = await _aio.run(self._native.aget(key))
         return None if parts is None else _convert.from_parts(*parts, torch=torch)
 
     async def get_into(self, key: str, out: Any) -> bool:
         """:meth:`Client.get_into`."""
-        return (await self._native.aget_into(key, _convert.out_view(out))) is not None
+        flat, expect = _convert.out_view(out)
+        return (await _aio.run(self._native.aget_into(key, flat, expect))) is not None
 
     async def get_many(self, keys: Sequence[str], *, torch: bool = False) -> List[Any]:
         """:meth:`Client.get_many`."""
-        parts = await self._native.aget_many(list(keys))
+        parts = await _aio.run(self._native.aget_many(_keys(keys)))
         return [None if p is None else _convert.from_parts(*p, torch=torch) for p in parts]
 
     async def delete(self, key: str) -> bool:
         """:meth:`Client.delete`."""
-        return await self._native.adelete(key)
+        return await _aio.run(self._native.adelete(key))
 
     async def stats(self) -> Dict[str, Any]:
         """:meth:`Client.stats`."""
-        return await self._native.astats()
+        return await _aio.run(self._native.astats())

@@ -41,13 +41,17 @@ impl Backend {
     /// On one node the payload is read from the socket into `dst`. A
     /// cluster read may fail over between replicas and repair them, which
     /// needs the tensor whole, so there it is received and copied once.
+    ///
+    /// `accept` sees the tensor's metadata before any byte of `dst` is
+    /// written; its error is the call's.
     pub async fn get_into(
         &self,
         key: &str,
         dst: &mut [u8],
+        accept: impl FnOnce(&TensorMeta) -> Result<(), ClientError>,
     ) -> Result<Option<TensorMeta>, ClientError> {
         match self {
-            Backend::Node(c) => c.get_into(key, dst).await,
+            Backend::Node(c) => c.get_into_with(key, dst, accept).await,
             Backend::Cluster(c) => {
                 let Some(tensor) = c.get(key).await? else {
                     return Ok(None);
@@ -59,6 +63,7 @@ impl Backend {
                         actual: dst.len() as u64,
                     }));
                 }
+                accept(&meta)?;
                 dst.copy_from_slice(&data);
                 Ok(Some(meta))
             }

@@ -39,9 +39,3 @@ pub fn to_py(py: Python<'_>, err: ClientError) -> PyErr {
         Err(_) => PyRuntimeError::new_err(err.to_string()),
     }
 }
-
-/// [`to_py`] from a thread that may not be attached to Python (a tokio
-/// worker finishing an awaitable).
-pub fn to_py_detached(err: ClientError) -> PyErr {
-    Python::attach(|py| to_py(py, err))
-}

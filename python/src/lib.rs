@@ -9,16 +9,20 @@
 //!   one set of calls.
 //! - `native`: the `Native` class: each call blocking (the GIL released
 //!   while it waits) or as an asyncio awaitable.
+//! - `aio`: calls as asyncio futures, resolved from the runtime's threads.
+//! - `runtime`: the process's tokio runtime, made again after `fork()`.
 //! - `arrays`: payloads into numpy arrays and numpy arrays into payloads,
 //!   without copies.
 //! - `convert`: received tensors and counters as Python objects.
 //! - `errors`: the one mapping of client errors to Python exceptions.
 
+mod aio;
 mod arrays;
 mod backend;
 mod convert;
 mod errors;
 mod native;
+mod runtime;
 
 use pyo3::prelude::*;
 
@@ -26,6 +30,11 @@ use pyo3::prelude::*;
 fn _redstone(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<native::Native>()?;
     m.add_class::<arrays::Payload>()?;
+    m.add_class::<aio::Abort>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    let shutdown = wrap_pyfunction!(aio::shutdown, m)?;
+    m.py()
+        .import("atexit")?
+        .call_method1("register", (shutdown,))?;
     Ok(())
 }

@@ -1,23 +1,26 @@
 //! `Native`: the calls the Python classes make, each blocking (the GIL
-//! released while it waits) or as an awaitable (`a`-prefixed).
+//! released while it waits) or as an awaitable (`a`-prefixed, returning
+//! `(future, abort)`; see `aio`).
 
 use std::future::Future;
+use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
-use pyo3_async_runtimes::tokio::{future_into_py, get_runtime};
 use redstone::client::ClientError;
 use redstone::cluster::{ClusterClient, ClusterConfig};
 use redstone::fast::{FastClient, FastClientOptions};
 use redstone::tensor::meta::TensorMeta;
 use redstone::tensor::Tensor;
 
-use crate::arrays::{pinned, Target};
+use crate::aio;
+use crate::arrays::{pinned, Expect, Released, Target};
 use crate::backend::Backend;
 use crate::convert::{Fetched, FetchedMany};
-use crate::errors::{to_py, to_py_detached};
+use crate::errors::to_py;
+use crate::runtime::runtime;
 
 /// How often a blocking call looks for a signal (Ctrl-C) while it waits.
 const SIGNAL_CHECK: Duration = Duration::from_millis(100);
@@ -25,11 +28,34 @@ const SIGNAL_CHECK: Duration = Duration::from_millis(100);
 /// A tensor's metadata as `(dtype code, shape, layout code)`.
 type MetaParts = (u8, Vec<u64>, u8);
 
+/// What a client connects to, kept so that a forked child can connect
+/// again.
+enum Spec {
+    Node(String, FastClientOptions),
+    Cluster(ClusterConfig),
+}
+
+impl Spec {
+    fn connect(&self, py: Python<'_>) -> PyResult<Backend> {
+        match self {
+            Spec::Node(addr, options) => {
+                let connect = FastClient::connect_with(addr.clone(), options.clone());
+                Ok(Backend::Node(wait(py, connect)?))
+            }
+            Spec::Cluster(config) => ClusterClient::new(config.clone())
+                .map(Backend::Cluster)
+                .map_err(|e| to_py(py, ClientError::InvalidArgument(e.to_string()))),
+        }
+    }
+}
+
 /// One client, to a node or a cluster, shared by every thread and task
 /// that holds it.
 #[pyclass(frozen, module = "redstone._redstone")]
 pub struct Native {
-    backend: Backend,
+    spec: Spec,
+    /// The process that made `backend`, and the backend.
+    backend: Mutex<(u32, Backend)>,
 }
 
 #[pymethods]
@@ -38,7 +64,8 @@ impl Native {
     /// (`nodes`, connected on first use). Timeouts are in seconds.
     #[new]
     #[pyo3(signature = (addr=None, *, nodes=None, replicas=None, write_quorum=None,
-                        connect_timeout=5.0, timeout=None))]
+                        connect_timeout=5.0, timeout=None, max_tensor=None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         addr: Option<String>,
@@ -47,26 +74,34 @@ impl Native {
         write_quorum: Option<usize>,
         connect_timeout: f64,
         timeout: Option<f64>,
+        max_tensor: Option<u64>,
     ) -> PyResult<Native> {
         let connect_timeout = seconds("connect_timeout", connect_timeout)?;
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
-        let backend = match (addr, nodes) {
+        let mut options = FastClientOptions {
+            connect_timeout,
+            request_timeout: timeout,
+            // Python callers hold whole checkpoints: allow tensors far
+            // larger than the Rust default's 4 GiB.
+            max_payload: 64 << 30,
+            ..FastClientOptions::default()
+        };
+        if let Some(max) = max_tensor {
+            options.max_payload = max;
+        }
+        let spec = match (addr, nodes) {
             (Some(addr), None) => {
                 if replicas.is_some() || write_quorum.is_some() {
                     return Err(PyValueError::new_err(
                         "replicas and write_quorum apply to a cluster (nodes=[...])",
                     ));
                 }
-                let options = FastClientOptions {
-                    connect_timeout,
-                    request_timeout: timeout,
-                    ..FastClientOptions::default()
-                };
-                Backend::Node(wait(py, FastClient::connect_with(addr, options))?)
+                Spec::Node(addr, options)
             }
             (None, Some(nodes)) => {
                 let mut config = ClusterConfig::new(nodes);
                 config.connect_timeout = connect_timeout;
+                config.max_payload = options.max_payload;
                 if let Some(timeout) = timeout {
                     config.timeout = timeout;
                 }
@@ -77,9 +112,7 @@ impl Native {
                 if let Some(w) = write_quorum {
                     config.write_quorum = w;
                 }
-                let client = ClusterClient::new(config)
-                    .map_err(|e| to_py(py, ClientError::InvalidArgument(e.to_string())))?;
-                Backend::Cluster(client)
+                Spec::Cluster(config)
             }
             _ => {
                 return Err(PyValueError::new_err(
@@ -87,11 +120,16 @@ impl Native {
                 ))
             }
         };
-        Ok(Native { backend })
+        let backend = spec.connect(py)?;
+        Ok(Native {
+            spec,
+            backend: Mutex::new((std::process::id(), backend)),
+        })
     }
 
     /// Stores a tensor: dtype and layout codes, shape, and its bytes as a
-    /// flat uint8 array, sent from the array's own memory.
+    /// flat uint8 array, sent from the array's own memory. Returns only
+    /// once nothing reads the array any more, whatever the outcome.
     fn put(
         &self,
         py: Python<'_>,
@@ -101,52 +139,63 @@ impl Native {
         layout: i64,
         data: Bound<'_, PyArray1<u8>>,
     ) -> PyResult<()> {
-        let tensor = tensor(py, dtype, shape, layout, &data)?;
-        let backend = self.backend.clone();
-        wait(py, async move { backend.put(&key, tensor).await })
+        let backend = self.backend(py)?;
+        let (tensor, released) = tensor(dtype, shape, layout, &data)?;
+        let result = wait(py, async move { backend.put(&key, tensor?).await });
+        // The array, back from the last frame that held it (at once after
+        // a success: the server has read every byte; after a failure, when
+        // the connection's writer has dropped the frame, within its write
+        // timeout). Dropped here, with the GIL.
+        drop(py.detach(|| block_on(released)));
+        result
     }
 
     /// `(dtype, shape, layout, flat uint8 array)` or `None`.
     fn get(&self, py: Python<'_>, key: String) -> PyResult<Fetched> {
-        let backend = self.backend.clone();
+        let backend = self.backend(py)?;
         wait(py, async move { backend.get(&key).await }).map(Fetched)
     }
 
     /// Reads the tensor into `out` (a writable, contiguous uint8 array of
-    /// its byte size); its metadata, or `None` if not cached.
+    /// its byte size); its metadata, or `None` if not cached. With
+    /// `expect`, `(dtype, shape, layout)` of the caller's array, a tensor
+    /// that does not match is refused before `out` is written.
+    #[pyo3(signature = (key, out, expect=None))]
     fn get_into(
         &self,
         py: Python<'_>,
         key: String,
         out: Bound<'_, PyArray1<u8>>,
+        expect: Option<MetaParts>,
     ) -> PyResult<Option<MetaParts>> {
-        let mut target = Target::new(&out)?;
-        let backend = self.backend.clone();
+        let backend = self.backend(py)?;
+        let mut target = Target::new(&out).map_err(|e| to_py(py, e))?;
         let meta = wait(py, async move {
-            read_into(&backend, &key, target.slice()).await
+            read_into(&backend, &key, target.slice(), expect).await
         })?;
         Ok(meta.map(meta_parts))
     }
 
     /// A list with one `get` result per key.
     fn get_many(&self, py: Python<'_>, keys: Vec<String>) -> PyResult<FetchedMany> {
-        let backend = self.backend.clone();
+        let backend = self.backend(py)?;
         wait(py, async move { backend.get_many(keys).await }).map(FetchedMany)
     }
 
     /// Whether the key was cached.
     fn delete(&self, py: Python<'_>, key: String) -> PyResult<bool> {
-        let backend = self.backend.clone();
+        let backend = self.backend(py)?;
         wait(py, async move { backend.delete(&key).await })
     }
 
     /// The counters, as a dict.
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let backend = self.backend.clone();
+        let backend = self.backend(py)?;
         wait(py, async move { backend.stats().await })?.into_pyobject(py)
     }
 
-    /// `put`, as an awaitable.
+    /// `put`, as `(future, abort)`. The future resolves once nothing reads
+    /// the array any more.
     fn aput<'py>(
         &self,
         py: Python<'py>,
@@ -156,51 +205,86 @@ impl Native {
         layout: i64,
         data: Bound<'py, PyArray1<u8>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let tensor = tensor(py, dtype, shape, layout, &data)?;
-        let backend = self.backend.clone();
-        awaitable(py, async move { backend.put(&key, tensor).await })
+        let backend = self.backend(py)?;
+        let (tensor, released) = tensor(dtype, shape, layout, &data)?;
+        aio::spawn(
+            py,
+            async move { backend.put(&key, tensor?).await },
+            released,
+        )
     }
 
-    /// `get`, as an awaitable.
+    /// `get`, as `(future, abort)`.
     fn aget<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
-        let backend = self.backend.clone();
-        awaitable(py, async move { backend.get(&key).await.map(Fetched) })
+        let backend = self.backend(py)?;
+        aio::spawn(
+            py,
+            async move { backend.get(&key).await.map(Fetched) },
+            nothing(),
+        )
     }
 
-    /// `get_into`, as an awaitable. `out` is held until the read ends.
+    /// `get_into`, as `(future, abort)`. `out` is written only by this call
+    /// until the future resolves.
+    #[pyo3(signature = (key, out, expect=None))]
     fn aget_into<'py>(
         &self,
         py: Python<'py>,
         key: String,
         out: Bound<'py, PyArray1<u8>>,
+        expect: Option<MetaParts>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut target = Target::new(&out)?;
-        let backend = self.backend.clone();
-        awaitable(py, async move {
-            let meta = read_into(&backend, &key, target.slice()).await?;
+        let backend = self.backend(py)?;
+        let mut target = Target::new(&out).map_err(|e| to_py(py, e))?;
+        let work = async move {
+            let meta = read_into(&backend, &key, target.slice(), expect).await?;
             Ok(meta.map(meta_parts))
-        })
+        };
+        aio::spawn(py, work, nothing())
     }
 
-    /// `get_many`, as an awaitable.
+    /// `get_many`, as `(future, abort)`.
     fn aget_many<'py>(&self, py: Python<'py>, keys: Vec<String>) -> PyResult<Bound<'py, PyAny>> {
-        let backend = self.backend.clone();
-        awaitable(
-            py,
-            async move { backend.get_many(keys).await.map(FetchedMany) },
-        )
+        let backend = self.backend(py)?;
+        let work = async move { backend.get_many(keys).await.map(FetchedMany) };
+        aio::spawn(py, work, nothing())
     }
 
-    /// `delete`, as an awaitable.
+    /// `delete`, as `(future, abort)`.
     fn adelete<'py>(&self, py: Python<'py>, key: String) -> PyResult<Bound<'py, PyAny>> {
-        let backend = self.backend.clone();
-        awaitable(py, async move { backend.delete(&key).await })
+        let backend = self.backend(py)?;
+        aio::spawn(py, async move { backend.delete(&key).await }, nothing())
     }
 
-    /// `stats`, as an awaitable.
+    /// `stats`, as `(future, abort)`.
     fn astats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        let backend = self.backend.clone();
-        awaitable(py, async move { backend.stats().await })
+        let backend = self.backend(py)?;
+        aio::spawn(py, async move { backend.stats().await }, nothing())
+    }
+}
+
+impl Native {
+    /// The backend of this process. In a child forked after the client was
+    /// made, the parent's connections are not this process's to use (their
+    /// threads did not survive the fork, and writing to them would
+    /// interleave with the parent): the child connects again, once.
+    fn backend(&self, py: Python<'_>) -> PyResult<Backend> {
+        let pid = std::process::id();
+        {
+            let slot = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
+            if slot.0 == pid {
+                return Ok(slot.1.clone());
+            }
+        }
+        let fresh = self.spec.connect(py)?;
+        let mut slot = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
+        if slot.0 != pid {
+            // Forgotten, not dropped: its tasks belonged to the parent's
+            // runtime, which has no threads here.
+            std::mem::forget(std::mem::replace(&mut slot.1, fresh));
+            slot.0 = pid;
+        }
+        Ok(slot.1.clone())
     }
 }
 
@@ -212,11 +296,11 @@ fn wait<T: Send>(
     py: Python<'_>,
     work: impl Future<Output = Result<T, ClientError>> + Send,
 ) -> PyResult<T> {
+    let rt = runtime()?;
     let mut work = std::pin::pin!(work);
     loop {
-        let step = py.detach(|| {
-            get_runtime().block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut work).await })
-        });
+        let step = py
+            .detach(|| rt.block_on(async { tokio::time::timeout(SIGNAL_CHECK, &mut work).await }));
         match step {
             Ok(result) => return result.map_err(|e| to_py(py, e)),
             Err(_) => py.check_signals()?,
@@ -224,45 +308,58 @@ fn wait<T: Send>(
     }
 }
 
-/// `work` as an asyncio awaitable, run on the shared runtime.
-fn awaitable<'py, T>(
-    py: Python<'py>,
-    work: impl Future<Output = Result<T, ClientError>> + Send + 'static,
-) -> PyResult<Bound<'py, PyAny>>
-where
-    T: for<'a> IntoPyObject<'a> + Send + 'static,
-{
-    future_into_py(py, async move { work.await.map_err(to_py_detached) })
+/// Waits for `work` without looking at signals (for releases, which end
+/// within the connections' write timeout).
+fn block_on<T>(work: impl Future<Output = T>) -> Option<T> {
+    Some(runtime().ok()?.block_on(work))
 }
 
-/// `get_into`, with a size mismatch said in the caller's terms.
-async fn read_into(
-    backend: &Backend,
-    key: &str,
-    out: &mut [u8],
-) -> Result<Option<TensorMeta>, ClientError> {
-    backend.get_into(key, out).await.map_err(|e| match e {
-        ClientError::Invalid(redstone::Error::InvalidSize { expected, actual }) => {
-            ClientError::InvalidArgument(format!(
-                "out is {actual} bytes but the tensor under {key:?} is {expected}: \
-                 give get_into an array of exactly its size (out untouched)"
-            ))
-        }
-        other => other,
-    })
-}
-
-/// A tensor over `data`'s memory, checked against its metadata.
+/// A `put`'s tensor over `data`'s memory (or why it is refused), and the
+/// signal that the memory is no longer read. A refused tensor releases the
+/// array at once, but its error is returned by the call's work, so that it
+/// takes the same path as any other.
 fn tensor(
-    py: Python<'_>,
     dtype: i64,
     shape: Vec<u64>,
     layout: i64,
     data: &Bound<'_, PyArray1<u8>>,
-) -> PyResult<Tensor> {
-    let invalid = |e: redstone::Error| to_py(py, ClientError::from(e));
-    let meta = TensorMeta::from_codes(dtype, shape, layout).map_err(invalid)?;
-    Tensor::new(meta, pinned(data)?).map_err(invalid)
+) -> PyResult<(Result<Tensor, ClientError>, Released)> {
+    let (bytes, released) = pinned(data)?;
+    let tensor = TensorMeta::from_codes(dtype, shape, layout)
+        .and_then(|meta| Tensor::new(meta, bytes))
+        .map_err(ClientError::from);
+    Ok((tensor, released))
+}
+
+/// Nothing to release after a call.
+async fn nothing() {}
+
+/// `get_into`, with the caller's array checked against the tensor, and a
+/// size mismatch said in the caller's terms.
+async fn read_into(
+    backend: &Backend,
+    key: &str,
+    out: &mut [u8],
+    expect: Option<MetaParts>,
+) -> Result<Option<TensorMeta>, ClientError> {
+    let expect = expect.map(|(dtype, shape, layout)| Expect {
+        dtype,
+        shape,
+        layout,
+    });
+    let accept = |meta: &TensorMeta| expect.as_ref().map_or(Ok(()), |e| e.check(key, meta));
+    backend
+        .get_into(key, out, accept)
+        .await
+        .map_err(|e| match e {
+            ClientError::Invalid(redstone::Error::InvalidSize { expected, actual }) => {
+                ClientError::InvalidArgument(format!(
+                    "out is {actual} bytes but the tensor under {key:?} is {expected}: \
+                     give get_into an array of exactly its size (out untouched)"
+                ))
+            }
+            other => other,
+        })
 }
 
 fn meta_parts(meta: TensorMeta) -> MetaParts {

@@ -47,9 +47,18 @@ def test_a_tensor_over_the_budget_is_out_of_memory(fresh_server):
 def test_bad_keys_are_invalid_argument(client):
     with pytest.raises(redstone.InvalidArgumentError):
         client.put("", np.ones(1))
-    with pytest.raises(redstone.InvalidArgumentError):
-        client.get("k" * 5000)
+    for long in ["k" * 5000, "k" * 70000]:  # the second is over the server's header limit
+        with pytest.raises(redstone.InvalidArgumentError, match="key"):
+            client.get(long)
+        with pytest.raises(redstone.InvalidArgumentError, match="key"):
+            client.put(long, np.ones(1))
+        with pytest.raises(redstone.InvalidArgumentError, match="key"):
+            client.get_into(long, np.ones(1))
+        with pytest.raises(redstone.InvalidArgumentError, match="key"):
+            client.delete(long)
     assert issubclass(redstone.InvalidArgumentError, ValueError)
+    with pytest.raises(TypeError, match="list of keys"):
+        client.get_many("abc")
 
 
 def test_get_into_checks_its_buffer_and_leaves_it_alone_when_refused(client):
@@ -66,9 +75,64 @@ def test_get_into_checks_its_buffer_and_leaves_it_alone_when_refused(client):
     readonly.flags.writeable = False
     with pytest.raises(redstone.InvalidArgumentError, match="read-only"):
         client.get_into(key, readonly)
+    # The dtype, shape and order are checked before a byte is written.
+    for wrong in [np.full((3, 4), -1, np.int32), np.full((4, 3), -1, np.float32), np.full((2, 6), -1, np.float32)]:
+        with pytest.raises(redstone.InvalidArgumentError, match="out untouched"):
+            client.get_into(key, wrong)
+        assert (wrong == -1).all()
+    with pytest.raises(redstone.InvalidArgumentError, match="row-major"):
+        client.get_into(key, np.empty((3, 4), np.float32, order="F"))
+    with pytest.raises(TypeError, match="numpy array"):
+        client.get_into(key, np.float64(0))
+    with pytest.raises(TypeError, match="numpy array"):
+        client.get_into(key, [0.0] * 12)
     # The connection is still in step after the refusals.
     out = np.empty((3, 4), np.float32)
     assert client.get_into(key, out) and np.array_equal(out, value)
+    # A flat uint8 buffer of the byte size takes the raw bytes.
+    raw = np.empty(48, np.uint8)
+    assert client.get_into(key, raw) and raw.tobytes() == value.tobytes()
+
+
+def test_get_into_a_column_major_tensor_takes_a_fortran_ordered_out(client):
+    key = unique("into-f")
+    value = np.asfortranarray(np.arange(12, dtype=np.int64).reshape(3, 4))
+    client.put(key, value)
+    with pytest.raises(redstone.InvalidArgumentError, match="column-major.*order='F'"):
+        client.get_into(key, np.empty((3, 4), np.int64))
+    out = np.empty((3, 4), np.int64, order="F")
+    assert client.get_into(key, out) and np.array_equal(out, value)
+    # One dimension longer than 1: the same bytes in either order.
+    key = unique("into-f1")
+    client.put(key, np.asfortranarray(np.arange(5, dtype=np.int64).reshape(1, 5)))
+    out = np.empty((1, 5), np.int64)
+    assert client.get_into(key, out) and out.tolist() == [[0, 1, 2, 3, 4]]
+
+
+def test_two_calls_never_write_the_same_memory_at_once(client, silent_addr):
+    import asyncio
+
+    key = unique("alias")
+    client.put(key, np.arange(1000, dtype=np.float64))
+    out = np.empty(1000, np.float64)
+    stuck = redstone.AsyncClient(silent_addr, timeout=1.0)
+
+    async def main():
+        # A read that waits (its server never answers) holds out's memory.
+        first = asyncio.ensure_future(stuck.get_into("k", out))
+        await asyncio.sleep(0.1)
+        with pytest.raises(redstone.InvalidArgumentError, match="another get_into"):
+            client.get_into(key, out[500:].reshape(20, 25))
+        with pytest.raises(redstone.TimeoutError):
+            await first
+
+    asyncio.run(main())
+    assert client.get_into(key, out) and out[999] == 999.0  # free again
+
+
+def test_client_arguments(client):
+    with pytest.raises(ValueError, match="host:port"):
+        redstone.Client("")
 
 
 def test_get_many_keeps_the_order_of_its_keys(client):
@@ -94,12 +158,12 @@ def test_stats_count_this_clients_traffic(fresh_server):
     assert s["hit_rate"] == pytest.approx(2 / 3)
 
 
-def test_large_tensors_round_trip(fresh_server):
+def test_large_tensors_round_trip():
     # 256 MiB, on a server of its own with room for it.
     with Server("600MiB") as big:
         client = redstone.Client(big.fast)
-        value = np.arange(256 << 20, dtype=np.uint64).view(np.uint8)[: 256 << 20]
-        value = value.reshape(1 << 14, 1 << 14)
+        words = np.arange(32 << 20, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+        value = words.view(np.uint8).reshape(1 << 14, 1 << 14)
         client.put("big", value)
         out = np.empty_like(value)
         assert client.get_into("big", out)

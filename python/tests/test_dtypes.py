@@ -167,3 +167,13 @@ def test_returned_arrays_are_writable_and_own_their_memory(client):
     while isinstance(base, np.ndarray) and base.base is not None:
         base = base.base
     assert type(base).__name__ == "Payload"
+
+
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_array_subclasses(client):
+    key = unique("matrix")
+    client.put(key, np.matrix([[1, 2], [3, 4]], dtype=np.int32))
+    back = client.get(key)
+    assert type(back) is np.ndarray and back.tolist() == [[1, 2], [3, 4]]
+    with pytest.raises(TypeError, match="masked"):
+        client.put(unique("masked"), np.ma.masked_array([1, 2], mask=[0, 1]))

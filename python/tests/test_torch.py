@@ -55,3 +55,13 @@ def test_gpu_tensors_are_refused_with_a_hint(client):
     meta = torch.ones(2, device="meta")
     with pytest.raises(redstone.InvalidArgumentError, match="cpu"):
         client.put(unique("meta"), meta)
+
+
+def test_negated_views_and_unsupported_dtypes(client):
+    key = unique("torch-neg")
+    value = torch.arange(4, dtype=torch.float32)
+    client.put(key, value._neg_view() if hasattr(value, "_neg_view") else -value)
+    assert client.get(key).tolist() == [-0.0, -1.0, -2.0, -3.0]
+    if hasattr(torch, "float8_e4m3fn"):
+        with pytest.raises(redstone.UnsupportedDtypeError):
+            client.put(unique("f8"), torch.zeros(4, dtype=torch.float8_e4m3fn))

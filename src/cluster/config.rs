@@ -35,6 +35,9 @@ pub struct ClusterConfig {
     /// this long, ask the second as well and take the first answer. Costs
     /// extra load on slow reads; `None` (the default) reads one at a time.
     pub hedge_after: Option<Duration>,
+    /// The largest tensor a node's reply may make this client allocate
+    /// ([`FastClientOptions::max_payload`](crate::fast::FastClientOptions::max_payload)).
+    pub max_payload: u64,
 }
 
 impl ClusterConfig {
@@ -50,6 +53,7 @@ impl ClusterConfig {
             backoff_min: Duration::from_millis(100),
             backoff_max: Duration::from_secs(5),
             hedge_after: None,
+            max_payload: crate::fast::FastClientOptions::default().max_payload,
         }
     }
 

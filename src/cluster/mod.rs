@@ -342,6 +342,7 @@ impl Inner {
         let options = FastClientOptions {
             connect_timeout: self.config.connect_timeout,
             request_timeout: Some(self.config.timeout),
+            max_payload: self.config.max_payload,
             ..FastClientOptions::default()
         };
         match FastClient::connect_with(node.addr.as_str(), options).await {

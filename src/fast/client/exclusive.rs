@@ -18,6 +18,8 @@ pub(super) struct Exclusive {
     reader: FrameReader<OwnedReadHalf>,
     writer: OwnedWriteHalf,
     next_id: u64,
+    /// Whether the last call began writing a payload into its buffer.
+    payload_started: bool,
 }
 
 impl Exclusive {
@@ -31,7 +33,15 @@ impl Exclusive {
             reader: FrameReader::new(reader),
             writer,
             next_id: 1,
+            payload_started: false,
         })
+    }
+
+    /// Whether the last [`get_into`](Self::get_into) got as far as its
+    /// reply's payload: after a failure from there on, a retry could no
+    /// longer promise an untouched buffer (nor one its check was shown).
+    pub(super) fn payload_started(&self) -> bool {
+        self.payload_started
     }
 
     pub(super) async fn get_into(
@@ -39,7 +49,9 @@ impl Exclusive {
         key: &str,
         dst: &mut [u8],
         limits: &Limits,
+        accept: &mut Option<impl FnOnce(&TensorMeta) -> Result<(), ClientError>>,
     ) -> Result<Option<TensorMeta>, ClientError> {
+        self.payload_started = false;
         let lost = |e: ReadError| ClientError::Unavailable(read_error(e));
         let id = self.next_id;
         self.next_id += 1;
@@ -86,12 +98,20 @@ impl Exclusive {
                 meta.byte_size()
             )));
         }
-        if len != dst.len() as u64 {
-            self.reader.skip_payload(len).await.map_err(lost)?;
-            return Err(ClientError::Invalid(crate::Error::InvalidSize {
+        // From here a failure is not safe to retry: `dst` may be partly
+        // written, or `accept` already consumed.
+        self.payload_started = true;
+        let verdict = if len != dst.len() as u64 {
+            Err(ClientError::Invalid(crate::Error::InvalidSize {
                 expected: len,
                 actual: dst.len() as u64,
-            }));
+            }))
+        } else {
+            accept.take().map_or(Ok(()), |accept| accept(&meta))
+        };
+        if let Err(e) = verdict {
+            self.reader.skip_payload(len).await.map_err(lost)?;
+            return Err(e);
         }
         self.reader.read_payload_into(dst).await.map_err(lost)?;
         Ok(Some(meta))

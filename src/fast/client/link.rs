@@ -62,8 +62,9 @@ impl Link {
     pub(super) fn open(stream: TcpStream, options: &FastClientOptions) -> Arc<Link> {
         let (reader, writer) = stream.into_split();
         let (tx, rx) = mpsc::channel(options.queue.max(1));
-        // The client bounds its calls with its own request timeout.
-        tokio::spawn(write_loop(writer, rx, None));
+        // A server that stops reading closes the connection after the
+        // write timeout, dropping the queued requests and their payloads.
+        tokio::spawn(write_loop(writer, rx, options.write_timeout));
         let link = Arc::new(Link {
             tx,
             pending: Mutex::new(Pending::default()),

@@ -50,6 +50,15 @@ pub struct FastClientOptions {
     pub max_header: u32,
     /// Frames queued for the writer before callers wait.
     pub queue: usize,
+    /// How long the socket may accept none of the queued requests' bytes
+    /// (a server that stopped reading) before the connection is closed:
+    /// its calls fail and every queued request, with its payload, is
+    /// dropped. `None` waits forever.
+    pub write_timeout: Option<Duration>,
+    /// `get_into` calls at once, each on a connection of its own; more
+    /// wait for one to finish. As many idle connections are kept for the
+    /// next calls.
+    pub max_exclusive: usize,
 }
 
 impl Default for FastClientOptions {
@@ -60,6 +69,8 @@ impl Default for FastClientOptions {
             max_payload: 4 << 30,
             max_header: 64 * 1024,
             queue: 256,
+            write_timeout: Some(Duration::from_secs(30)),
+            max_exclusive: 16,
         }
     }
 }
@@ -79,6 +90,8 @@ struct Inner {
     options: FastClientOptions,
     /// Idle exclusive connections kept for `get_into`.
     spare: Mutex<Vec<Exclusive>>,
+    /// One permit per exclusive connection in use.
+    exclusive: tokio::sync::Semaphore,
     /// The multiplexed connection; replaced by a new one when it has
     /// closed and a call needs it.
     link: Mutex<Arc<Link>>,
@@ -128,6 +141,7 @@ impl FastClient {
             addr: name,
             peer,
             spare: Mutex::new(Vec::new()),
+            exclusive: tokio::sync::Semaphore::new(options.max_exclusive.max(1)),
             link: Mutex::new(link),
             request_timeout: options.request_timeout,
             options,
@@ -207,13 +221,37 @@ impl FastClient {
     /// 64 MiB allocation costs thousands of page faults). It runs on an
     /// exclusive connection of its own (opened on first use, then kept for
     /// the next call), because the multiplexed connection's reader cannot
-    /// borrow the caller's buffer.
+    /// borrow the caller's buffer; at most
+    /// [`FastClientOptions::max_exclusive`] run at once.
     pub async fn get_into(
         &self,
         key: &str,
         dst: &mut [u8],
     ) -> Result<Option<TensorMeta>, ClientError> {
+        self.get_into_with(key, dst, |_| Ok(())).await
+    }
+
+    /// [`get_into`](Self::get_into), with `accept` shown the tensor's
+    /// metadata before any byte is written to `dst`: an error it returns is
+    /// the call's, with `dst` untouched (the payload is read and dropped).
+    /// For callers whose buffer has a dtype, shape or order of its own.
+    ///
+    /// Whatever the outcome, `dst` is written only when this returns
+    /// `Ok(Some(_))`, or when it fails while reading the payload (then
+    /// partly).
+    pub async fn get_into_with(
+        &self,
+        key: &str,
+        dst: &mut [u8],
+        accept: impl FnOnce(&TensorMeta) -> Result<(), ClientError>,
+    ) -> Result<Option<TensorMeta>, ClientError> {
+        crate::engine::validate_key(key)?;
         let inner = &self.inner;
+        let _permit = inner
+            .exclusive
+            .acquire()
+            .await
+            .map_err(|_| ClientError::Unavailable("the client is closed".into()))?;
         let spare = inner
             .spare
             .lock()
@@ -224,14 +262,15 @@ impl FastClient {
             Some(conn) => conn,
             None => Exclusive::connect(inner.peer, &inner.options).await?,
         };
-        let mut result = self.get_into_on(&mut conn, key, dst).await;
-        if reused && matches!(result, Err(ClientError::Unavailable(_))) {
+        let mut accept = Some(accept);
+        let mut result = self.get_into_on(&mut conn, key, dst, &mut accept).await;
+        if reused && matches!(result, Err(ClientError::Unavailable(_))) && !conn.payload_started() {
             // The idle connection had died meanwhile (the server's idle
-            // timeout, a restart): a GET is safe to send again, on a fresh
-            // connection, so an earlier call's dead connection never fails
-            // this one.
+            // timeout, a restart) before any of `dst` was written: a GET is
+            // safe to send again, on a fresh connection, so an earlier
+            // call's dead connection never fails this one.
             conn = Exclusive::connect(inner.peer, &inner.options).await?;
-            result = self.get_into_on(&mut conn, key, dst).await;
+            result = self.get_into_on(&mut conn, key, dst, &mut accept).await;
         }
         // Kept only after an answer that leaves the connection in step:
         // after a fatal status the server closes it.
@@ -239,11 +278,10 @@ impl FastClient {
             result,
             Ok(_) | Err(ClientError::Invalid(_) | ClientError::InvalidArgument(_))
         ) {
-            inner
-                .spare
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push(conn);
+            let mut spare = inner.spare.lock().unwrap_or_else(PoisonError::into_inner);
+            if spare.len() < inner.options.max_exclusive {
+                spare.push(conn);
+            }
         }
         result
     }
@@ -253,10 +291,11 @@ impl FastClient {
         conn: &mut Exclusive,
         key: &str,
         dst: &mut [u8],
+        accept: &mut Option<impl FnOnce(&TensorMeta) -> Result<(), ClientError>>,
     ) -> Result<Option<TensorMeta>, ClientError> {
         let mut limits = limits(&self.inner.options);
         limits.max_payload = limits.max_payload.max(dst.len() as u64);
-        let work = conn.get_into(key, dst, &limits);
+        let work = conn.get_into(key, dst, &limits, accept);
         match self.inner.request_timeout {
             Some(limit) => tokio::time::timeout(limit, work)
                 .await
@@ -460,6 +499,7 @@ impl FastClient {
         payload: Bytes,
         waiter: Waiter,
     ) -> Result<Registration, ClientError> {
+        check_keys(&request)?;
         let link = self.link().await?;
         let id = link.next_id.fetch_add(1, Ordering::Relaxed);
         let head = encode_frame(request.opcode(), 0, id, &request, payload.len() as u64)?;
@@ -498,6 +538,24 @@ impl FastClient {
             .await
             .unwrap_or(Err(ClientError::Timeout(limit)))
     }
+}
+
+/// Refuses a key the server would refuse, before it is sent (a key long
+/// enough to push the header over the server's limit would otherwise make
+/// it close the connection other calls share).
+fn check_keys(request: &Request) -> Result<(), ClientError> {
+    use crate::engine::validate_key;
+    match request {
+        Request::Get { key }
+        | Request::Put { key, .. }
+        | Request::Delete { key }
+        | Request::Digest { key }
+        | Request::DeleteIf { key, .. } => validate_key(key)?,
+        Request::PutIf(put) => validate_key(&put.key)?,
+        Request::GetMany { keys } => keys.iter().try_for_each(|k| validate_key(k))?,
+        Request::Ping | Request::Stats => {}
+    }
+    Ok(())
 }
 
 /// A TCP connection with Nagle off, within `timeout`.

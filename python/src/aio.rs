@@ -1,0 +1,131 @@
+//! Calls as asyncio awaitables.
+//!
+//! A call runs as a task on the shared runtime; when it ends, its result is
+//! handed to the event loop with `call_soon_threadsafe`, from a blocking
+//! thread (waiting for the GIL there stalls no network I/O). The Python
+//! side (`redstone/client.py`) awaits the future; if its task is cancelled
+//! it aborts the call and still waits for this future, which resolves only
+//! once the Rust side has let go of the caller's arrays.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::IntoPyObjectExt;
+use redstone::client::ClientError;
+use tokio::task::AbortHandle;
+
+use crate::errors::to_py;
+use crate::runtime::runtime;
+
+/// Set when the interpreter begins to shut down: results are no longer
+/// delivered.
+static CLOSING: AtomicBool = AtomicBool::new(false);
+/// Threads delivering a result now (attached to the interpreter, or about
+/// to be).
+static DELIVERING: AtomicUsize = AtomicUsize::new(0);
+
+/// Registered with `atexit`: stops deliveries and waits for those under
+/// way to let go of the interpreter. A thread that held the GIL while the
+/// interpreter finalized would crash the process on its way out
+/// (`PyGILState_Release`), even after every awaitable had resolved.
+#[pyfunction]
+pub fn shutdown(py: Python<'_>) {
+    CLOSING.store(true, Ordering::SeqCst);
+    py.detach(|| {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while DELIVERING.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    });
+}
+
+/// Stops a call started by [`spawn`]: its task is dropped at its next
+/// step. Its future still resolves, when that has happened.
+#[pyclass(frozen, module = "redstone._redstone")]
+pub struct Abort(AbortHandle);
+
+#[pymethods]
+impl Abort {
+    fn __call__(&self) {
+        self.0.abort();
+    }
+}
+
+/// Starts `work` and returns `(future, abort)`: an asyncio future of the
+/// running loop that gets its result, and an [`Abort`]. `after` runs once
+/// `work` has ended, however it ended (finished, failed or aborted), and
+/// gives what must be released with the GIL held (a put's array).
+pub fn spawn<'py, T, A>(
+    py: Python<'py>,
+    work: impl Future<Output = Result<T, ClientError>> + Send + 'static,
+    after: impl Future<Output = A> + Send + 'static,
+) -> PyResult<Bound<'py, PyAny>>
+where
+    T: for<'a> IntoPyObject<'a> + Send + 'static,
+    A: Send + 'static,
+{
+    let event_loop = py
+        .import("asyncio")?
+        .call_method0("get_running_loop")
+        .map_err(|_| {
+            PyValueError::new_err("AsyncClient calls need a running asyncio event loop")
+        })?;
+    let future = event_loop.call_method0("create_future")?;
+    let resolve = py.import("redstone._aio")?.getattr("resolve")?;
+    let rt = runtime()?;
+    let task = rt.spawn(work);
+    let abort = Abort(task.abort_handle());
+    let (event_loop, target, resolve) = (
+        event_loop.unbind(),
+        future.clone().unbind(),
+        resolve.unbind(),
+    );
+    rt.spawn(async move {
+        let outcome = task.await;
+        let released = after.await;
+        // Blocking the blocking pool, not a worker, on the GIL.
+        let deliver = tokio::task::spawn_blocking(move || {
+            // Counted before the check, so that `shutdown` either sees this
+            // thread or this thread sees `CLOSING`.
+            DELIVERING.fetch_add(1, Ordering::SeqCst);
+            if CLOSING.load(Ordering::SeqCst) {
+                DELIVERING.fetch_sub(1, Ordering::SeqCst);
+                // No one is left to tell; the Python objects are leaked
+                // with the interpreter.
+                std::mem::forget((event_loop, target, resolve, outcome, released));
+                return;
+            }
+            Python::try_attach(|py| {
+                let (ok, value) = match outcome {
+                    Ok(Ok(value)) => match value.into_py_any(py) {
+                        Ok(value) => (true, value),
+                        Err(e) => (false, e.into_value(py).into_any()),
+                    },
+                    Ok(Err(e)) => (false, to_py(py, e).into_value(py).into_any()),
+                    Err(e) => {
+                        let why = if e.is_cancelled() {
+                            "cancelled"
+                        } else {
+                            "failed"
+                        };
+                        let err = PyRuntimeError::new_err(format!("the call was {why}"));
+                        (false, err.into_value(py).into_any())
+                    }
+                };
+                // A closed loop (the program is ending) takes no callbacks.
+                let _ = event_loop.call_method1(
+                    py,
+                    "call_soon_threadsafe",
+                    (resolve, target, ok, value),
+                );
+                drop(released);
+            });
+            DELIVERING.fetch_sub(1, Ordering::SeqCst);
+        });
+        let _ = deliver.await;
+    });
+    (future, Bound::new(py, abort)?).into_bound_py_any(py)
+}
