@@ -62,13 +62,22 @@ impl Link {
     pub(super) fn open(stream: TcpStream, options: &FastClientOptions) -> Arc<Link> {
         let (reader, writer) = stream.into_split();
         let (tx, rx) = mpsc::channel(options.queue.max(1));
-        // A server that stops reading closes the connection after the
-        // write timeout, dropping the queued requests and their payloads.
-        tokio::spawn(write_loop(writer, rx, options.write_timeout));
         let link = Arc::new(Link {
             tx,
             pending: Mutex::new(Pending::default()),
             next_id: AtomicU64::new(1),
+        });
+        // A server that stops reading closes the connection after the
+        // write timeout: the queued requests and their payloads are
+        // dropped, and the calls waiting for replies fail rather than wait
+        // for answers to requests the server never got.
+        let write_timeout = options.write_timeout;
+        let writer_link = Arc::downgrade(&link);
+        tokio::spawn(async move {
+            write_loop(writer, rx, write_timeout).await;
+            if let Some(link) = writer_link.upgrade() {
+                link.close("the connection could not be written to".into());
+            }
         });
         // The reader holds a weak handle: once every client has let go of
         // the link, its writer's queue closes, the server sees the
