@@ -33,6 +33,7 @@ fn _redstone(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<aio::Abort>()?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     let shutdown = wrap_pyfunction!(aio::shutdown, m)?;
+    m.add_function(shutdown.clone())?;
     m.py()
         .import("atexit")?
         .call_method1("register", (shutdown,))?;
