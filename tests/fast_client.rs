@@ -210,3 +210,25 @@ async fn get_into_connections_are_bounded() {
     );
     server.abort();
 }
+
+#[tokio::test]
+async fn a_refused_upload_reports_why_even_as_its_writes_fail() {
+    // The server refuses the payload claim, says so, and closes: the
+    // client's writer then fails mid-payload, but the call must still get
+    // the server's reason, not a bare "connection lost".
+    let fast = redstone::fast::FastConfig {
+        max_payload: 1 << 20,
+        ..redstone::fast::FastConfig::for_budget(1 << 30)
+    };
+    let server = common::start_server_with(1 << 30, fast).await;
+    for _ in 0..10 {
+        let client = FastClient::connect(server.fast_addr()).await.unwrap();
+        let big = vec![1u8; 64 << 20];
+        let err = client
+            .put("k", u8_meta(big.len() as u64), big)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, ClientError::TooLarge(_)), "{err}");
+    }
+    server.shutdown().await.unwrap();
+}

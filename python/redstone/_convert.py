@@ -178,6 +178,9 @@ def out_view(out: Any) -> Tuple[np.ndarray, Optional[Tuple[int, Tuple[int, ...],
     is_tensor = torch is not None and isinstance(out, torch.Tensor)
     if not is_tensor and (not isinstance(out, np.ndarray) or isinstance(out, np.ma.MaskedArray)):
         raise TypeError(f"out must be a numpy array or a torch CPU tensor, not {type(out).__name__}")
+    if is_tensor and (out.is_neg() or out.is_conj()):
+        # Its numpy view would be a resolved copy: the bytes would not land in out.
+        raise InvalidArgumentError("out is a lazily negated or conjugated view; pass a plain tensor")
     array, code = as_array(out)
     if not array.flags.writeable:
         raise InvalidArgumentError("out is read-only")

@@ -34,7 +34,7 @@ def _native(
         return Native(nodes=list(nodes), **common)
     if addr is None:
         addr = DEFAULT_ADDR
-    if not isinstance(addr, str) or not addr.strip():
+    if not isinstance(addr, str) or ":" not in addr:
         raise ValueError(f"addr must be 'host:port', not {addr!r}")
     return Native(addr, **common)
 
@@ -45,7 +45,24 @@ def _keys(keys: Sequence[str]) -> List[str]:
     return list(keys)
 
 
-class Client:
+class _Connected:
+    """What both clients are made from: see :class:`Client` for the arguments."""
+
+    def __init__(
+        self,
+        addr: Optional[str] = None,
+        *,
+        nodes: Optional[Sequence[str]] = None,
+        replicas: Optional[int] = None,
+        write_quorum: Optional[int] = None,
+        connect_timeout: float = 5.0,
+        timeout: Optional[float] = None,
+        max_tensor: Optional[int] = None,
+    ) -> None:
+        self._native = _native(addr, nodes, replicas, write_quorum, connect_timeout, timeout, max_tensor)
+
+
+class Client(_Connected):
     """A blocking client of one Redstone server's fast path, or of a cluster.
 
     ::
@@ -77,21 +94,10 @@ class Client:
         timeout: seconds one call may wait for its reply (``None``: no
             limit on one server; 2 s per node on a cluster).
         max_tensor: the largest tensor, in bytes, a reply may make this
-            client allocate (default 64 GiB).
+            client allocate (default 64 GiB). A larger reply, or one the
+            process cannot allocate, is :class:`redstone.ConnectionError`
+            and ends the connection (the calls sharing it fail too).
     """
-
-    def __init__(
-        self,
-        addr: Optional[str] = None,
-        *,
-        nodes: Optional[Sequence[str]] = None,
-        replicas: Optional[int] = None,
-        write_quorum: Optional[int] = None,
-        connect_timeout: float = 5.0,
-        timeout: Optional[float] = None,
-        max_tensor: Optional[int] = None,
-    ) -> None:
-        self._native = _native(addr, nodes, replicas, write_quorum, connect_timeout, timeout, max_tensor)
 
     def put(self, key: str, value: Any) -> None:
         """Stores ``value`` under ``key``.
@@ -100,10 +106,11 @@ class Client:
         ``__dlpack__``, or a buffer (``bytes``, ``memoryview``...; stored
         as uint8 unless its format says otherwise). Its bytes are sent from
         its own memory; don't modify it until ``put`` returns. ``put``
-        returns only once nothing reads it any more, whatever the outcome
-        (after a timeout, once the bytes already queued are written or
-        dropped with their connection). A non-contiguous array is copied
-        once into a contiguous one first.
+        returns only once nothing reads it any more, whatever the outcome:
+        after a timeout or Ctrl-C, bytes still queued for a server get
+        0.2 s, then their connection is ended (failing the calls sharing
+        it) to drop them. A non-contiguous array is copied once into a
+        contiguous one first.
 
         Raises:
             AlreadyExistsError: the key is cached (values are immutable).
@@ -167,7 +174,7 @@ class Client:
         return self._native.stats()
 
 
-class AsyncClient:
+class AsyncClient(_Connected):
     """:class:`Client`'s calls as coroutines, for asyncio (FastAPI, Ray
     Serve...). The network wait happens off the event loop, which keeps
     running; many calls may be in flight at once.
@@ -181,28 +188,16 @@ class AsyncClient:
     The constructor takes :class:`Client`'s arguments and connects before it
     returns (a short blocking wait, once). Cancelling a call stops it, and the
     ``CancelledError`` comes only once nothing touches the caller's arrays
-    any more; a ``get_into`` cancelled mid-read may have written part of
-    ``out``, and a cancelled ``put`` runs on to its end first (it may have
-    stored the tensor).
+    any more: a ``get_into`` cancelled mid-read may have written part of
+    ``out``, and a cancelled ``put`` may have stored its tensor (if its bytes
+    were still queued, its connection is ended to drop them, failing the
+    calls sharing it).
     """
-
-    def __init__(
-        self,
-        addr: Optional[str] = None,
-        *,
-        nodes: Optional[Sequence[str]] = None,
-        replicas: Optional[int] = None,
-        write_quorum: Optional[int] = None,
-        connect_timeout: float = 5.0,
-        timeout: Optional[float] = None,
-        max_tensor: Optional[int] = None,
-    ) -> None:
-        self._native = _native(addr, nodes, replicas, write_quorum, connect_timeout, timeout, max_tensor)
 
     async def put(self, key: str, value: Any) -> None:
         """:meth:`Client.put`."""
         code, shape, layout, flat = _convert.to_parts(value)
-        await _aio.run(self._native.aput(key, code, shape, layout, flat), abort=False)
+        await _aio.run(self._native.aput(key, code, shape, layout, flat))
 
     async def get(self, key: str, *, torch: bool = False) -> Any:
         """:meth:`Client.get`."""

@@ -8,7 +8,8 @@
 //! once the Rust side has let go of the caller's arrays.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -24,8 +25,19 @@ use crate::runtime::runtime;
 /// delivered.
 static CLOSING: AtomicBool = AtomicBool::new(false);
 /// Threads delivering a result now (attached to the interpreter, or about
-/// to be).
-static DELIVERING: AtomicUsize = AtomicUsize::new(0);
+/// to be), and the process they count in: a forked child starts at none.
+static DELIVERING: Mutex<(u32, usize)> = Mutex::new((0, 0));
+
+/// Adds `delta` to this process's count of delivering threads; the count.
+fn delivering(delta: isize) -> usize {
+    let pid = std::process::id();
+    let mut count = DELIVERING.lock().unwrap_or_else(PoisonError::into_inner);
+    if count.0 != pid {
+        *count = (pid, 0);
+    }
+    count.1 = count.1.saturating_add_signed(delta);
+    count.1
+}
 
 /// Registered with `atexit`: stops deliveries and waits for those under
 /// way to let go of the interpreter. A thread that held the GIL while the
@@ -36,7 +48,7 @@ pub fn shutdown(py: Python<'_>) {
     CLOSING.store(true, Ordering::SeqCst);
     py.detach(|| {
         let deadline = Instant::now() + Duration::from_secs(2);
-        while DELIVERING.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        while delivering(0) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
     });
@@ -67,6 +79,11 @@ where
     T: for<'a> IntoPyObject<'a> + Send + 'static,
     A: Send + 'static,
 {
+    if CLOSING.load(Ordering::SeqCst) {
+        return Err(PyRuntimeError::new_err(
+            "Python is shutting down: AsyncClient calls can no longer be delivered",
+        ));
+    }
     let event_loop = py
         .import("asyncio")?
         .call_method0("get_running_loop")
@@ -90,9 +107,9 @@ where
         let deliver = tokio::task::spawn_blocking(move || {
             // Counted before the check, so that `shutdown` either sees this
             // thread or this thread sees `CLOSING`.
-            DELIVERING.fetch_add(1, Ordering::SeqCst);
+            delivering(1);
             if CLOSING.load(Ordering::SeqCst) {
-                DELIVERING.fetch_sub(1, Ordering::SeqCst);
+                delivering(-1);
                 // No one is left to tell; the Python objects are leaked
                 // with the interpreter.
                 std::mem::forget((event_loop, target, resolve, outcome, released));
@@ -123,7 +140,7 @@ where
                 );
                 drop(released);
             });
-            DELIVERING.fetch_sub(1, Ordering::SeqCst);
+            delivering(-1);
         });
         let _ = deliver.await;
     });

@@ -152,8 +152,19 @@ impl Expect {
     }
 }
 
-/// The memory ranges `get_into` calls are writing now.
-static WRITING: Mutex<Vec<(usize, usize)>> = Mutex::new(Vec::new());
+/// The memory ranges `get_into` calls are writing now, and the process
+/// they are being written in: a child forked meanwhile has no such calls.
+static WRITING: Mutex<(u32, Vec<(usize, usize)>)> = Mutex::new((0, Vec::new()));
+
+/// This process's ranges in [`WRITING`], locked.
+fn writing() -> std::sync::MutexGuard<'static, (u32, Vec<(usize, usize)>)> {
+    let pid = std::process::id();
+    let mut guard = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
+    if guard.0 != pid {
+        *guard = (pid, Vec::new());
+    }
+    guard
+}
 
 /// A writable, contiguous `uint8` array's memory, written by one
 /// `get_into` (blocking or on a tokio task). Holds a reference to the
@@ -183,13 +194,13 @@ impl Target {
         let (ptr, len) = (slice.as_mut_ptr(), slice.len());
         if len > 0 {
             let (start, end) = (ptr as usize, ptr as usize + len);
-            let mut writing = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
-            if writing.iter().any(|&(s, e)| s < end && start < e) {
+            let mut writing = writing();
+            if writing.1.iter().any(|&(s, e)| s < end && start < e) {
                 return Err(invalid(
                     "another get_into is writing into out's memory: give each concurrent call its own array",
                 ));
             }
-            writing.push((start, end));
+            writing.1.push((start, end));
         }
         Ok(Target {
             ptr,
@@ -214,9 +225,9 @@ impl Drop for Target {
     fn drop(&mut self) {
         if self.len > 0 {
             let start = self.ptr as usize;
-            let mut writing = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
-            if let Some(i) = writing.iter().position(|&(s, _)| s == start) {
-                writing.swap_remove(i);
+            let mut writing = writing();
+            if let Some(i) = writing.1.iter().position(|&(s, _)| s == start) {
+                writing.1.swap_remove(i);
             }
         }
     }

@@ -1,5 +1,6 @@
 //! One node or a cluster, behind one set of calls.
 
+use bytes::Bytes;
 use redstone::client::ClientError;
 use redstone::cluster::{ClusterClient, NodeStats};
 use redstone::fast::FastClient;
@@ -14,6 +15,18 @@ pub enum Backend {
     Node(FastClient),
     /// Keys placed and replicated over several servers.
     Cluster(ClusterClient),
+}
+
+/// `tensor` with a payload no one else holds: a cluster's read repair may
+/// still hold the one it got, and the array the caller receives must own
+/// its memory. Copied here, off the interpreter, when it is shared.
+fn sole(tensor: Tensor) -> Result<Tensor, ClientError> {
+    let (meta, data) = tensor.into_parts();
+    let data = match data.try_into_mut() {
+        Ok(unique) => unique.freeze(),
+        Err(shared) => Bytes::from(shared.to_vec()),
+    };
+    Tensor::new(meta, data).map_err(ClientError::from)
 }
 
 /// A server's counters, or for a cluster their sum and each node's.
@@ -34,7 +47,16 @@ impl Backend {
     pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
         match self {
             Backend::Node(c) => c.get(key).await,
-            Backend::Cluster(c) => c.get(key).await,
+            Backend::Cluster(c) => c.get(key).await?.map(sole).transpose(),
+        }
+    }
+
+    /// Ends the connections now, dropping the requests they hold (see
+    /// [`FastClient::reset`]).
+    pub fn reset(&self) {
+        match self {
+            Backend::Node(c) => c.reset(),
+            Backend::Cluster(c) => c.reset(),
         }
     }
 
@@ -80,7 +102,7 @@ impl Backend {
                     .into_iter()
                     .map(|key| {
                         let c = c.clone();
-                        tokio::spawn(async move { c.get(&key).await })
+                        tokio::spawn(async move { c.get(&key).await?.map(sole).transpose() })
                     })
                     .collect();
                 let mut out = Vec::with_capacity(reads.len());

@@ -141,12 +141,10 @@ impl Native {
     ) -> PyResult<()> {
         let backend = self.backend(py)?;
         let (tensor, released) = tensor(dtype, shape, layout, &data)?;
-        let result = wait(py, async move { backend.put(&key, tensor?).await });
-        // The array, back from the last frame that held it (at once after
-        // a success: the server has read every byte; after a failure, when
-        // the connection's writer has dropped the frame, within its write
-        // timeout). Dropped here, with the GIL.
-        drop(py.detach(|| block_on(released)));
+        let sender = backend.clone();
+        let result = wait(py, async move { sender.put(&key, tensor?).await });
+        // Dropped here, with the GIL.
+        drop(py.detach(|| block_on(release(backend, released))));
         result
     }
 
@@ -329,6 +327,26 @@ fn tensor(
         .and_then(|meta| Tensor::new(meta, bytes))
         .map_err(ClientError::from);
     Ok((tensor, released))
+}
+
+/// How long a finished put waits for its payload's frames to let go of the
+/// array before it ends the connections holding them.
+const RELEASE_GRACE: Duration = Duration::from_millis(200);
+
+/// The array of a finished put, back from the last frame that held it.
+/// After a success that is at once (a frame drops its payload as soon as
+/// it is written, and the server answered after reading all of it); after
+/// a failure or an interrupted call the payload may still be queued, or
+/// half-written to a server that stopped reading: past [`RELEASE_GRACE`]
+/// the connections are ended, which drops it.
+async fn release(backend: Backend, mut released: Released) -> Option<Py<PyArray1<u8>>> {
+    match tokio::time::timeout(RELEASE_GRACE, &mut released).await {
+        Ok(array) => array.ok(),
+        Err(_) => {
+            backend.reset();
+            released.await.ok()
+        }
+    }
 }
 
 /// Nothing to release after a call.

@@ -66,9 +66,13 @@ def test_get_into_checks_its_buffer_and_leaves_it_alone_when_refused(client):
     value = np.arange(12, dtype=np.float32).reshape(3, 4)
     client.put(key, value)
     small = np.full(11, -1, np.float32)
-    with pytest.raises(redstone.InvalidArgumentError, match="out is 44 bytes but the tensor under .* is 48"):
+    with pytest.raises(redstone.InvalidArgumentError, match=r"is F32 \[3, 4\] but out is F32 \[11\]"):
         client.get_into(key, small)
     assert (small == -1).all()
+    raw = np.full(44, 7, np.uint8)
+    with pytest.raises(redstone.InvalidArgumentError, match="out is 44 bytes but the tensor under .* is 48"):
+        client.get_into(key, raw)
+    assert (raw == 7).all()
     with pytest.raises(redstone.InvalidArgumentError, match="C-contiguous"):
         client.get_into(key, np.empty((4, 3), np.float32).T)
     readonly = np.empty((3, 4), np.float32)

@@ -58,3 +58,25 @@ def test_cluster_puts_are_immutable_too(cluster):
     with pytest.raises(redstone.AlreadyExistsError):
         client.put("k", np.zeros(3))
     assert client.get("k").tolist() == [1.0, 1.0, 1.0]
+
+
+def test_a_frozen_replica_does_not_hold_a_put(cluster):
+    import os
+    import signal
+    import time
+
+    client = redstone.Client(nodes=[s.fast for s in cluster[:2]], replicas=2, write_quorum=1, timeout=1.0)
+    frozen = cluster[1].proc
+    os.kill(frozen.pid, signal.SIGSTOP)
+    try:
+        began = time.monotonic()
+        value = np.ones(64 << 20, np.uint8)  # more than the socket buffers take
+        client.put("frozen", value)
+        # The frozen replica times out and is marked down, which ends its
+        # connection and drops the queued bytes: the put does not wait for
+        # them (the client's 30 s write timeout).
+        assert time.monotonic() - began < 8
+        value[:] = 0
+        assert (client.get("frozen") == 1).all()
+    finally:
+        os.kill(frozen.pid, signal.SIGCONT)

@@ -49,3 +49,23 @@ def test_a_cancelled_async_put_has_stopped_reading_when_cancelled(big):
 
     asyncio.run(main())
     assert stored_intact(big, "cancelled", 0xCD)
+
+
+def test_a_put_to_a_server_that_stops_reading_returns_near_its_timeout(silent_addr):
+    import time
+
+    client = redstone.Client(silent_addr, timeout=0.5)
+    value = np.ones(SIZE, np.uint8)  # far more than the socket buffers take
+    began = time.monotonic()
+    with pytest.raises(redstone.ConnectionError):
+        client.put("stuck", value)
+    assert time.monotonic() - began < 5, "the put waited for the connection's write timeout"
+
+
+def test_a_cancelled_put_to_a_server_that_never_answers_ends(silent_addr):
+    async def main():
+        client = redstone.AsyncClient(silent_addr)
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(client.put("k", np.ones(1 << 20, np.uint8)), 0.5)
+
+    asyncio.run(asyncio.wait_for(main(), 10))

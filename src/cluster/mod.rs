@@ -229,6 +229,17 @@ impl ClusterClient {
         )))
     }
 
+    /// Ends every node's connection now ([`FastClient::reset`]): calls in
+    /// flight fail, and requests not yet written are dropped with their
+    /// payloads; the next calls connect again.
+    pub fn reset(&self) {
+        for node in &self.inner.nodes {
+            if let Some(client) = node.state().client.take() {
+                client.reset();
+            }
+        }
+    }
+
     /// The counters of every node, with whether the client sees it up.
     pub async fn node_stats(&self) -> Vec<NodeStats> {
         let mut out = Vec::new();

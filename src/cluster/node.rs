@@ -42,7 +42,12 @@ impl Node {
 
     pub(super) fn mark_down(&self, config: &ClusterConfig) {
         let mut s = self.state();
-        s.client = None;
+        // Its connection is ended, not just let go: requests still queued
+        // for it (a replica write to a node that stopped reading) are
+        // dropped now rather than written when it resumes.
+        if let Some(client) = s.client.take() {
+            client.reset();
+        }
         s.failures = s.failures.saturating_add(1);
         let factor = 1u32 << (s.failures - 1).min(16);
         let backoff = config

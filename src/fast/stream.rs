@@ -44,6 +44,10 @@ pub enum ReadError {
     /// The bytes are not a valid frame, or claim more than the limits.
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
+    /// The payload's buffer could not be allocated (within the limits, but
+    /// more than this process can have).
+    #[error("cannot allocate {0} bytes for a payload")]
+    Alloc(u64),
 }
 
 /// A frame's prefix and header bytes; its payload is still on the stream.
@@ -117,15 +121,20 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// into a new allocation of exactly that size. What is already buffered
     /// is copied; the rest is read from the stream straight into place.
     pub async fn read_payload(&mut self, len: u64) -> Result<Bytes, ReadError> {
-        let len = usize::try_from(len).map_err(|_| ReadError::Truncated)?;
-        let mut payload = BytesMut::with_capacity(len);
-        let buffered = len.min(self.buf.len());
+        let size = usize::try_from(len).map_err(|_| ReadError::Alloc(len))?;
+        // Fallible: a payload the limits allow but memory does not is an
+        // error for this frame, not the end of the process.
+        let mut payload = Vec::new();
+        payload
+            .try_reserve_exact(size)
+            .map_err(|_| ReadError::Alloc(len))?;
+        let buffered = size.min(self.buf.len());
         payload.extend_from_slice(&self.buf[..buffered]);
         self.buf.advance(buffered);
-        while payload.len() < len {
-            let want = (len - payload.len()) as u64;
-            // `take` keeps the read inside this payload even if the
-            // allocator gave the buffer spare capacity.
+        while payload.len() < size {
+            let want = (size - payload.len()) as u64;
+            // `take` keeps the read inside this payload; the buffer has the
+            // capacity for all of it, so it never grows.
             let stall = self.stall;
             let mut limited = (&mut self.io).take(want);
             let read = limited.read_buf(&mut payload);
@@ -139,7 +148,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 return Err(ReadError::Truncated);
             }
         }
-        Ok(payload.freeze())
+        Ok(Bytes::from(payload))
     }
 
     /// Reads a payload of `len` bytes straight into `dst`, which must be
@@ -327,14 +336,15 @@ async fn write_chunks<W: AsyncWrite + Unpin>(
 /// whatever else is already queued (up to a bound) and writes them all with
 /// vectored writes, so pipelined small responses share system calls. Each
 /// frame's hold is released once it is written. Shuts the writer down
-/// when every sender is gone; stops at the first error, or when a write
-/// makes no progress for `stall` — then the queue is dropped with
-/// everything it holds, and senders see it closed.
+/// when every sender is gone (`Ok`); stops at the first error, or when a
+/// write makes no progress for `stall` (an error of kind `TimedOut`) —
+/// then the queue is dropped with everything it holds, and senders see it
+/// closed.
 pub async fn write_loop<W: AsyncWrite + Unpin, H>(
     mut writer: W,
     mut rx: tokio::sync::mpsc::Receiver<Queued<H>>,
     stall: Option<Duration>,
-) {
+) -> io::Result<()> {
     const BATCH: usize = 32;
     let mut batch = Vec::with_capacity(BATCH);
     let mut chunks = VecDeque::with_capacity(2 * BATCH);
@@ -343,7 +353,7 @@ pub async fn write_loop<W: AsyncWrite + Unpin, H>(
         queue_chunks(&mut chunks, &mut holds, batch.drain(..));
         if let Err(e) = write_chunks(&mut writer, &mut chunks, stall).await {
             tracing::debug!("write failed: {e}");
-            return;
+            return Err(e);
         }
         holds.clear();
     }
@@ -352,6 +362,7 @@ pub async fn write_loop<W: AsyncWrite + Unpin, H>(
     } else {
         writer.shutdown().await.ok();
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -414,6 +425,15 @@ mod tests {
         // capacity is exactly the length.
         let owned = payload.try_into_mut().expect("unique");
         assert_eq!(owned.capacity(), 100_000);
+    }
+
+    #[tokio::test]
+    async fn a_payload_memory_cannot_hold_is_an_error_not_an_abort() {
+        // Within whatever limits a caller set, but more than any process
+        // can allocate: the read fails, the process goes on.
+        let mut reader = FrameReader::new(&b""[..]);
+        let result = reader.read_payload(1 << 62).await;
+        assert!(matches!(result, Err(ReadError::Alloc(n)) if n == 1 << 62));
     }
 
     #[tokio::test]

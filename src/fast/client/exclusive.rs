@@ -101,14 +101,20 @@ impl Exclusive {
         // From here a failure is not safe to retry: `dst` may be partly
         // written, or `accept` already consumed.
         self.payload_started = true;
-        let verdict = if len != dst.len() as u64 {
-            Err(ClientError::Invalid(crate::Error::InvalidSize {
-                expected: len,
-                actual: dst.len() as u64,
-            }))
-        } else {
-            accept.take().map_or(Ok(()), |accept| accept(&meta))
-        };
+        // The caller's own check first: it says what is wrong in the
+        // caller's terms (a dtype), where sizes may only differ.
+        let verdict = accept
+            .take()
+            .map_or(Ok(()), |accept| accept(&meta))
+            .and_then(|()| {
+                if len == dst.len() as u64 {
+                    return Ok(());
+                }
+                Err(ClientError::Invalid(crate::Error::InvalidSize {
+                    expected: len,
+                    actual: dst.len() as u64,
+                }))
+            });
         if let Err(e) = verdict {
             self.reader.skip_payload(len).await.map_err(lost)?;
             return Err(e);

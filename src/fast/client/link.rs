@@ -54,6 +54,8 @@ pub(super) struct Pending {
 pub(super) struct Link {
     pub(super) tx: mpsc::Sender<Queued<()>>,
     pending: Mutex<Pending>,
+    /// The writer task, aborted by [`Link::abort`].
+    writer: Mutex<Option<tokio::task::AbortHandle>>,
     pub(super) next_id: AtomicU64,
 }
 
@@ -65,20 +67,29 @@ impl Link {
         let link = Arc::new(Link {
             tx,
             pending: Mutex::new(Pending::default()),
+            writer: Mutex::new(None),
             next_id: AtomicU64::new(1),
         });
         // A server that stops reading closes the connection after the
         // write timeout: the queued requests and their payloads are
         // dropped, and the calls waiting for replies fail rather than wait
-        // for answers to requests the server never got.
+        // for answers to requests the server never got. (Any other write
+        // error means the server closed or reset the connection: the
+        // reader delivers the replies it sent first, a refusal saying why,
+        // then sees the end.)
         let write_timeout = options.write_timeout;
         let writer_link = Arc::downgrade(&link);
-        tokio::spawn(async move {
-            write_loop(writer, rx, write_timeout).await;
-            if let Some(link) = writer_link.upgrade() {
-                link.close("the connection could not be written to".into());
+        let task = tokio::spawn(async move {
+            let Err(e) = write_loop(writer, rx, write_timeout).await else {
+                return;
+            };
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                if let Some(link) = writer_link.upgrade() {
+                    link.close(format!("the server stopped reading: {e}"));
+                }
             }
         });
+        *link.writer.lock().unwrap_or_else(PoisonError::into_inner) = Some(task.abort_handle());
         // The reader holds a weak handle: once every client has let go of
         // the link, its writer's queue closes, the server sees the
         // connection end and closes its side, and the reader ends.
@@ -90,8 +101,25 @@ impl Link {
         link
     }
 
+    /// Whether the connection is gone: the reader saw it end, or the
+    /// writer stopped (then the reader may not know yet).
     pub(super) fn is_closed(&self) -> bool {
-        self.pending().closed.is_some()
+        self.tx.is_closed() || self.pending().closed.is_some()
+    }
+
+    /// Ends the connection now: fails the waiting calls and stops the
+    /// writer, dropping the requests it holds (their payloads with them),
+    /// written or not.
+    pub(super) fn abort(&self, why: &str) {
+        self.close(why.to_owned());
+        if let Some(writer) = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            writer.abort();
+        }
     }
 
     pub(super) fn pending(&self) -> MutexGuard<'_, Pending> {

@@ -493,6 +493,9 @@ impl FastClient {
     /// Registers a waiter and queues the request. The registration, while
     /// held, keeps the waiter in the pending table; the call drops it when
     /// it is done, however it ends.
+    ///
+    /// A request the connection's writer never took (it had stopped) was
+    /// not sent at all, so it goes out once more on a fresh connection.
     async fn send(
         &self,
         request: Request,
@@ -500,29 +503,54 @@ impl FastClient {
         waiter: Waiter,
     ) -> Result<Registration, ClientError> {
         check_keys(&request)?;
-        let link = self.link().await?;
-        let id = link.next_id.fetch_add(1, Ordering::Relaxed);
-        let head = encode_frame(request.opcode(), 0, id, &request, payload.len() as u64)?;
-        let header_len = head.len() - PREFIX_LEN;
-        let max_header = self.inner.options.max_header;
-        if header_len > max_header as usize {
-            return Err(ClientError::TooLarge(format!(
-                "the request header is {header_len} bytes, the server accepts {max_header}"
-            )));
-        }
-        {
-            let mut pending = link.pending();
-            if let Some(why) = &pending.closed {
-                return Err(ClientError::Unavailable(why.clone()));
+        let mut waiter = Some(waiter);
+        for attempt in 0..2 {
+            let link = self.link().await?;
+            let id = link.next_id.fetch_add(1, Ordering::Relaxed);
+            let head = encode_frame(request.opcode(), 0, id, &request, payload.len() as u64)?;
+            let header_len = head.len() - PREFIX_LEN;
+            let max_header = self.inner.options.max_header;
+            if header_len > max_header as usize {
+                return Err(ClientError::TooLarge(format!(
+                    "the request header is {header_len} bytes, the server accepts {max_header}"
+                )));
             }
-            pending.waiters.insert(id, waiter);
+            {
+                let mut pending = link.pending();
+                if let Some(why) = &pending.closed {
+                    return Err(ClientError::Unavailable(why.clone()));
+                }
+                let Some(w) = waiter.take() else { break };
+                pending.waiters.insert(id, w);
+            }
+            let call = Registration { link, id };
+            let frame = OutFrame::new(head, payload.clone());
+            match call.link.tx.send(frame.into()).await {
+                Ok(()) => return Ok(call),
+                Err(_) if attempt == 0 => {
+                    // Take the waiter back for the next attempt.
+                    waiter = call.link.pending().waiters.remove(&id);
+                }
+                Err(_) => break,
+            }
         }
-        let call = Registration { link, id };
-        let frame = OutFrame::new(head, payload);
-        if call.link.tx.send(frame.into()).await.is_err() {
-            return Err(ClientError::Unavailable("the connection closed".into()));
-        }
-        Ok(call)
+        Err(ClientError::Unavailable("the connection closed".into()))
+    }
+
+    /// Ends the shared connection now, failing the calls in flight on it and
+    /// dropping the requests it has not finished writing, with their
+    /// payloads; the next call connects again. For a caller that must know
+    /// a payload it lent is no longer read (a timed-out put of borrowed
+    /// memory).
+    pub fn reset(&self) {
+        let link = Arc::clone(
+            &self
+                .inner
+                .link
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        link.abort("the connection was reset by the client");
     }
 
     /// Waits for `work` within the request timeout. The caller's

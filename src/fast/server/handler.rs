@@ -152,6 +152,7 @@ async fn fail(queue: &Queue, prefix: Option<&Prefix>, err: impl Into<Fatal>) {
         Fatal::Read(ReadError::Protocol(e)) => send_error(queue, opcode, &e).await,
         Fatal::Read(ReadError::Io(e)) => tracing::debug!("connection failed: {e}"),
         Fatal::Read(ReadError::Truncated) => tracing::debug!("connection closed mid-frame"),
+        Fatal::Read(ReadError::Alloc(n)) => tracing::warn!("cannot allocate a {n}-byte payload"),
         Fatal::Closed => tracing::debug!("the connection's writer is gone"),
         Fatal::Encode(e) => {
             tracing::warn!("cannot encode a response: {e}");
