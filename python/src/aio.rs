@@ -1,15 +1,16 @@
 //! Calls as asyncio awaitables.
 //!
 //! A call runs as a task on the shared runtime; when it ends, its result is
-//! handed to the event loop with `call_soon_threadsafe`, from a blocking
-//! thread (waiting for the GIL there stalls no network I/O). The Python
+//! handed to the event loop with `call_soon_threadsafe`, by one delivering
+//! thread that takes the GIL once per batch of results (waiting for the
+//! GIL there stalls no network I/O). The Python
 //! side (`redstone/client.py`) awaits the future; if its task is cancelled
 //! it aborts the call and still waits for this future, which resolves only
 //! once the Rust side has let go of the caller's arrays.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, PoisonError};
+use std::sync::{mpsc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -52,6 +53,66 @@ pub fn shutdown(py: Python<'_>) {
             std::thread::sleep(Duration::from_millis(1));
         }
     });
+}
+
+/// A result to hand to its event loop, with the GIL held.
+type Delivery = Box<dyn FnOnce(Python<'_>) + Send>;
+
+/// The delivering thread's queue, and the process it runs in (a forked
+/// child starts its own).
+static DELIVERIES: Mutex<Option<(u32, mpsc::Sender<Delivery>)>> = Mutex::new(None);
+
+/// Queues `delivery` for the delivering thread: one thread, which takes
+/// the GIL once for every result that arrived meanwhile (not a thread per
+/// result, nor a runtime worker blocked on the GIL).
+fn submit(delivery: Delivery) {
+    let pid = std::process::id();
+    let mut slot = DELIVERIES.lock().unwrap_or_else(PoisonError::into_inner);
+    if !matches!(&*slot, Some((owner, _)) if *owner == pid) {
+        let (tx, rx) = mpsc::channel();
+        let started = std::thread::Builder::new()
+            .name("redstone-deliver".into())
+            .spawn(move || deliver(rx));
+        if started.is_err() {
+            // No thread, no delivery: the awaitable never resolves, as
+            // at shutdown. (Only when the process can start no thread.)
+            std::mem::forget(delivery);
+            return;
+        }
+        *slot = Some((pid, tx));
+    }
+    if let Some((_, tx)) = &*slot {
+        if let Err(unsent) = tx.send(delivery) {
+            std::mem::forget(unsent);
+        }
+    }
+}
+
+/// The delivering thread: batches of results, one GIL acquisition each.
+fn deliver(rx: mpsc::Receiver<Delivery>) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        batch.extend(rx.try_iter());
+        // Counted before the check, so that `shutdown` either sees this
+        // thread or this thread sees `CLOSING`.
+        delivering(1);
+        if CLOSING.load(Ordering::SeqCst) {
+            delivering(-1);
+            // No one is left to tell; the Python objects are leaked with
+            // the interpreter.
+            std::mem::forget(batch);
+            continue;
+        }
+        Python::try_attach(|py| {
+            for delivery in batch.drain(..) {
+                delivery(py);
+            }
+        });
+        if !batch.is_empty() {
+            std::mem::forget(batch);
+        }
+        delivering(-1);
+    }
 }
 
 /// Stops a call started by [`spawn`]: its task is dropped at its next
@@ -103,46 +164,28 @@ where
     rt.spawn(async move {
         let outcome = task.await;
         let released = after.await;
-        // Blocking the blocking pool, not a worker, on the GIL.
-        let deliver = tokio::task::spawn_blocking(move || {
-            // Counted before the check, so that `shutdown` either sees this
-            // thread or this thread sees `CLOSING`.
-            delivering(1);
-            if CLOSING.load(Ordering::SeqCst) {
-                delivering(-1);
-                // No one is left to tell; the Python objects are leaked
-                // with the interpreter.
-                std::mem::forget((event_loop, target, resolve, outcome, released));
-                return;
-            }
-            Python::try_attach(|py| {
-                let (ok, value) = match outcome {
-                    Ok(Ok(value)) => match value.into_py_any(py) {
-                        Ok(value) => (true, value),
-                        Err(e) => (false, e.into_value(py).into_any()),
-                    },
-                    Ok(Err(e)) => (false, to_py(py, e).into_value(py).into_any()),
-                    Err(e) => {
-                        let why = if e.is_cancelled() {
-                            "cancelled"
-                        } else {
-                            "failed"
-                        };
-                        let err = PyRuntimeError::new_err(format!("the call was {why}"));
-                        (false, err.into_value(py).into_any())
-                    }
-                };
-                // A closed loop (the program is ending) takes no callbacks.
-                let _ = event_loop.call_method1(
-                    py,
-                    "call_soon_threadsafe",
-                    (resolve, target, ok, value),
-                );
-                drop(released);
-            });
-            delivering(-1);
-        });
-        let _ = deliver.await;
+        submit(Box::new(move |py: Python<'_>| {
+            let (ok, value) = match outcome {
+                Ok(Ok(value)) => match value.into_py_any(py) {
+                    Ok(value) => (true, value),
+                    Err(e) => (false, e.into_value(py).into_any()),
+                },
+                Ok(Err(e)) => (false, to_py(py, e).into_value(py).into_any()),
+                Err(e) => {
+                    let why = if e.is_cancelled() {
+                        "cancelled"
+                    } else {
+                        "failed"
+                    };
+                    let err = PyRuntimeError::new_err(format!("the call was {why}"));
+                    (false, err.into_value(py).into_any())
+                }
+            };
+            // A closed loop (the program is ending) takes no callbacks.
+            let _ =
+                event_loop.call_method1(py, "call_soon_threadsafe", (resolve, target, ok, value));
+            drop(released);
+        }));
     });
     (future, Bound::new(py, abort)?).into_bound_py_any(py)
 }
