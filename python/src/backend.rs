@@ -60,6 +60,15 @@ impl Backend {
         }
     }
 
+    /// Ends the connections whose calls failed: one server's, or the
+    /// connections a cluster let go of when it marked their nodes down.
+    pub fn reset_failed(&self) {
+        match self {
+            Backend::Node(c) => c.reset(),
+            Backend::Cluster(c) => c.reset_failed(),
+        }
+    }
+
     /// On one node the payload is read from the socket into `dst`. A
     /// cluster read may fail over between replicas and repair them, which
     /// needs the tensor whole, so there it is received and copied once.

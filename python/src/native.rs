@@ -205,11 +205,9 @@ impl Native {
     ) -> PyResult<Bound<'py, PyAny>> {
         let backend = self.backend(py)?;
         let (tensor, released) = tensor(dtype, shape, layout, &data)?;
-        aio::spawn(
-            py,
-            async move { backend.put(&key, tensor?).await },
-            released,
-        )
+        let sender = backend.clone();
+        let work = async move { sender.put(&key, tensor?).await };
+        aio::spawn(py, work, release(backend, released))
     }
 
     /// `get`, as `(future, abort)`.
@@ -338,15 +336,19 @@ const RELEASE_GRACE: Duration = Duration::from_millis(200);
 /// it is written, and the server answered after reading all of it); after
 /// a failure or an interrupted call the payload may still be queued, or
 /// half-written to a server that stopped reading: past [`RELEASE_GRACE`]
-/// the connections are ended, which drops it.
+/// the connections holding it are ended, which drops it.
 async fn release(backend: Backend, mut released: Released) -> Option<Py<PyArray1<u8>>> {
-    match tokio::time::timeout(RELEASE_GRACE, &mut released).await {
-        Ok(array) => array.ok(),
-        Err(_) => {
-            backend.reset();
-            released.await.ok()
-        }
+    if let Ok(array) = tokio::time::timeout(RELEASE_GRACE, &mut released).await {
+        return array.ok();
     }
+    // First the connections that failed (a cluster's replica that timed
+    // out), then, if the payload is still held, every one.
+    backend.reset_failed();
+    if let Ok(array) = tokio::time::timeout(RELEASE_GRACE, &mut released).await {
+        return array.ok();
+    }
+    backend.reset();
+    released.await.ok()
 }
 
 /// Nothing to release after a call.

@@ -240,6 +240,20 @@ impl ClusterClient {
         }
     }
 
+    /// Ends the connections let go of when their nodes were marked down
+    /// ([`FastClient::reset`]): requests still queued on them — replica
+    /// writes to a node that stopped reading — are dropped now, with their
+    /// payloads, rather than when the connection's write timeout ends it.
+    /// The connections in use are not touched.
+    pub fn reset_failed(&self) {
+        for node in &self.inner.nodes {
+            let failed = std::mem::take(&mut node.state().failed);
+            for client in failed {
+                client.reset();
+            }
+        }
+    }
+
     /// The counters of every node, with whether the client sees it up.
     pub async fn node_stats(&self) -> Vec<NodeStats> {
         let mut out = Vec::new();

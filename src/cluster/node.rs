@@ -18,6 +18,9 @@ pub(super) struct Node {
 pub(super) struct NodeState {
     /// The connection, once made; dropped when the node fails.
     pub(super) client: Option<FastClient>,
+    /// The last few connections dropped when the node failed, which may
+    /// still hold queued requests (see `ClusterClient::reset_failed`).
+    pub(super) failed: Vec<FastClient>,
     /// Consecutive failures, for the backoff.
     pub(super) failures: u32,
     /// Hedged reads this node lost in a row (another replica found the
@@ -42,11 +45,13 @@ impl Node {
 
     pub(super) fn mark_down(&self, config: &ClusterConfig) {
         let mut s = self.state();
-        // Its connection is ended, not just let go: requests still queued
-        // for it (a replica write to a node that stopped reading) are
-        // dropped now rather than written when it resumes.
+        // Let go of, not ended: other calls in flight on it finish or fail
+        // by themselves. Kept aside for `ClusterClient::reset_failed`.
         if let Some(client) = s.client.take() {
-            client.reset();
+            s.failed.push(client);
+            if s.failed.len() > 4 {
+                s.failed.remove(0);
+            }
         }
         s.failures = s.failures.saturating_add(1);
         let factor = 1u32 << (s.failures - 1).min(16);

@@ -192,6 +192,8 @@ async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, link: Weak<Link>, lim
         }
     };
     if let Some(link) = link.upgrade() {
-        link.close(why);
+        // The writer stops too: nothing more is sent on a connection whose
+        // replies can no longer be read.
+        link.abort(&why);
     }
 }
