@@ -9,8 +9,8 @@
 //! once the Rust side has let go of the caller's arrays.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{mpsc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use pyo3::exceptions::{PyRuntimeError, PyValueError};
@@ -20,24 +20,24 @@ use redstone::client::ClientError;
 use tokio::task::AbortHandle;
 
 use crate::errors::to_py;
+use crate::process::PerProcess;
 use crate::runtime::runtime;
 
 /// Set when the interpreter begins to shut down: results are no longer
 /// delivered.
 static CLOSING: AtomicBool = AtomicBool::new(false);
-/// Threads delivering a result now (attached to the interpreter, or about
-/// to be), and the process they count in: a forked child starts at none.
-static DELIVERING: Mutex<(u32, usize)> = Mutex::new((0, 0));
+/// Threads of this process delivering a result now (attached to the
+/// interpreter, or about to be); a forked child starts at none.
+static DELIVERING: PerProcess<AtomicUsize> = PerProcess::new();
 
-/// Adds `delta` to this process's count of delivering threads; the count.
-fn delivering(delta: isize) -> usize {
-    let pid = std::process::id();
-    let mut count = DELIVERING.lock().unwrap_or_else(PoisonError::into_inner);
-    if count.0 != pid {
-        *count = (pid, 0);
+/// This process's count of delivering threads.
+fn delivering() -> &'static AtomicUsize {
+    let count: Result<_, std::convert::Infallible> =
+        DELIVERING.get_or_try_init(|| Ok(AtomicUsize::new(0)));
+    match count {
+        Ok(count) => count,
+        Err(never) => match never {},
     }
-    count.1 = count.1.saturating_add_signed(delta);
-    count.1
 }
 
 /// Registered with `atexit`: stops deliveries and waits for those under
@@ -49,7 +49,7 @@ pub fn shutdown(py: Python<'_>) {
     CLOSING.store(true, Ordering::SeqCst);
     py.detach(|| {
         let deadline = Instant::now() + Duration::from_secs(2);
-        while delivering(0) > 0 && Instant::now() < deadline {
+        while delivering().load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(1));
         }
     });
@@ -58,33 +58,29 @@ pub fn shutdown(py: Python<'_>) {
 /// A result to hand to its event loop, with the GIL held.
 type Delivery = Box<dyn FnOnce(Python<'_>) + Send>;
 
-/// The delivering thread's queue, and the process it runs in (a forked
-/// child starts its own).
-static DELIVERIES: Mutex<Option<(u32, mpsc::Sender<Delivery>)>> = Mutex::new(None);
+/// The delivering thread's queue (a forked child starts its own thread).
+static DELIVERIES: PerProcess<mpsc::Sender<Delivery>> = PerProcess::new();
 
 /// Queues `delivery` for the delivering thread: one thread, which takes
 /// the GIL once for every result that arrived meanwhile (not a thread per
 /// result, nor a runtime worker blocked on the GIL).
 fn submit(delivery: Delivery) {
-    let pid = std::process::id();
-    let mut slot = DELIVERIES.lock().unwrap_or_else(PoisonError::into_inner);
-    if !matches!(&*slot, Some((owner, _)) if *owner == pid) {
+    let queue = DELIVERIES.get_or_try_init(|| {
         let (tx, rx) = mpsc::channel();
-        let started = std::thread::Builder::new()
+        std::thread::Builder::new()
             .name("redstone-deliver".into())
-            .spawn(move || deliver(rx));
-        if started.is_err() {
-            // No thread, no delivery: the awaitable never resolves, as
-            // at shutdown. (Only when the process can start no thread.)
-            std::mem::forget(delivery);
-            return;
+            .spawn(move || deliver(rx))
+            .map(|_| tx)
+    });
+    match queue {
+        Ok(queue) => {
+            if let Err(unsent) = queue.send(delivery) {
+                std::mem::forget(unsent);
+            }
         }
-        *slot = Some((pid, tx));
-    }
-    if let Some((_, tx)) = &*slot {
-        if let Err(unsent) = tx.send(delivery) {
-            std::mem::forget(unsent);
-        }
+        // No thread, no delivery: the awaitable never resolves, as at
+        // shutdown. (Only when the process can start no thread.)
+        Err(_) => std::mem::forget(delivery),
     }
 }
 
@@ -95,9 +91,9 @@ fn deliver(rx: mpsc::Receiver<Delivery>) {
         batch.extend(rx.try_iter());
         // Counted before the check, so that `shutdown` either sees this
         // thread or this thread sees `CLOSING`.
-        delivering(1);
+        delivering().fetch_add(1, Ordering::SeqCst);
         if CLOSING.load(Ordering::SeqCst) {
-            delivering(-1);
+            delivering().fetch_sub(1, Ordering::SeqCst);
             // No one is left to tell; the Python objects are leaked with
             // the interpreter.
             std::mem::forget(batch);
@@ -111,7 +107,7 @@ fn deliver(rx: mpsc::Receiver<Delivery>) {
         if !batch.is_empty() {
             std::mem::forget(batch);
         }
-        delivering(-1);
+        delivering().fetch_sub(1, Ordering::SeqCst);
     }
 }
 

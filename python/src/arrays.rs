@@ -13,6 +13,8 @@ use numpy::{PyArray1, PyArrayMethods, PyUntypedArrayMethods};
 use pyo3::prelude::*;
 use redstone::client::ClientError;
 use redstone::tensor::meta::{DType, TensorMeta};
+
+use crate::process::PerProcess;
 use tokio::sync::oneshot;
 
 /// The memory of a received payload, owned by the numpy array that views
@@ -152,18 +154,19 @@ impl Expect {
     }
 }
 
-/// The memory ranges `get_into` calls are writing now, and the process
-/// they are being written in: a child forked meanwhile has no such calls.
-static WRITING: Mutex<(u32, Vec<(usize, usize)>)> = Mutex::new((0, Vec::new()));
+/// The memory ranges this process's `get_into` calls are writing now (a
+/// child forked meanwhile has no such calls).
+static WRITING: PerProcess<Mutex<Vec<(usize, usize)>>> = PerProcess::new();
 
 /// This process's ranges in [`WRITING`], locked.
-fn writing() -> std::sync::MutexGuard<'static, (u32, Vec<(usize, usize)>)> {
-    let pid = std::process::id();
-    let mut guard = WRITING.lock().unwrap_or_else(PoisonError::into_inner);
-    if guard.0 != pid {
-        *guard = (pid, Vec::new());
-    }
-    guard
+fn writing() -> std::sync::MutexGuard<'static, Vec<(usize, usize)>> {
+    let ranges: Result<_, std::convert::Infallible> =
+        WRITING.get_or_try_init(|| Ok(Mutex::new(Vec::new())));
+    let ranges = match ranges {
+        Ok(ranges) => ranges,
+        Err(never) => match never {},
+    };
+    ranges.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 /// A writable, contiguous `uint8` array's memory, written by one
@@ -195,12 +198,12 @@ impl Target {
         if len > 0 {
             let (start, end) = (ptr as usize, ptr as usize + len);
             let mut writing = writing();
-            if writing.1.iter().any(|&(s, e)| s < end && start < e) {
+            if writing.iter().any(|&(s, e)| s < end && start < e) {
                 return Err(invalid(
                     "another get_into is writing into out's memory: give each concurrent call its own array",
                 ));
             }
-            writing.1.push((start, end));
+            writing.push((start, end));
         }
         Ok(Target {
             ptr,
@@ -226,8 +229,8 @@ impl Drop for Target {
         if self.len > 0 {
             let start = self.ptr as usize;
             let mut writing = writing();
-            if let Some(i) = writing.1.iter().position(|&(s, _)| s == start) {
-                writing.1.swap_remove(i);
+            if let Some(i) = writing.iter().position(|&(s, _)| s == start) {
+                writing.swap_remove(i);
             }
         }
     }

@@ -11,6 +11,8 @@
 //!   while it waits) or as an asyncio awaitable.
 //! - `aio`: calls as asyncio futures, resolved from the runtime's threads.
 //! - `runtime`: the process's tokio runtime, made again after `fork()`.
+//! - `process`: values that belong to one process (`PerProcess`), so a
+//!   forked child never waits on a lock or thread of its parent's.
 //! - `arrays`: payloads into numpy arrays and numpy arrays into payloads,
 //!   without copies.
 //! - `convert`: received tensors and counters as Python objects.
@@ -22,6 +24,7 @@ mod backend;
 mod convert;
 mod errors;
 mod native;
+mod process;
 mod runtime;
 
 use pyo3::prelude::*;

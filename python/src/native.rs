@@ -3,7 +3,6 @@
 //! `(future, abort)`; see `aio`).
 
 use std::future::Future;
-use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use numpy::PyArray1;
@@ -20,6 +19,7 @@ use crate::arrays::{pinned, Expect, Released, Target};
 use crate::backend::Backend;
 use crate::convert::{Fetched, FetchedMany};
 use crate::errors::to_py;
+use crate::process::PerProcess;
 use crate::runtime::runtime;
 
 /// How often a blocking call looks for a signal (Ctrl-C) while it waits.
@@ -54,8 +54,8 @@ impl Spec {
 #[pyclass(frozen, module = "redstone._redstone")]
 pub struct Native {
     spec: Spec,
-    /// The process that made `backend`, and the backend.
-    backend: Mutex<(u32, Backend)>,
+    /// The backend of the process using the client.
+    backend: PerProcess<Backend>,
 }
 
 #[pymethods]
@@ -123,7 +123,7 @@ impl Native {
         let backend = spec.connect(py)?;
         Ok(Native {
             spec,
-            backend: Mutex::new((std::process::id(), backend)),
+            backend: PerProcess::with(backend),
         })
     }
 
@@ -265,22 +265,9 @@ impl Native {
     /// threads did not survive the fork, and writing to them would
     /// interleave with the parent): the child connects again, once.
     fn backend(&self, py: Python<'_>) -> PyResult<Backend> {
-        let pid = std::process::id();
-        {
-            let slot = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
-            if slot.0 == pid {
-                return Ok(slot.1.clone());
-            }
-        }
-        let fresh = self.spec.connect(py)?;
-        let mut slot = self.backend.lock().unwrap_or_else(PoisonError::into_inner);
-        if slot.0 != pid {
-            // Forgotten, not dropped: its tasks belonged to the parent's
-            // runtime, which has no threads here.
-            std::mem::forget(std::mem::replace(&mut slot.1, fresh));
-            slot.0 = pid;
-        }
-        Ok(slot.1.clone())
+        self.backend
+            .get_or_try_init(|| self.spec.connect(py))
+            .cloned()
     }
 }
 
