@@ -88,13 +88,14 @@ impl Backend {
                     return Ok(None);
                 };
                 let (meta, data) = tensor.into_parts();
+                // As on one node: the caller's check first, then the size.
+                accept(&meta)?;
                 if data.len() != dst.len() {
                     return Err(ClientError::Invalid(redstone::Error::InvalidSize {
                         expected: data.len() as u64,
                         actual: dst.len() as u64,
                     }));
                 }
-                accept(&meta)?;
                 dst.copy_from_slice(&data);
                 Ok(Some(meta))
             }
