@@ -27,8 +27,10 @@
 //! - [`cluster`]: [`ClusterClient`](cluster::ClusterClient): placement by
 //!   rendezvous hashing, replication, failover and read repair, all in the
 //!   client, over [`FastClient`](fast::FastClient).
-//! - [`server`]: binds both doors over one engine, serves them, shuts them
-//!   down.
+//! - [`metrics`]: what the doors count, in a Prometheus registry, and the
+//!   `/metrics` + `/health` endpoint.
+//! - [`server`]: binds both doors and the metrics endpoint over one
+//!   engine, serves them, shuts them down.
 //! - `fuzzing` (feature `fuzzing`): the fuzz targets' entry points, shared
 //!   with the corpus replay test.
 //! - `src/bin/`: thin mains for `server` and `client`; the load generator
@@ -44,6 +46,7 @@ pub mod fast;
 #[cfg(feature = "fuzzing")]
 pub mod fuzzing;
 pub mod grpc;
+pub mod metrics;
 pub mod server;
 pub mod size;
 pub mod stats;

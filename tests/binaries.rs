@@ -1,5 +1,7 @@
 //! The `server` and `client` binaries as a user runs them.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -12,6 +14,17 @@ fn start_server(args: &[&str]) -> (Child, String) {
 
 /// Starts `server ARGS…`; returns it with the gRPC and fast-path addresses.
 fn start_server_both(args: &[&str]) -> (Child, String, String) {
+    let (child, grpc, fast, _) = start_server_all(args);
+    (child, grpc, fast)
+}
+
+/// Starts `server ARGS…` (metrics on a free port unless ARGS say where);
+/// returns it with the gRPC, fast-path and metrics addresses it logged.
+fn start_server_all(args: &[&str]) -> (Child, String, String, String) {
+    let mut args = args.to_vec();
+    if !args.contains(&"--metrics") {
+        args.extend(["--metrics", "127.0.0.1:0"]);
+    }
     let mut child = Command::new(env!("CARGO_BIN_EXE_server"))
         .args(args)
         .env("RUST_LOG", "info")
@@ -25,18 +38,22 @@ fn start_server_both(args: &[&str]) -> (Child, String, String) {
             .nth(1)
             .map(|rest| rest.split_whitespace().next().unwrap().to_string())
     };
-    let (grpc, tcp) = loop {
+    let (grpc, tcp, metrics) = loop {
         let line = lines
             .next()
             .expect("the server exited before saying where it listens")
             .unwrap();
-        if let (Some(grpc), Some(tcp)) = (field(&line, "grpc="), field(&line, "fast=")) {
-            break (grpc, tcp);
+        if let (Some(grpc), Some(tcp), Some(metrics)) = (
+            field(&line, "grpc="),
+            field(&line, "fast="),
+            field(&line, "metrics="),
+        ) {
+            break (grpc, tcp, metrics);
         }
     };
     // Keep draining the log so the server never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (child, grpc, tcp)
+    (child, grpc, tcp, metrics)
 }
 
 fn sigterm(child: &Child) {
@@ -115,8 +132,8 @@ fn server_rejects_a_bad_size() {
 }
 
 /// SIGTERM while a fast-path PUT is half received: the server stops
-/// accepting, finishes that request (the client gets its answer), and
-/// exits 0.
+/// accepting, says 503 on `/health` while it finishes that request (the
+/// client gets its answer), and exits 0.
 #[tokio::test]
 async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
     use redstone::fast::stream::FrameReader;
@@ -125,8 +142,10 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
     use tokio::io::AsyncWriteExt;
 
     // `--tcp`, the fast path's old flag name, still works.
-    let (mut server, _grpc, tcp) =
-        start_server_both(&["127.0.0.1:0", "64MiB", "--tcp", "127.0.0.1:0"]);
+    let (mut server, _grpc, tcp, metrics) =
+        start_server_all(&["127.0.0.1:0", "64MiB", "--tcp", "127.0.0.1:0"]);
+    let metrics: std::net::SocketAddr = metrics.parse().unwrap();
+    assert_eq!(common::http_get(metrics, "/health").await.0, 200);
     let stream = tokio::net::TcpStream::connect(tcp.as_str()).await.unwrap();
     let (r, mut w) = stream.into_split();
     let meta = TensorMeta::new(DType::U8, vec![1 << 20], StorageLayout::RowMajor).unwrap();
@@ -141,8 +160,12 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     sigterm(&server);
     tokio::time::sleep(Duration::from_millis(300)).await;
-    // A new client is no longer accepted...
+    // A new client is no longer accepted, and the health check says so...
     assert!(tokio::net::TcpStream::connect(tcp.as_str()).await.is_err());
+    assert_eq!(
+        common::http_get(metrics, "/health").await,
+        (503, "draining\n".to_owned())
+    );
     // ...but the half-sent request completes.
     w.write_all(&vec![5u8; 1 << 19]).await.unwrap();
     let mut reader = FrameReader::new(r);
@@ -155,4 +178,111 @@ async fn sigterm_finishes_the_request_in_flight_then_exits_zero() {
     assert_eq!((head.prefix.request_id, response.status()), (7, Status::Ok));
     let status = wait_with_timeout(&mut server, Duration::from_secs(15));
     assert!(status.success(), "server exit status: {status}");
+}
+
+/// `--config FILE` sets what the flags set; a flag on the command line
+/// wins over the file; a bad file is refused naming its line.
+#[test]
+fn config_file_settings_and_flags_win() {
+    let dir = std::env::temp_dir().join(format!("redstone-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("server.toml");
+    std::fs::write(
+        &path,
+        "cache-size = \"3MiB\"\nmax-connections = 7\naddr = \"127.0.0.1:0\"\nfast = \"127.0.0.1:0\"\n",
+    )
+    .unwrap();
+    let path_str = path.to_str().unwrap();
+    let (mut server, _, _, _) = start_server_all(&["--config", path_str, "--max-connections", "9"]);
+    server.kill().ok();
+    server.wait().ok();
+    // The start line reports the effective limits.
+    let out = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args([
+            "--config",
+            path_str,
+            "--max-connections",
+            "9",
+            "--metrics",
+            "off",
+        ])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line_with(out, "listening");
+    assert!(
+        line.contains(&format!("budget_bytes={}", 3 << 20)),
+        "{line}"
+    );
+    assert!(line.contains("max_connections=9"), "{line}");
+    assert!(line.contains("metrics=off"), "{line}");
+
+    std::fs::write(
+        &path,
+        "cache-size = \"3MiB\"\n\nmax-connections = \"many\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--config", path_str])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 3"), "{stderr}");
+    std::fs::write(&path, "colour = \"red\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--config", path_str])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("colour"), "{stderr}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// The first stderr line of `child` containing `needle`; the child is
+/// killed after.
+fn first_line_with(mut child: Child, needle: &str) -> String {
+    let stderr = child.stderr.take().unwrap();
+    let line = BufReader::new(stderr)
+        .lines()
+        .map(Result::unwrap)
+        .find(|l| l.contains(needle))
+        .unwrap_or_default();
+    child.kill().ok();
+    child.wait().ok();
+    line
+}
+
+/// A metrics port in use is a startup error that names the flag.
+#[test]
+fn metrics_port_in_use_is_a_clear_error() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let out = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["127.0.0.1:0", "--fast", "127.0.0.1:0", "--metrics", &addr])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("--metrics") && stderr.contains(&addr),
+        "{stderr}"
+    );
+}
+
+/// `--log-format json`: one JSON object per line.
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let child = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["127.0.0.1:0", "--fast", "127.0.0.1:0", "--metrics", "off"])
+        .args(["--log-format", "json"])
+        .env("RUST_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = first_line_with(child, "listening");
+    assert!(line.starts_with('{') && line.ends_with('}'), "{line}");
+    assert!(line.contains("\"level\":\"INFO\""), "{line}");
+    assert!(line.contains("\"fast\":\"127.0.0.1:"), "{line}");
 }

@@ -46,7 +46,7 @@ class Server:
         self._start(fast_port)
 
     def _start(self, fast_port: int) -> None:
-        cmd = [server_binary(), "127.0.0.1:0", self.budget, "--fast", f"127.0.0.1:{fast_port}", "--shutdown-grace", "1"]
+        cmd = [server_binary(), "127.0.0.1:0", self.budget, "--fast", f"127.0.0.1:{fast_port}", "--shutdown-grace", "1", "--metrics", "off"]
         self.proc = subprocess.Popen(cmd + self.args, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 60
         assert self.proc.stderr is not None

@@ -1,4 +1,4 @@
-//! Cluster settings: from a `--nodes` list or a small TOML file.
+//! Cluster settings: from a `--nodes` list or a TOML file.
 
 use std::time::Duration;
 
@@ -99,7 +99,8 @@ impl ClusterConfig {
         Ok(())
     }
 
-    /// Reads the TOML subset below; unknown keys are errors.
+    /// Reads a TOML file's text (parsed by the `toml` crate); unknown keys
+    /// are errors, and a malformed file's error names the line.
     ///
     /// ```toml
     /// nodes = ["10.0.0.1:50052", "10.0.0.2:50052", "10.0.0.3:50052"]
@@ -119,50 +120,19 @@ impl ClusterConfig {
     /// # Ok::<(), redstone::cluster::ConfigError>(())
     /// ```
     pub fn from_toml(text: &str) -> Result<ClusterConfig, ConfigError> {
-        let mut nodes = None;
-        let mut numbers: Vec<(String, u64)> = Vec::new();
-        let mut lines = text.lines().enumerate();
-        while let Some((i, line)) = lines.next() {
-            let line = strip_comment(line).trim();
-            if line.is_empty() {
-                continue;
-            }
-            let err = |what: &str| ConfigError(format!("line {}: {what}", i + 1));
-            let (key, value) = line
-                .split_once('=')
-                .ok_or_else(|| err("expected `key = value`"))?;
-            let (key, mut value) = (key.trim(), value.trim().to_owned());
-            if key == "nodes" {
-                // An array may span lines until its closing bracket.
-                while !value.contains(']') {
-                    let (_, more) = lines.next().ok_or_else(|| err("unclosed ["))?;
-                    value.push_str(strip_comment(more));
-                }
-                nodes = Some(parse_string_array(&value).map_err(|e| err(&e))?);
-            } else {
-                let n = value
-                    .parse::<u64>()
-                    .map_err(|_| err(&format!("{key} must be a whole number")))?;
-                numbers.push((key.to_owned(), n));
-            }
+        let file: ConfigFile =
+            toml::from_str(text).map_err(|e| ConfigError(toml_error(text, &e)))?;
+        let mut config = ClusterConfig::new(file.nodes);
+        let ms = Duration::from_millis;
+        if let Some(r) = file.replicas {
+            config.replicas = r;
         }
-        let nodes = nodes.ok_or_else(|| ConfigError("`nodes` is missing".into()))?;
-        let mut config = ClusterConfig::new(nodes);
-        let mut quorum = None;
-        for (key, n) in numbers {
-            let ms = Duration::from_millis(n);
-            match key.as_str() {
-                "replicas" => config.replicas = n as usize,
-                "write_quorum" => quorum = Some(n as usize),
-                "timeout_ms" => config.timeout = ms,
-                "connect_timeout_ms" => config.connect_timeout = ms,
-                "backoff_min_ms" => config.backoff_min = ms,
-                "backoff_max_ms" => config.backoff_max = ms,
-                "hedge_after_ms" => config.hedge_after = Some(ms),
-                other => return Err(ConfigError(format!("unknown key `{other}`"))),
-            }
-        }
-        config.write_quorum = quorum.unwrap_or(config.replicas);
+        config.write_quorum = file.write_quorum.unwrap_or(config.replicas);
+        config.timeout = file.timeout_ms.map_or(config.timeout, ms);
+        config.connect_timeout = file.connect_timeout_ms.map_or(config.connect_timeout, ms);
+        config.backoff_min = file.backoff_min_ms.map_or(config.backoff_min, ms);
+        config.backoff_max = file.backoff_max_ms.map_or(config.backoff_max, ms);
+        config.hedge_after = file.hedge_after_ms.map(ms);
         config.validate()?;
         Ok(config)
     }
@@ -172,31 +142,34 @@ impl ClusterConfig {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigError(format!("cannot read {}: {e}", path.display())))?;
         ClusterConfig::from_toml(&text)
+            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 }
 
-fn strip_comment(line: &str) -> &str {
-    // Node addresses never contain '#', so a '#' always starts a comment.
-    line.split('#').next().unwrap_or("")
+/// The cluster file's keys.
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    nodes: Vec<String>,
+    replicas: Option<usize>,
+    write_quorum: Option<usize>,
+    timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    backoff_min_ms: Option<u64>,
+    backoff_max_ms: Option<u64>,
+    hedge_after_ms: Option<u64>,
 }
 
-fn parse_string_array(value: &str) -> Result<Vec<String>, String> {
-    let inner = value
-        .trim()
-        .strip_prefix('[')
-        .and_then(|v| v.strip_suffix(']'))
-        .ok_or("`nodes` must be an array of strings: [\"host:port\", …]")?;
-    inner
-        .split(',')
-        .map(str::trim)
-        .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.strip_prefix('"')
-                .and_then(|s| s.strip_suffix('"'))
-                .map(str::to_owned)
-                .ok_or_else(|| format!("{s} is not a quoted string"))
-        })
-        .collect()
+/// A TOML error as one line: `line N: what`.
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let what = e.message();
+    match e.span() {
+        Some(span) => {
+            let line = text[..span.start.min(text.len())].matches('\n').count() + 1;
+            format!("line {line}: {what}")
+        }
+        None => what.to_owned(),
+    }
 }
 
 #[cfg(test)]
@@ -225,9 +198,18 @@ mod tests {
             "nodes = [a:1]",
             "nodes = [\"a:1\"]\ncolour = 3",
             "nodes = [\"a:1\"]\nreplicas = two",
+            "nodes = [\"a:1\"]\nreplicas = -1",
         ] {
             assert!(ClusterConfig::from_toml(bad).is_err(), "{bad:?}");
         }
+        // A malformed file's error names its line.
+        let err = ClusterConfig::from_toml("nodes = [\"a:1\"]\n\nreplicas = two\n").unwrap_err();
+        assert!(err.0.starts_with("line 3:"), "{err}");
+        let err = ClusterConfig::from_toml("nodes = [\"a:1\"]\ncolour = 3\n").unwrap_err();
+        assert!(
+            err.0.starts_with("line 2:") && err.0.contains("colour"),
+            "{err}"
+        );
         assert_eq!(
             ClusterConfig::parse_nodes(" a:1, b:2 ,").unwrap(),
             ["a:1", "b:2"]

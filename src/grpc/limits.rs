@@ -17,6 +17,8 @@ use tokio::time::{Instant, Sleep};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::metrics::{Counted, Door, OpenConnection, ServerMetrics};
+
 /// Limits of the gRPC door. Every one is a `server` flag.
 #[derive(Debug, Clone)]
 pub struct GrpcConfig {
@@ -45,6 +47,7 @@ impl Default for GrpcConfig {
 pub(crate) fn incoming(
     listener: TcpListener,
     config: &GrpcConfig,
+    metrics: ServerMetrics,
 ) -> ReceiverStream<io::Result<Limited>> {
     let (tx, rx) = mpsc::channel(1);
     let permits = Arc::new(Semaphore::new(config.max_connections.max(1)));
@@ -65,14 +68,19 @@ pub(crate) fn incoming(
             };
             let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
                 tracing::warn!(%peer, "gRPC connection limit reached; refusing");
+                metrics.refused(Door::Grpc, "busy");
                 continue;
             };
             stream.set_nodelay(true).ok();
-            if tx
-                .send(Ok(Limited::new(stream, permit, idle)))
-                .await
-                .is_err()
-            {
+            let limited = Limited {
+                io: metrics.counted(Door::Grpc, stream),
+                _permit: permit,
+                _open: metrics.connection(Door::Grpc),
+                metrics: metrics.clone(),
+                idle,
+                deadline: Box::pin(tokio::time::sleep(idle)),
+            };
+            if tx.send(Ok(limited)).await.is_err() {
                 break;
             }
         }
@@ -80,26 +88,21 @@ pub(crate) fn incoming(
     ReceiverStream::new(rx)
 }
 
-/// A connection that holds its permit and closes itself when idle.
+/// A connection that holds its permit, counts its bytes, and closes itself
+/// when idle.
 #[derive(Debug)]
 pub(crate) struct Limited {
-    io: TcpStream,
+    io: Counted<TcpStream>,
     _permit: OwnedSemaphorePermit,
+    /// Counts the connection as open while it lives.
+    _open: OpenConnection,
+    metrics: ServerMetrics,
     idle: Duration,
     /// Reset whenever a byte moves either way.
     deadline: Pin<Box<Sleep>>,
 }
 
 impl Limited {
-    fn new(io: TcpStream, permit: OwnedSemaphorePermit, idle: Duration) -> Limited {
-        Limited {
-            io,
-            _permit: permit,
-            idle,
-            deadline: Box::pin(tokio::time::sleep(idle)),
-        }
-    }
-
     fn touch(&mut self) {
         let idle = self.idle;
         self.deadline.as_mut().reset(Instant::now() + idle);
@@ -110,7 +113,7 @@ impl Connected for Limited {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.io.connect_info()
+        self.io.get_ref().connect_info()
     }
 }
 
@@ -133,10 +136,13 @@ impl AsyncRead for Limited {
             // hyper always has a read waiting: that is where silence is
             // noticed.
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "the gRPC connection was idle past the idle timeout",
-                ))),
+                Poll::Ready(()) => {
+                    this.metrics.refused(Door::Grpc, "timeout");
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "the gRPC connection was idle past the idle timeout",
+                    )))
+                }
                 Poll::Pending => Poll::Pending,
             },
         }

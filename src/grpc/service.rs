@@ -1,8 +1,10 @@
 //! The gRPC service: decode a request, call the engine, encode the reply.
 
+use std::time::Instant;
+
 use tonic::{Request, Response, Status};
 
-use super::convert::meta_from_proto;
+use super::convert::{code_name, meta_from_proto};
 use super::proto::red_stone_server::{RedStone, RedStoneServer};
 use super::proto::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, StatsRequest,
@@ -10,6 +12,7 @@ use super::proto::{
 };
 use super::{MAX_GRPC_MESSAGE, MESSAGE_SLACK};
 use crate::engine::Engine;
+use crate::metrics::{Door, ServerMetrics};
 use crate::tensor::Tensor;
 use crate::Error;
 
@@ -17,12 +20,43 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct GrpcService {
     engine: Engine,
+    metrics: ServerMetrics,
 }
 
 impl GrpcService {
-    /// A service answering from `engine`.
+    /// A service answering from `engine`, with metrics of its own.
     pub fn new(engine: Engine) -> GrpcService {
-        GrpcService { engine }
+        let metrics = ServerMetrics::new(engine.clone());
+        GrpcService::with_metrics(engine, metrics)
+    }
+
+    /// A service answering from `engine` that counts its requests into
+    /// `metrics`.
+    pub fn with_metrics(engine: Engine, metrics: ServerMetrics) -> GrpcService {
+        GrpcService { engine, metrics }
+    }
+
+    /// Runs one request's `work`, counting and (at debug level) logging
+    /// it.
+    fn observe<T>(
+        &self,
+        op: &'static str,
+        key: &str,
+        size: usize,
+        work: impl FnOnce() -> Result<T, Status>,
+    ) -> Result<Response<T>, Status> {
+        let started = Instant::now();
+        let span = tracing::debug_span!("request", door = "grpc", op, key, size);
+        let _entered = span.enter();
+        let result = work();
+        let elapsed = started.elapsed();
+        let status = match &result {
+            Ok(_) => "ok",
+            Err(status) => code_name(status.code()),
+        };
+        self.metrics.request(Door::Grpc, op, status, elapsed);
+        tracing::debug!(status, latency_us = elapsed.as_micros() as u64, "answered");
+        result.map(Response::new)
     }
 
     /// The tonic server wrapping this service, with message limits raised to
@@ -44,38 +78,49 @@ impl GrpcService {
 impl RedStone for GrpcService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let key = request.into_inner().key;
-        let tensor = self.engine.get(&key)?.ok_or(Error::NotFound(key))?;
-        let (meta, data) = tensor.into_parts();
-        Ok(Response::new(GetResponse {
-            meta: Some((&meta).into()),
-            data,
-        }))
+        self.observe("get", &key, 0, || {
+            let tensor = self
+                .engine
+                .get(&key)?
+                .ok_or_else(|| Error::NotFound(key.clone()))?;
+            let (meta, data) = tensor.into_parts();
+            Ok(GetResponse {
+                meta: Some((&meta).into()),
+                data,
+            })
+        })
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let PutRequest { key, meta, data } = request.into_inner();
-        let meta = meta_from_proto(meta)?;
-        // Refuse what the engine would refuse before copying anything.
-        self.engine.admit(&key, &meta, data.len() as u64)?;
-        // `data` is a slice of tonic's receive buffer; store a copy that owns
-        // an exactly-sized allocation so the budget charges what is retained.
-        let tensor = Tensor::new(meta, data)?.compacted();
-        self.engine.put(&key, tensor)?;
-        Ok(Response::new(PutResponse {}))
+        self.observe("put", &key, data.len(), || {
+            let meta = meta_from_proto(meta)?;
+            // Refuse what the engine would refuse before copying anything.
+            self.engine.admit(&key, &meta, data.len() as u64)?;
+            // `data` is a slice of tonic's receive buffer; store a copy that
+            // owns an exactly-sized allocation so the budget charges what is
+            // retained.
+            let tensor = Tensor::new(meta, data)?.compacted();
+            self.engine.put(&key, tensor)?;
+            Ok(PutResponse {})
+        })
     }
 
     async fn delete(
         &self,
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
-        let deleted = self.engine.delete(&request.into_inner().key)?;
-        Ok(Response::new(DeleteResponse { deleted }))
+        let key = request.into_inner().key;
+        self.observe("delete", &key, 0, || {
+            let deleted = self.engine.delete(&key)?;
+            Ok(DeleteResponse { deleted })
+        })
     }
 
     async fn get_stats(
         &self,
         _request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, Status> {
-        Ok(Response::new(self.engine.stats().into()))
+        self.observe("stats", "", 0, || Ok(self.engine.stats().into()))
     }
 }

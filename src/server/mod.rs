@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 use crate::engine::Engine;
 use crate::fast::FastConfig;
 use crate::grpc::{GrpcConfig, GrpcService, H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
+use crate::metrics::ServerMetrics;
 
 /// Server settings. `Config::default()` is what `server` runs with no
 /// arguments.
@@ -34,6 +35,12 @@ pub struct Config {
     pub grpc_addr: SocketAddr,
     /// Where the fast path listens. Port 0 picks a free port.
     pub fast_addr: SocketAddr,
+    /// Where `/metrics` and `/health` are served; `None` serves neither
+    /// (the metrics are still kept: see [`Server::metrics`]). The `server`
+    /// binary's default is `127.0.0.1:9464`; this one's is `None`, so
+    /// that servers embedded in tests and applications do not contend for
+    /// the port.
+    pub metrics_addr: Option<SocketAddr>,
     /// The cache's byte budget.
     pub memory_limit: u64,
     /// The fast path's limits. `max_payload` is capped at `memory_limit`.
@@ -52,6 +59,7 @@ impl Default for Config {
         Config {
             grpc_addr: SocketAddr::from(([127, 0, 0, 1], 50051)),
             fast_addr: SocketAddr::from(([127, 0, 0, 1], 50052)),
+            metrics_addr: None,
             memory_limit: 1 << 30,
             fast: FastConfig::for_budget(1 << 30),
             grpc: GrpcConfig::default(),
@@ -67,6 +75,14 @@ pub enum ServerError {
     /// A listening socket could not be bound.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// Why it failed.
+        source: std::io::Error,
+    },
+    /// The metrics endpoint's socket could not be bound.
+    #[error("cannot serve metrics on {addr} (--metrics ADDR picks another address, --metrics off serves none): {source}")]
+    BindMetrics {
         /// The address asked for.
         addr: SocketAddr,
         /// Why it failed.
@@ -88,6 +104,8 @@ pub struct Server {
     grpc_addr: SocketAddr,
     fast: TcpListener,
     fast_addr: SocketAddr,
+    http: Option<(TcpListener, SocketAddr)>,
+    metrics: ServerMetrics,
     config: Config,
 }
 
@@ -100,16 +118,26 @@ impl Server {
         config.fast.max_payload = config.fast.max_payload.min(config.memory_limit);
         let (grpc, grpc_addr) = listen(config.grpc_addr).await?;
         let (fast, fast_addr) = listen(config.fast_addr).await?;
+        let http = match config.metrics_addr {
+            Some(addr) => Some(listen(addr).await.map_err(|e| match e {
+                ServerError::Bind { addr, source } => ServerError::BindMetrics { addr, source },
+                other => other,
+            })?),
+            None => None,
+        };
+        let engine = Engine::with_tombstones(
+            config.memory_limit,
+            config.tombstone_ttl,
+            crate::engine::MAX_TOMBSTONES,
+        );
         Ok(Server {
-            engine: Engine::with_tombstones(
-                config.memory_limit,
-                config.tombstone_ttl,
-                crate::engine::MAX_TOMBSTONES,
-            ),
+            metrics: ServerMetrics::new(engine.clone()),
+            engine,
             grpc,
             grpc_addr,
             fast,
             fast_addr,
+            http,
             config,
         })
     }
@@ -130,6 +158,16 @@ impl Server {
         &self.engine
     }
 
+    /// The address `/metrics` and `/health` are served on, if any.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.http.as_ref().map(|(_, addr)| *addr)
+    }
+
+    /// The server's metrics (also served at [`Server::metrics_addr`]).
+    pub fn metrics(&self) -> &ServerMetrics {
+        &self.metrics
+    }
+
     /// Serves until `shutdown` completes, then stops accepting, lets
     /// in-flight requests finish for up to `shutdown_grace`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
@@ -143,10 +181,24 @@ impl Server {
             self.config.fast.clone(),
             fast_stop.clone(),
             self.config.shutdown_grace,
+            self.metrics.clone(),
         ));
+        // The metrics endpoint outlives the doors' grace period: `/health`
+        // says 503 while they drain.
+        let http_stop = CancellationToken::new();
+        let _stop_http_on_drop = http_stop.clone().drop_guard();
+        if let Some((listener, _)) = self.http {
+            let (stop, metrics) = (http_stop.clone(), self.metrics.clone());
+            tokio::spawn(async move {
+                let served = crate::metrics::http::serve(listener, metrics, stop.cancelled_owned());
+                if let Err(e) = served.await {
+                    tracing::warn!("the metrics endpoint failed: {e}");
+                }
+            });
+        }
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let limits = &self.config.grpc;
-        let incoming = crate::grpc::incoming(self.grpc, limits);
+        let incoming = crate::grpc::incoming(self.grpc, limits, self.metrics.clone());
         let grpc = tonic::transport::Server::builder()
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
@@ -157,7 +209,7 @@ impl Server {
             .layer(tower::util::MapResponseLayer::new(
                 crate::grpc::oversize_request_status,
             ))
-            .add_service(GrpcService::new(self.engine).into_server())
+            .add_service(GrpcService::with_metrics(self.engine, self.metrics.clone()).into_server())
             .serve_with_incoming_shutdown(incoming, async {
                 stop_rx.await.ok();
             });
@@ -169,6 +221,7 @@ impl Server {
             }
             () = shutdown => {}
         }
+        self.metrics.set_draining();
         tracing::info!("shutting down: no new connections, finishing in-flight requests");
         stop_tx.send(()).ok();
         fast_stop.cancel();
@@ -194,6 +247,7 @@ impl Server {
         let (trigger, stopped) = oneshot::channel::<()>();
         let grpc_addr = self.grpc_addr;
         let fast_addr = self.fast_addr;
+        let metrics_addr = self.metrics_addr();
         let engine = self.engine.clone();
         let task = tokio::spawn(self.run(async {
             // Either an explicit shutdown or a dropped handle.
@@ -202,6 +256,7 @@ impl Server {
         ServerHandle {
             grpc_addr,
             fast_addr,
+            metrics_addr,
             engine,
             trigger: Some(trigger),
             task,
@@ -214,6 +269,7 @@ impl Server {
 pub struct ServerHandle {
     grpc_addr: SocketAddr,
     fast_addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
     engine: Engine,
     trigger: Option<oneshot::Sender<()>>,
     task: JoinHandle<Result<(), ServerError>>,
@@ -228,6 +284,11 @@ impl ServerHandle {
     /// The address of the fast path.
     pub fn fast_addr(&self) -> SocketAddr {
         self.fast_addr
+    }
+
+    /// The address of `/metrics` and `/health`, if served.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
     }
 
     /// The engine behind the server.

@@ -195,3 +195,34 @@ pub fn prefix_bytes(
     p[24..32].copy_from_slice(&payload_len.to_le_bytes());
     p
 }
+
+/// `GET path` over HTTP/1.1 from `addr`: the status code and the body.
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::AsyncReadExt;
+    let mut stream = TcpStream::connect(addr).await.expect("connect to HTTP");
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).await.unwrap();
+    let text = String::from_utf8(raw).expect("a UTF-8 response");
+    let (head, body) = text.split_once("\r\n\r\n").expect("an HTTP response");
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .expect("a status line");
+    (status, body.to_owned())
+}
+
+/// Starts a server on ephemeral ports, metrics endpoint included.
+pub async fn start_server_with_metrics(limit: u64, fast: FastConfig) -> ServerHandle {
+    let config = Config {
+        grpc_addr: "127.0.0.1:0".parse().unwrap(),
+        fast_addr: "127.0.0.1:0".parse().unwrap(),
+        metrics_addr: Some("127.0.0.1:0".parse().unwrap()),
+        memory_limit: limit,
+        fast,
+        ..Config::default()
+    };
+    Server::bind(config).await.expect("bind").spawn()
+}

@@ -10,13 +10,14 @@
 //! with the engine, not copied.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
+use tracing::Instrument;
 
 use super::budget::{Closed, Queue, Shared};
 use super::FastConfig;
@@ -26,6 +27,7 @@ use crate::fast::wire::{
     encode_frame, AlignedHeader, ArchivedRequest, ArchivedWireMeta, Body, EncodeError, Limits,
     Opcode, Prefix, ProtocolError, Response, Status, FLAG_END, FLAG_RESPONSE,
 };
+use crate::metrics::{Door, ServerMetrics};
 use crate::tensor::Tensor;
 use crate::Error;
 
@@ -47,6 +49,7 @@ pub(crate) async fn serve_connection<R, W>(
     config: Arc<FastConfig>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    metrics: ServerMetrics,
 ) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -84,16 +87,18 @@ pub(crate) async fn serve_connection<R, W>(
         let head = match head {
             Err(_elapsed) => {
                 let err = ProtocolError::new(Status::Timeout, 0, "idle timeout");
+                metrics.refused(Door::Fast, refusal(err.status));
                 send_error(&queue, Opcode::Ping, &err).await;
                 break;
             }
             Ok(Ok(Some(head))) => head,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
-                fail(&queue, None, e).await;
+                fail(&queue, None, e, &metrics).await;
                 break;
             }
         };
+        let started = Instant::now();
         let prefix = head.prefix;
         let request = match aligned
             .request(&head.header, prefix.request_id)
@@ -101,6 +106,7 @@ pub(crate) async fn serve_connection<R, W>(
         {
             Ok(request) => request,
             Err(e) => {
+                metrics.refused(Door::Fast, refusal(e.status));
                 send_error(&queue, prefix.opcode, &e).await;
                 break;
             }
@@ -109,14 +115,25 @@ pub(crate) async fn serve_connection<R, W>(
             engine: &engine,
             queue: &queue,
         };
+        let op = prefix.opcode.name();
+        // Free unless debug logging is on for this module.
+        let span = tracing::debug_span!(
+            "request",
+            door = "fast",
+            op,
+            key = request_key(request),
+            size = prefix.payload_len,
+        );
         let per_frame = tokio::time::timeout(
             config.idle_timeout,
-            conn.handle(&mut reader, &prefix, request),
+            conn.handle(&mut reader, &prefix, request)
+                .instrument(span.clone()),
         );
-        match per_frame.await {
-            Ok(Ok(())) => {}
+        let status = match per_frame.await {
+            Ok(Ok(status)) => status,
             Ok(Err(e)) => {
-                fail(&queue, Some(&prefix), e).await;
+                let status = fail(&queue, Some(&prefix), e, &metrics).await;
+                record(&metrics, &span, op, status, started);
                 break;
             }
             Err(_elapsed) => {
@@ -125,15 +142,65 @@ pub(crate) async fn serve_connection<R, W>(
                     prefix.request_id,
                     "the request did not complete within the idle timeout",
                 );
+                metrics.refused(Door::Fast, refusal(err.status));
                 send_error(&queue, prefix.opcode, &err).await;
+                record(&metrics, &span, op, err.status, started);
                 break;
             }
-        }
+        };
+        record(&metrics, &span, op, status, started);
     }
     drop(queue);
     // Bounded: the writer gives up on a write that makes no progress for
     // the write timeout.
-    writer.await.ok();
+    if let Ok(Err(e)) = writer.await {
+        if e.kind() == std::io::ErrorKind::TimedOut {
+            // A client that stopped reading its responses.
+            metrics.refused(Door::Fast, "timeout");
+        }
+    }
+}
+
+/// Counts one answered request, and logs it at debug level.
+fn record(
+    metrics: &ServerMetrics,
+    span: &tracing::Span,
+    op: &'static str,
+    status: Status,
+    started: Instant,
+) {
+    let elapsed = started.elapsed();
+    metrics.request(Door::Fast, op, status.name(), elapsed);
+    tracing::debug!(
+        parent: span,
+        status = status.name(),
+        latency_us = elapsed.as_micros() as u64,
+        "answered"
+    );
+}
+
+/// The key a request names, for the log (a batch's first).
+fn request_key(request: &ArchivedRequest) -> &str {
+    match request {
+        ArchivedRequest::Get { key }
+        | ArchivedRequest::Put { key, .. }
+        | ArchivedRequest::Delete { key }
+        | ArchivedRequest::Digest { key }
+        | ArchivedRequest::DeleteIf { key, .. } => key.as_str(),
+        ArchivedRequest::PutIf(args) => args.key.as_str(),
+        ArchivedRequest::GetMany { keys } => keys.first().map_or("", |k| k.as_str()),
+        ArchivedRequest::Ping | ArchivedRequest::Stats => "",
+    }
+}
+
+/// The `connections_refused` reason for a status that ends a connection.
+fn refusal(status: Status) -> &'static str {
+    match status {
+        Status::Busy => "busy",
+        Status::Timeout => "timeout",
+        Status::TooLarge => "too_large",
+        _ => "malformed",
+    }
 }
 
 /// Queues the error frame that ends a connection, if the peer can still
@@ -145,11 +212,27 @@ async fn send_error(queue: &Queue, opcode: Opcode, err: &ProtocolError) {
     }
 }
 
-/// Sends the error that ends a connection, if the peer can still hear it.
-async fn fail(queue: &Queue, prefix: Option<&Prefix>, err: impl Into<Fatal>) {
+/// Sends the error that ends a connection, if the peer can still hear it;
+/// returns the status the request ended with.
+async fn fail(
+    queue: &Queue,
+    prefix: Option<&Prefix>,
+    err: impl Into<Fatal>,
+    metrics: &ServerMetrics,
+) -> Status {
     let (opcode, id) = prefix.map_or((Opcode::Ping, 0), |p| (p.opcode, p.request_id));
     match err.into() {
-        Fatal::Read(ReadError::Protocol(e)) => send_error(queue, opcode, &e).await,
+        Fatal::Read(ReadError::Protocol(e)) => {
+            metrics.refused(Door::Fast, refusal(e.status));
+            send_error(queue, opcode, &e).await;
+            return e.status;
+        }
+        Fatal::Read(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+            // An upload that stopped sending its payload.
+            metrics.refused(Door::Fast, "timeout");
+            tracing::debug!("connection failed: {e}");
+            return Status::Timeout;
+        }
         Fatal::Read(ReadError::Io(e)) => tracing::debug!("connection failed: {e}"),
         Fatal::Read(ReadError::Truncated) => tracing::debug!("connection closed mid-frame"),
         Fatal::Read(ReadError::Alloc(n)) => tracing::warn!("cannot allocate a {n}-byte payload"),
@@ -165,6 +248,7 @@ async fn fail(queue: &Queue, prefix: Option<&Prefix>, err: impl Into<Fatal>) {
             send_error(queue, opcode, &err).await;
         }
     }
+    Status::Internal
 }
 
 /// A request must be a request, carry the opcode of its header, and carry
@@ -243,21 +327,27 @@ struct Conn<'a> {
 
 impl Conn<'_> {
     /// Applies one request, read in place from its archived header, and
-    /// queues its response frames. Errors are fatal to the connection;
-    /// request-level failures are answered and return `Ok`.
+    /// queues its response frames; returns the status it was answered
+    /// with (a batch: `Ok`, each key's own status being in its frame).
+    /// Errors are fatal to the connection; request-level failures are
+    /// answered and return `Ok`.
     async fn handle<R: AsyncRead + Unpin>(
         &self,
         reader: &mut FrameReader<R>,
         prefix: &Prefix,
         request: &ArchivedRequest,
-    ) -> Result<(), Fatal> {
+    ) -> Result<Status, Fatal> {
         let (engine, queue) = (self.engine, self.queue);
         let id = prefix.request_id;
         let opcode = prefix.opcode;
-        let reply =
-            |response: Response| response_frame(opcode, FLAG_END, id, &response, Bytes::new());
-        let refuse = |e: Error| error_frame(opcode, &ProtocolError::from_error(&e, id));
-        let frame = match request {
+        let reply = |response: Response| {
+            response_frame(opcode, FLAG_END, id, &response, Bytes::new()).map(|f| (f, Status::Ok))
+        };
+        let refuse = |e: Error| {
+            let e = ProtocolError::from_error(&e, id);
+            error_frame(opcode, &e).map(|f| (f, e.status))
+        };
+        let (frame, status) = match request {
             ArchivedRequest::Ping => reply(Response::ok(Body::Empty))?,
             ArchivedRequest::Get { key } => {
                 return self.get(key.as_str(), opcode, FLAG_END, id, 0).await;
@@ -294,17 +384,19 @@ impl Conn<'_> {
             }
             ArchivedRequest::GetMany { keys } => {
                 let Some((last, rest)) = keys.split_last() else {
-                    return Ok(queue.push(reply(Response::ok(Body::Empty))?).await?);
+                    queue.push(reply(Response::ok(Body::Empty))?.0).await?;
+                    return Ok(Status::Ok);
                 };
                 for (i, key) in rest.iter().enumerate() {
                     self.get(key.as_str(), opcode, 0, id, i as u32).await?;
                 }
-                return self
-                    .get(last.as_str(), opcode, FLAG_END, id, rest.len() as u32)
-                    .await;
+                self.get(last.as_str(), opcode, FLAG_END, id, rest.len() as u32)
+                    .await?;
+                return Ok(Status::Ok);
             }
         };
-        Ok(queue.push(frame).await?)
+        queue.push(frame).await?;
+        Ok(status)
     }
 
     /// A PUT (or, with `since`, a PUT_IF): checked before its payload is
@@ -317,10 +409,13 @@ impl Conn<'_> {
         key: &str,
         meta: &ArchivedWireMeta,
         since: Option<u64>,
-    ) -> Result<OutFrame, Fatal> {
+    ) -> Result<(OutFrame, Status), Fatal> {
         let (engine, id, opcode) = (self.engine, prefix.request_id, prefix.opcode);
         let len = prefix.payload_len;
-        let refuse = |e: Error| error_frame(opcode, &ProtocolError::from_error(&e, id));
+        let refuse = |e: Error| {
+            let e = ProtocolError::from_error(&e, id);
+            error_frame(opcode, &e).map(|f| (f, e.status))
+        };
         let admitted = meta
             .to_meta()
             .and_then(|meta| engine.admit(key, &meta, len).map(|_| meta));
@@ -342,20 +437,21 @@ impl Conn<'_> {
             Some(since) => engine.put_if(key, t, since),
         });
         Ok(match stored {
-            Ok(()) => response_frame(
-                opcode,
-                FLAG_END,
-                id,
-                &Response::ok(Body::Empty),
-                Bytes::new(),
-            )?,
+            Ok(()) => {
+                let ok = Response::ok(Body::Empty);
+                (
+                    response_frame(opcode, FLAG_END, id, &ok, Bytes::new())?,
+                    Status::Ok,
+                )
+            }
             Err(e) => refuse(e)?,
         })
     }
 
-    /// Answers a GET of `key` (or one key of a batch). Room in the queue is
-    /// reserved before the tensor is taken from the engine, so a reader
-    /// waiting for room never keeps an evicted tensor alive.
+    /// Answers a GET of `key` (or one key of a batch), returning its
+    /// status. Room in the queue is reserved before the tensor is taken
+    /// from the engine, so a reader waiting for room never keeps an evicted
+    /// tensor alive.
     async fn get(
         &self,
         key: &str,
@@ -363,14 +459,15 @@ impl Conn<'_> {
         flags: u8,
         id: u64,
         index: u32,
-    ) -> Result<(), Fatal> {
+    ) -> Result<Status, Fatal> {
         let mut estimate =
             self.engine.peek_len(key).unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
         loop {
             let reservation = self.queue.reserve(estimate).await?;
-            let frame = get_frame(self.engine, key, opcode, flags, id, index)?;
+            let (frame, status) = get_frame(self.engine, key, opcode, flags, id, index)?;
             if frame.len() <= estimate {
-                return Ok(self.queue.send(frame, reservation).await?);
+                self.queue.send(frame, reservation).await?;
+                return Ok(status);
             }
             // The key was replaced by a larger tensor while this waited:
             // let go of it and wait for room for its real size.
@@ -379,8 +476,9 @@ impl Conn<'_> {
     }
 }
 
-/// The frame answering a GET of `key` (or one key of a batch): the stored
-/// payload is attached as is, a reference to the engine's own buffer.
+/// The frame answering a GET of `key` (or one key of a batch), and its
+/// status: the stored payload is attached as is, a reference to the
+/// engine's own buffer.
 fn get_frame(
     engine: &Engine,
     key: &str,
@@ -388,7 +486,7 @@ fn get_frame(
     flags: u8,
     id: u64,
     index: u32,
-) -> Result<OutFrame, EncodeError> {
+) -> Result<(OutFrame, Status), EncodeError> {
     let found = engine
         .get(key)
         .and_then(|found| found.ok_or_else(|| Error::NotFound(key.to_owned())));
@@ -403,7 +501,11 @@ fn get_frame(
         }
     };
     response.index = index;
-    response_frame(opcode, flags, id, &response, payload)
+    let status = Status::from_code(response.status);
+    Ok((
+        response_frame(opcode, flags, id, &response, payload)?,
+        status,
+    ))
 }
 
 /// A response frame: encoded head plus the payload as given.
@@ -440,7 +542,8 @@ mod tests {
         let tensor = Tensor::from_slice::<u8>(vec![4096], &[3u8; 4096]).unwrap();
         let stored_ptr = tensor.data().as_ptr();
         engine.put("k", tensor).unwrap();
-        let frame = get_frame(&engine, "k", Opcode::Get, FLAG_END, 1, 0).unwrap();
+        let (frame, status) = get_frame(&engine, "k", Opcode::Get, FLAG_END, 1, 0).unwrap();
+        assert_eq!(status, Status::Ok);
         // Zero copy: the payload chunk handed to writev is the very
         // allocation the engine holds.
         assert_eq!(frame.payload.as_ptr(), stored_ptr);

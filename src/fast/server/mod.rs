@@ -23,6 +23,7 @@ use tokio_util::task::TaskTracker;
 use super::stream::write_frames;
 use super::wire::{Opcode, ProtocolError, Status};
 use crate::engine::Engine;
+use crate::metrics::{Door, ServerMetrics};
 
 /// Serves one fast-path connection over any byte stream (an in-memory
 /// pipe, say) until the peer closes it or breaks the protocol. It has no
@@ -37,7 +38,8 @@ where
     let shared = Arc::new(shared_budgets(&config));
     // Nothing ever cancels this token.
     let stop = CancellationToken::new();
-    handler::serve_connection(reader, writer, engine, config, shared, stop).await;
+    let metrics = ServerMetrics::new(engine.clone());
+    handler::serve_connection(reader, writer, engine, config, shared, stop, metrics).await;
 }
 
 /// Limits and timeouts of the fast path. Every one is a `server` flag.
@@ -107,6 +109,7 @@ pub(crate) async fn serve(
     config: FastConfig,
     shutdown: CancellationToken,
     grace: Duration,
+    metrics: ServerMetrics,
 ) {
     let config = Arc::new(config);
     let shared = Arc::new(shared_budgets(&config));
@@ -133,19 +136,26 @@ pub(crate) async fn serve(
         stream.set_nodelay(true).ok();
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
             tracing::warn!(%peer, "connection limit reached; refusing");
+            metrics.refused(Door::Fast, "busy");
             tokio::spawn(refuse_busy(stream));
             continue;
         };
         let (engine, config, shared) = (engine.clone(), Arc::clone(&config), Arc::clone(&shared));
         let stop = shutdown.child_token();
         let kill = kill.clone();
+        let metrics = metrics.clone();
         connections.spawn(async move {
+            let open = metrics.connection(Door::Fast);
             let (reader, writer) = stream.into_split();
+            let (reader, writer) = (
+                metrics.counted(Door::Fast, reader),
+                metrics.counted(Door::Fast, writer),
+            );
             tokio::select! {
-                () = handler::serve_connection(reader, writer, engine, config, shared, stop) => {}
+                () = handler::serve_connection(reader, writer, engine, config, shared, stop, metrics) => {}
                 () = kill.cancelled() => {}
             }
-            drop(permit);
+            drop((permit, open));
         });
     }
     drop(listener);

@@ -55,6 +55,21 @@ pub enum Opcode {
 }
 
 impl Opcode {
+    /// The opcode as a metrics label: `get`, `put`, `get_many`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            Opcode::Ping => "ping",
+            Opcode::Get => "get",
+            Opcode::Put => "put",
+            Opcode::Delete => "delete",
+            Opcode::Stats => "stats",
+            Opcode::GetMany => "get_many",
+            Opcode::Digest => "digest",
+            Opcode::DeleteIf => "delete_if",
+            Opcode::PutIf => "put_if",
+        }
+    }
+
     /// The opcode for a byte, if it names one.
     pub fn from_u8(byte: u8) -> Option<Opcode> {
         Some(match byte {

@@ -72,6 +72,28 @@ impl Status {
             .unwrap_or(Status::Internal)
     }
 
+    /// The status as a metrics label: `ok`, `not_found`, `too_large`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Ok => "ok",
+            Status::NotFound => "not_found",
+            Status::AlreadyExists => "already_exists",
+            Status::OutOfMemory => "out_of_memory",
+            Status::InvalidKey => "invalid_key",
+            Status::InvalidMetadata => "invalid_metadata",
+            Status::InvalidSize => "invalid_size",
+            Status::TooLarge => "too_large",
+            Status::Malformed => "malformed",
+            Status::UnsupportedVersion => "unsupported_version",
+            Status::UnknownOpcode => "unknown_opcode",
+            Status::Busy => "busy",
+            Status::ShuttingDown => "shutting_down",
+            Status::Timeout => "timeout",
+            Status::Internal => "internal",
+            Status::Deleted => "deleted",
+        }
+    }
+
     /// The status for an engine error. This is the only place the mapping
     /// is made for the fast path.
     pub fn from_error(err: &Error) -> Status {

@@ -1,13 +1,17 @@
 //! `server`: runs a Redstone cache.
 //!
-//! `server` alone listens on 127.0.0.1:50051 with a 1 GiB budget. The
-//! original positional form `server ADDR CACHE_SIZE` still works.
+//! `server` alone listens on 127.0.0.1:50051 with a 1 GiB budget, and
+//! serves metrics on 127.0.0.1:9464. The original positional form
+//! `server ADDR CACHE_SIZE` still works; `--config FILE` reads the same
+//! settings from a TOML file (flags win).
+
+mod file;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use redstone::fast::FastConfig;
 use redstone::grpc::GrpcConfig;
 use redstone::server::{Config, Server};
@@ -16,10 +20,27 @@ use tracing_subscriber::EnvFilter;
 
 /// Redstone: an in-memory tensor cache.
 ///
-/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug) for more detail.
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=debug: one line per
+/// request) for more detail.
 #[derive(Debug, Parser)]
 #[command(version, about)]
 struct Args {
+    /// Read settings from this TOML file: the flags' long names as keys
+    /// (`cache-size = "10GiB"`, `max-connections = 4096`, `addr = …`).
+    /// Flags given on the command line win.
+    #[arg(long, value_name = "FILE")]
+    config: Option<std::path::PathBuf>,
+
+    /// Where to serve `/metrics` (Prometheus) and `/health`; `off` serves
+    /// neither.
+    #[arg(long, value_name = "ADDR|off", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
+    metrics: Listen,
+
+    /// Log format: `text` for people, `json` (one object per line) for log
+    /// shippers.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+
     /// Address of the gRPC API (port 0 picks a free port).
     #[arg(value_name = "ADDR", default_value = "127.0.0.1:50051")]
     addr: SocketAddr,
@@ -97,9 +118,41 @@ struct Args {
     shutdown_grace: u64,
 }
 
+/// An address to listen on, or none (`off`).
+#[derive(Debug, Clone, Copy)]
+struct Listen(Option<SocketAddr>);
+
+fn parse_listen(text: &str) -> Result<Listen, String> {
+    if text.eq_ignore_ascii_case("off") {
+        return Ok(Listen(None));
+    }
+    text.parse()
+        .map(|addr| Listen(Some(addr)))
+        .map_err(|e| format!("{e}: expected host:port or `off`"))
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LogFormat {
+    Text,
+    Json,
+}
+
 fn main() -> ExitCode {
+    let matches = Args::command().get_matches();
+    let mut args = match Args::from_arg_matches(&matches) {
+        Ok(args) => args,
+        Err(e) => e.exit(),
+    };
+    if let Some(path) = args.config.clone() {
+        if let Err(e) = file::apply(&path, &mut args, &matches) {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    init_logs(args.log_format);
     match tokio::runtime::Runtime::new() {
-        Ok(runtime) => runtime.block_on(serve()),
+        Ok(runtime) => runtime.block_on(serve(args)),
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
             ExitCode::FAILURE
@@ -107,13 +160,20 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
-    let args = Args::parse();
+fn init_logs(format: LogFormat) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => logs
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+        LogFormat::Json => logs.json().with_current_span(true).init(),
+    }
+}
+
+async fn serve(args: Args) -> ExitCode {
     if args.cache_size == 0 {
         tracing::error!("CACHE_SIZE must be more than 0 bytes");
         return ExitCode::FAILURE;
@@ -127,6 +187,7 @@ async fn serve() -> ExitCode {
         fast_addr: args
             .fast
             .unwrap_or_else(|| SocketAddr::new(args.addr.ip(), 50052)),
+        metrics_addr: args.metrics.0,
         memory_limit: args.cache_size,
         fast: FastConfig {
             max_header,
@@ -154,10 +215,20 @@ async fn serve() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    let metrics = server
+        .metrics_addr()
+        .map_or_else(|| "off".to_owned(), |a| a.to_string());
     tracing::info!(
         grpc = %server.grpc_addr(),
         fast = %server.fast_addr(),
+        metrics = %metrics,
         budget_bytes = args.cache_size,
+        max_tensor_bytes = args.max_tensor.unwrap_or(args.cache_size).min(args.cache_size),
+        max_connections = args.max_connections,
+        grpc_max_connections = args.grpc_max_connections,
+        max_queued_total_bytes = args.max_queued_total,
+        max_ingress_bytes = args.max_ingress.unwrap_or(args.cache_size),
+        idle_timeout_s = args.idle_timeout,
         "Redstone is listening"
     );
     match server.run(shutdown_signal()).await {

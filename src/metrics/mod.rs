@@ -1,0 +1,259 @@
+//! The server's metrics: what every door counts, in one registry, served
+//! in the Prometheus text format by [`http`].
+//!
+//! - [`ServerMetrics`]: requests by door, op and status; latency
+//!   histograms by door and op; bytes in and out; connections open and
+//!   refused. The doors record into it; the registry is
+//!   [`prometheus_client`]'s.
+//! - `engine`: the cache's own counters and gauges (hits, misses,
+//!   evictions, entries, memory), read from [`Engine::stats`] when scraped,
+//!   so the engine's hot path pays nothing for them.
+//! - `io`: a byte stream wrapper that counts what crosses it.
+//! - [`http`]: `GET /metrics` and `GET /health`.
+//!
+//! Recording is cheap: a counter is one relaxed atomic add, a latency one
+//! short uncontended lock; label lookups are a read lock and a hash.
+
+mod engine;
+pub mod http;
+mod io;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use prometheus_client::encoding::{prometheus_text, EncodeLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::{Registry, Unit};
+
+pub(crate) use io::Counted;
+
+use crate::engine::Engine;
+
+/// Latency buckets, in seconds: 10 µs to 10 s in 1-2.5-5 steps.
+pub const LATENCY_BUCKETS: [f64; 19] = [
+    1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+
+/// A front door, as a label value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Door {
+    /// The gRPC API.
+    Grpc,
+    /// The fast path.
+    Fast,
+}
+
+impl Door {
+    /// The label value: `grpc` or `fast`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Door::Grpc => "grpc",
+            Door::Fast => "fast",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RequestLabels {
+    door: &'static str,
+    op: &'static str,
+    status: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct OpLabels {
+    door: &'static str,
+    op: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct DoorLabels {
+    door: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct RefusedLabels {
+    door: &'static str,
+    reason: &'static str,
+}
+
+type HistogramFamily = Family<OpLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    Histogram::new(LATENCY_BUCKETS)
+}
+
+/// The server's metrics registry and the handles the doors record into.
+/// Cheap to clone: every clone records into the same metrics.
+///
+/// ```
+/// use std::time::Duration;
+/// use redstone::engine::Engine;
+/// use redstone::metrics::{Door, ServerMetrics};
+///
+/// let metrics = ServerMetrics::new(Engine::new(1 << 20));
+/// metrics.request(Door::Fast, "get", "ok", Duration::from_micros(40));
+/// let text = metrics.encode();
+/// assert!(text.contains("# TYPE redstone_requests_total counter"));
+/// ```
+#[derive(Debug, Clone)]
+pub struct ServerMetrics {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    latency: HistogramFamily,
+    received: Family<DoorLabels, Counter>,
+    sent: Family<DoorLabels, Counter>,
+    open: Family<DoorLabels, Gauge>,
+    refused: Family<RefusedLabels, Counter>,
+    draining: AtomicBool,
+}
+
+impl ServerMetrics {
+    /// Fresh metrics for a server over `engine`, whose own counters are
+    /// read from it at each scrape.
+    pub fn new(engine: Engine) -> ServerMetrics {
+        let mut registry = Registry::with_prefix("redstone");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests answered, by door, op and status",
+            requests.clone(),
+        );
+        let latency: HistogramFamily = Family::new_with_constructor(latency_histogram);
+        registry.register_with_unit(
+            "request_duration",
+            "Time from a request's arrival to its answer being queued (fast path) or returned (gRPC), by door and op",
+            Unit::Seconds,
+            latency.clone(),
+        );
+        let received = Family::<DoorLabels, Counter>::default();
+        registry.register_with_unit(
+            "received",
+            "Bytes read from clients' sockets, by door",
+            Unit::Bytes,
+            received.clone(),
+        );
+        let sent = Family::<DoorLabels, Counter>::default();
+        registry.register_with_unit(
+            "sent",
+            "Bytes written to clients' sockets, by door",
+            Unit::Bytes,
+            sent.clone(),
+        );
+        let open = Family::<DoorLabels, Gauge>::default();
+        registry.register(
+            "open_connections",
+            "Connections open, by door",
+            open.clone(),
+        );
+        let refused = Family::<RefusedLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections refused at accept (busy) or ended by the server for the client's fault (timeout, malformed, too_large), by door and reason",
+            refused.clone(),
+        );
+        registry.register_collector(Box::new(engine::EngineCollector::new(engine)));
+        ServerMetrics {
+            inner: Arc::new(Inner {
+                registry,
+                requests,
+                latency,
+                received,
+                sent,
+                open,
+                refused,
+                draining: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    /// Counts one request answered with `status`, which took `elapsed`.
+    pub fn request(&self, door: Door, op: &'static str, status: &'static str, elapsed: Duration) {
+        let door = door.name();
+        self.inner
+            .requests
+            .get_or_create(&RequestLabels { door, op, status })
+            .inc();
+        self.inner
+            .latency
+            .get_or_create(&OpLabels { door, op })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// Counts a connection refused or ended for `reason` (`busy`,
+    /// `timeout`, `malformed`, `too_large`).
+    pub fn refused(&self, door: Door, reason: &'static str) {
+        self.inner
+            .refused
+            .get_or_create(&RefusedLabels {
+                door: door.name(),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts a connection open until the returned guard is dropped.
+    pub fn connection(&self, door: Door) -> OpenConnection {
+        let gauge = self
+            .inner
+            .open
+            .get_or_create(&DoorLabels { door: door.name() })
+            .clone();
+        gauge.inc();
+        OpenConnection { gauge }
+    }
+
+    /// Wraps a connection's byte stream (or one half of it) so that the
+    /// bytes read and written are counted for `door`.
+    pub(crate) fn counted<T>(&self, door: Door, io: T) -> Counted<T> {
+        let labels = DoorLabels { door: door.name() };
+        Counted::new(
+            io,
+            self.inner.received.get_or_create(&labels).clone(),
+            self.inner.sent.get_or_create(&labels).clone(),
+        )
+    }
+
+    /// Marks the server as draining (shutting down): `/health` answers
+    /// 503 from now on.
+    pub fn set_draining(&self) {
+        self.inner.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the server is draining.
+    pub fn is_draining(&self) -> bool {
+        self.inner.draining.load(Ordering::Relaxed)
+    }
+
+    /// Every metric, in the Prometheus text format (0.0.4), as served at
+    /// `/metrics`.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.inner.registry);
+        out
+    }
+}
+
+/// A connection counted as open while this lives; see
+/// [`ServerMetrics::connection`].
+#[derive(Debug)]
+pub struct OpenConnection {
+    gauge: Gauge,
+}
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.gauge.dec();
+    }
+}
