@@ -114,6 +114,22 @@ async fn survives_a_node_loss_and_read_repair_refills_a_restarted_node() {
     for k in &primary {
         assert!(back.engine().contains(k), "{k} was not repaired");
     }
+    // Each of them was counted as one read repair.
+    let repaired = || {
+        metric(
+            &cluster,
+            "redstone_cluster_read_repairs_total",
+            &[("outcome", "ok")],
+        )
+    };
+    while repaired() < primary.len() as f64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(repaired(), primary.len() as f64);
+    let lost = lost_addr.to_string();
+    let node = [("node", lost.as_str())];
+    assert!(metric(&cluster, "redstone_cluster_node_failures_total", &node) >= 1.0);
+    assert!(metric(&cluster, "redstone_cluster_node_marked_down_total", &node) >= 1.0);
     let nodes = cluster.node_stats().await;
     assert!(
         nodes.iter().all(|n| n.up && n.stats.is_ok()),
@@ -284,8 +300,16 @@ async fn a_hedged_read_does_not_wait_for_a_hung_replica() {
         .await
         .unwrap();
     let started = Instant::now();
+    assert_eq!(
+        metric(&cluster, "redstone_cluster_hedged_reads_total", &[]),
+        0.0
+    );
     assert_eq!(cluster.get(&key).await.unwrap(), Some(tensor_for(3)));
     let took = started.elapsed();
+    assert_eq!(
+        metric(&cluster, "redstone_cluster_hedged_reads_total", &[]),
+        1.0
+    );
     assert!(
         took >= Duration::from_millis(50),
         "the hedge waited its delay"
@@ -423,6 +447,27 @@ async fn a_delete_that_misses_a_replica_is_not_ok() {
         }
         other => panic!("a delete that missed a replica returned {other:?}"),
     }
+    assert_eq!(
+        metric(
+            &cluster,
+            "redstone_cluster_quorum_failures_total",
+            &[("op", "delete")]
+        ),
+        1.0
+    );
+    let hung = hung_addr.to_string();
+    let node = [("node", hung.as_str())];
+    assert!(metric(&cluster, "redstone_cluster_node_failures_total", &node) >= 1.0);
+    let first = real[0].fast_addr().to_string();
+    let node = [("node", first.as_str())];
+    assert_eq!(
+        metric(&cluster, "redstone_cluster_node_requests_total", &node),
+        2.0
+    );
+    assert_eq!(
+        metric(&cluster, "redstone_cluster_node_failures_total", &node),
+        0.0
+    );
     // The replicas that answered did remove it.
     for server in &real {
         let direct = redstone::client::FastClient::connect(server.fast_addr())
@@ -430,6 +475,27 @@ async fn a_delete_that_misses_a_replica_is_not_ok() {
             .unwrap();
         assert!(direct.get("gone").await.unwrap().is_none());
     }
+}
+
+/// The value of the cluster client's metric `name` with `labels`, read
+/// through a registry as an application would serve it (0 if absent).
+fn metric(cluster: &ClusterClient, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    cluster.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let values: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        })
+        .collect();
+    assert!(values.len() <= 1, "{name} {labels:?}: {values:?}");
+    values.first().copied().unwrap_or(0.0)
 }
 
 /// What each of `servers` holds under `key`, read directly.

@@ -6,6 +6,9 @@
 //! - `config`: [`ClusterConfig`], from a node list or a TOML file.
 //! - `node`: one node's connection and health (backoff while down).
 //! - `read`: what the replicas asked during one get have answered.
+//! - `metrics`: per-node requests, failures and marked-down events, read
+//!   repairs, hedges and quorum failures
+//!   ([`ClusterClient::register_metrics`]).
 //!
 //! Tensors are immutable, so a replica has the tensor or it does not — or,
 //! when two puts race, another value: a put writes all R replicas at once,
@@ -19,6 +22,7 @@
 //! again: it rejoins by answering.
 
 mod config;
+mod metrics;
 mod node;
 pub mod placement;
 mod read;
@@ -29,6 +33,7 @@ use std::time::Instant;
 use tokio::task::JoinSet;
 
 pub use config::{ClusterConfig, ConfigError};
+use metrics::ClusterMetrics;
 use node::{is_node_failure, Node, NodeState};
 use read::{ReadResult, Reads};
 
@@ -43,6 +48,7 @@ use crate::Error;
 struct Inner {
     nodes: Vec<Node>,
     config: ClusterConfig,
+    metrics: ClusterMetrics,
 }
 
 /// One node's health and counters, from [`ClusterClient::node_stats`].
@@ -81,17 +87,45 @@ impl ClusterClient {
     /// use, so this succeeds even while nodes are down.
     pub fn new(config: ClusterConfig) -> Result<ClusterClient, ConfigError> {
         config.validate()?;
+        let metrics = ClusterMetrics::default();
         let nodes = config
             .nodes
             .iter()
             .map(|addr| Node {
                 addr: addr.clone(),
                 state: Mutex::new(NodeState::default()),
+                counters: metrics.node(addr),
             })
             .collect();
         Ok(ClusterClient {
-            inner: Arc::new(Inner { nodes, config }),
+            inner: Arc::new(Inner {
+                nodes,
+                config,
+                metrics,
+            }),
         })
+    }
+
+    /// Registers this client's metrics in `registry`, for the application
+    /// to serve with its own (per node: `redstone_cluster_node_requests`,
+    /// `_node_failures`, `_node_marked_down`; `redstone_cluster_read_repairs`
+    /// by outcome, `_hedged_reads`, `_quorum_failures` by op). Every clone
+    /// of the client counts into them.
+    ///
+    /// ```
+    /// use prometheus_client::registry::Registry;
+    /// use redstone::cluster::{ClusterClient, ClusterConfig};
+    ///
+    /// let cluster = ClusterClient::new(ClusterConfig::new(vec!["10.0.0.1:50052".into()]))?;
+    /// let mut registry = Registry::default();
+    /// cluster.register_metrics(&mut registry);
+    /// let mut text = String::new();
+    /// prometheus_client::encoding::text::encode(&mut text, &registry)?;
+    /// assert!(text.contains("redstone_cluster_node_requests_total{node=\"10.0.0.1:50052\"} 0"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        self.inner.metrics.register(registry);
     }
 
     /// The configuration in use.
@@ -158,6 +192,7 @@ impl ClusterClient {
             };
             let mut b = std::pin::pin!(async move {
                 tokio::time::sleep(hedge).await;
+                inner.metrics.hedge();
                 inner.get_on(second, key).await
             });
             let (i, result) = tokio::select! {
@@ -221,6 +256,7 @@ impl ClusterClient {
         if missed.is_empty() {
             return Ok(any);
         }
+        self.inner.metrics.quorum_failure("delete");
         Err(ClientError::Quorum(format!(
             "the delete of {key:?} reached {} of {} replicas; retry it. Not reached: {}",
             replicas.len() - missed.len(),
@@ -389,14 +425,25 @@ impl Inner {
         F: FnOnce(FastClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let client = self.client(i).await?;
+        let node = &self.nodes[i];
+        node.counters.requests.inc();
+        let client = match self.client(i).await {
+            Ok(client) => client,
+            Err(e) => {
+                node.counters.failures.inc();
+                return Err(e);
+            }
+        };
         let limit = self.config.timeout;
         let result = tokio::time::timeout(limit, call(client))
             .await
             .unwrap_or(Err(ClientError::Timeout(limit)));
         match &result {
-            Err(e) if is_node_failure(e) => self.nodes[i].mark_down(&self.config),
-            _ => self.nodes[i].mark_up(),
+            Err(e) if is_node_failure(e) => {
+                node.counters.failures.inc();
+                node.mark_down(&self.config);
+            }
+            _ => node.mark_up(),
         }
         result
     }
@@ -473,6 +520,7 @@ impl Inner {
             return Err(errors.swap_remove(pos));
         }
         let why: Vec<String> = errors.iter().map(ToString::to_string).collect();
+        self.metrics.quorum_failure("put");
         Err(ClientError::Quorum(format!(
             "{} of {needed} replicas acknowledged: {}",
             stored + held,
@@ -559,9 +607,16 @@ impl Inner {
             let (inner, key, tensor) = (Arc::clone(self), key.to_owned(), tensor.clone());
             tokio::spawn(async move {
                 match inner.put_on(i, &key, tensor, began_us).await {
-                    Ok(()) => tracing::debug!(node = %inner.nodes[i].addr, key, "read repair"),
-                    Err(ClientError::AlreadyExists(_) | ClientError::Deleted(_)) => {}
+                    Ok(()) => {
+                        inner.metrics.repair("ok");
+                        tracing::debug!(node = %inner.nodes[i].addr, key, "read repair");
+                    }
+                    // Someone else wrote or deleted it meanwhile.
+                    Err(ClientError::AlreadyExists(_) | ClientError::Deleted(_)) => {
+                        inner.metrics.repair("superseded");
+                    }
                     Err(e) => {
+                        inner.metrics.repair("failed");
                         tracing::debug!(node = %inner.nodes[i].addr, key, "read repair failed: {e}")
                     }
                 }

@@ -3,6 +3,7 @@
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
+use super::metrics::NodeCounters;
 use super::ClusterConfig;
 use crate::client::ClientError;
 use crate::fast::FastClient;
@@ -12,6 +13,7 @@ use crate::fast::FastClient;
 pub(super) struct Node {
     pub(super) addr: String,
     pub(super) state: Mutex<NodeState>,
+    pub(super) counters: NodeCounters,
 }
 
 #[derive(Debug, Default)]
@@ -44,6 +46,7 @@ impl Node {
     }
 
     pub(super) fn mark_down(&self, config: &ClusterConfig) {
+        self.counters.marked_down.inc();
         let mut s = self.state();
         // Let go of, not ended: other calls in flight on it finish or fail
         // by themselves. Kept aside for `ClusterClient::reset_failed`.
