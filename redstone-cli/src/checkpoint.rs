@@ -1,0 +1,274 @@
+//! `redstone load` and `redstone dump`: a safetensors checkpoint in and
+//! out of the cache.
+//!
+//! `load` maps the file and puts every tensor under `PREFIX` + its name,
+//! each payload a view of the mapping (no copy in this process), several
+//! at once; then it puts the manifest under `PREFIX` itself: the file's
+//! own header (names, dtypes, shapes, offsets, `__metadata__`), stored as
+//! a `u8` tensor. `dump` reads the manifest back, fetches the tensors in
+//! file order and writes header + data: the same bytes as the original
+//! file.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::Bytes;
+use indicatif::{ProgressBar, ProgressStyle};
+use redstone::client::{ClientError, TensorStore};
+use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
+use redstone::tensor::Tensor;
+use safetensors::tensor::{Metadata, TensorInfo};
+use safetensors::{Dtype, SafeTensors};
+use tokio::task::JoinSet;
+
+use crate::error::CliError;
+use crate::target::Store;
+
+/// What `load` was asked.
+#[derive(Debug)]
+pub struct Load {
+    pub file: PathBuf,
+    pub prefix: String,
+    pub skip_existing: bool,
+    pub concurrency: usize,
+}
+
+/// The Redstone dtype of a safetensors dtype.
+fn dtype_of(dtype: Dtype) -> Option<DType> {
+    Some(match dtype {
+        Dtype::BOOL => DType::Bool,
+        Dtype::U8 => DType::U8,
+        Dtype::I8 => DType::I8,
+        Dtype::I16 => DType::I16,
+        Dtype::U16 => DType::U16,
+        Dtype::F16 => DType::F16,
+        Dtype::BF16 => DType::BF16,
+        Dtype::I32 => DType::I32,
+        Dtype::U32 => DType::U32,
+        Dtype::F32 => DType::F32,
+        Dtype::F64 => DType::F64,
+        Dtype::I64 => DType::I64,
+        Dtype::U64 => DType::U64,
+        _ => return None,
+    })
+}
+
+/// The header's tensors in file order, each with the metadata it is
+/// stored with; refuses a checkpoint with a dtype Redstone lacks before
+/// anything is put.
+fn plan(metadata: &Metadata) -> Result<Vec<(String, TensorInfo, TensorMeta)>, String> {
+    let mut out = Vec::new();
+    for name in metadata.offset_keys() {
+        let info = metadata
+            .info(&name)
+            .ok_or_else(|| format!("{name} is listed but has no entry"))?;
+        if name.is_empty() {
+            return Err("a tensor has an empty name".into());
+        }
+        let dtype = dtype_of(info.dtype)
+            .ok_or_else(|| format!("{name}: Redstone has no {:?} dtype", info.dtype))?;
+        let shape: Vec<u64> = info.shape.iter().map(|&d| d as u64).collect();
+        let meta = TensorMeta::new(dtype, shape, StorageLayout::RowMajor)
+            .map_err(|e| format!("{name}: {e}"))?;
+        out.push((name, info.clone(), meta));
+    }
+    Ok(out)
+}
+
+fn progress(total: u64, verb: &str) -> ProgressBar {
+    let bar = ProgressBar::new(total);
+    let template = format!(
+        "{verb} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} {{pos:>0}}{{msg}}"
+    );
+    if let Ok(style) = ProgressStyle::with_template(&template) {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar
+}
+
+/// One line of summary: how much, how fast.
+fn rate(bytes: u64, started: Instant) -> String {
+    let secs = started.elapsed().as_secs_f64().max(1e-9);
+    format!(
+        "{:.1} MB in {:.2} s ({:.0} MB/s)",
+        bytes as f64 / 1e6,
+        secs,
+        bytes as f64 / 1e6 / secs
+    )
+}
+
+/// Puts every tensor of a safetensors file, then its manifest.
+pub async fn load(store: &Store, args: Load) -> Result<String, CliError> {
+    let bad = |why: String| CliError::Usage(format!("{}: {why}", args.file.display()));
+    if args.prefix.is_empty() {
+        return Err(CliError::Usage(
+            "--prefix must not be empty: the manifest is stored under it".into(),
+        ));
+    }
+    let file = File::open(&args.file).map_err(|e| bad(e.to_string()))?;
+    // SAFETY: the mapping is read-only and private to this process; if
+    // another process truncates the file while it is mapped, reads of the
+    // lost pages fault (SIGBUS) — the documented risk of every mmap, taken
+    // so that a checkpoint larger than RAM is never read whole.
+    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(e.to_string()))?;
+    let (header_len, metadata) = SafeTensors::read_metadata(&map)
+        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+    let tensors = plan(&metadata).map_err(bad)?;
+    let map = Bytes::from_owner(map);
+    let data = map.slice(8 + header_len..);
+    let manifest = map.slice(8..8 + header_len);
+    let total: u64 = data.len() as u64;
+
+    let started = Instant::now();
+    let bar = progress(total, "loading");
+    let mut in_flight = JoinSet::new();
+    let (mut stored, mut skipped, mut bytes) = (0usize, 0usize, 0u64);
+    let mut tensors = tensors.into_iter();
+    let prefix: Arc<str> = args.prefix.clone().into();
+    loop {
+        while in_flight.len() < args.concurrency.max(1) {
+            let Some((name, info, meta)) = tensors.next() else {
+                break;
+            };
+            let (start, end) = info.data_offsets;
+            let tensor = Tensor::new(meta, data.slice(start..end))
+                .map_err(|e| bad(format!("{name}: {e}")))?;
+            let (store, key) = (store.clone(), format!("{prefix}{name}"));
+            in_flight.spawn(async move {
+                let len = tensor.data().len() as u64;
+                let result = store.put_tensor(&key, tensor).await;
+                (key, len, result)
+            });
+        }
+        let Some(joined) = in_flight.join_next().await else {
+            break;
+        };
+        let (key, len, result) =
+            joined.map_err(|e| CliError::Refused(format!("a put task failed: {e}")))?;
+        match result {
+            Ok(()) => stored += 1,
+            Err(ClientError::AlreadyExists(_)) if args.skip_existing => skipped += 1,
+            Err(ClientError::AlreadyExists(_)) => {
+                bar.abandon();
+                return Err(CliError::Refused(format!(
+                    "{key} is already cached (--skip-existing skips such tensors)"
+                )));
+            }
+            Err(e) => {
+                bar.abandon();
+                return Err(CliError::from(e));
+            }
+        }
+        bytes += len;
+        bar.inc(len);
+    }
+    bar.finish_and_clear();
+
+    // Last, so that a manifest means every tensor was stored.
+    let meta = TensorMeta::new(
+        DType::U8,
+        vec![manifest.len() as u64],
+        StorageLayout::RowMajor,
+    )
+    .map_err(|e| bad(e.to_string()))?;
+    let manifest_tensor = Tensor::new(meta, manifest.clone()).map_err(|e| bad(e.to_string()))?;
+    match store.put_tensor(&args.prefix, manifest_tensor).await {
+        Ok(()) => {}
+        Err(ClientError::AlreadyExists(_)) => {
+            let cached = store.fetch(&args.prefix).await?;
+            if cached.data() != &manifest {
+                return Err(CliError::Refused(format!(
+                    "another checkpoint's manifest is cached under {:?}; choose another --prefix",
+                    args.prefix
+                )));
+            }
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let n = stored + skipped;
+    let skipped = if skipped > 0 {
+        format!(" ({skipped} already cached, skipped)")
+    } else {
+        String::new()
+    };
+    Ok(format!(
+        "loaded {n} tensors under {:?}{skipped}: {}; `redstone dump {:?} -o FILE` writes them back",
+        args.prefix,
+        rate(bytes, started),
+        args.prefix
+    ))
+}
+
+/// Writes the checkpoint loaded under `prefix` to `out`: its header, then
+/// each tensor's bytes in file order, checked against the manifest.
+pub async fn dump(store: &Store, prefix: &str, out: &Path) -> Result<String, CliError> {
+    let manifest = match store.fetch(prefix).await {
+        Err(CliError::NotFound(_)) => {
+            return Err(CliError::NotFound(format!(
+                "no checkpoint manifest under {prefix:?} (was it loaded with `redstone load --prefix {prefix}`?)"
+            )))
+        }
+        other => other?,
+    };
+    let header = manifest.data().clone();
+    let metadata: Metadata = serde_json::from_slice(&header).map_err(|e| {
+        CliError::Refused(format!(
+            "the manifest under {prefix:?} is not a safetensors header: {e}"
+        ))
+    })?;
+    let tensors = plan(&metadata).map_err(CliError::Refused)?;
+    let total = metadata.data_len() as u64;
+
+    // Written beside the destination, renamed over it once complete.
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    let io = |e: std::io::Error| CliError::Usage(format!("cannot write {}: {e}", out.display()));
+    let result = async {
+        let mut file = BufWriter::with_capacity(1 << 20, File::create(&partial).map_err(io)?);
+        file.write_all(&(header.len() as u64).to_le_bytes())
+            .map_err(io)?;
+        file.write_all(&header).map_err(io)?;
+        let started = Instant::now();
+        let bar = progress(total, "dumping");
+        for (name, info, meta) in &tensors {
+            let key = format!("{prefix}{name}");
+            let tensor = store.fetch(&key).await?;
+            let (start, end) = info.data_offsets;
+            if tensor.meta() != meta || tensor.data().len() != end - start {
+                bar.abandon();
+                return Err(CliError::Refused(format!(
+                    "{key} holds {:?} {:?}, not the checkpoint's {:?} {:?}",
+                    tensor.meta().dtype(),
+                    tensor.meta().shape(),
+                    meta.dtype(),
+                    meta.shape()
+                )));
+            }
+            file.write_all(tensor.data()).map_err(io)?;
+            bar.inc(tensor.data().len() as u64);
+        }
+        file.flush().map_err(io)?;
+        file.get_ref().sync_all().map_err(io)?;
+        bar.finish_and_clear();
+        Ok(started)
+    }
+    .await;
+    let started = match result {
+        Ok(started) => started,
+        Err(e) => {
+            std::fs::remove_file(&partial).ok();
+            return Err(e);
+        }
+    };
+    std::fs::rename(&partial, out).map_err(io)?;
+    Ok(format!(
+        "wrote {} tensors to {}: {}",
+        tensors.len(),
+        out.display(),
+        rate(total, started)
+    ))
+}
