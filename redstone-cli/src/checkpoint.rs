@@ -81,7 +81,7 @@ fn plan(metadata: &Metadata) -> Result<Vec<(String, TensorInfo, TensorMeta)>, St
 fn progress(total: u64, verb: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
     let template = format!(
-        "{verb} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} {{pos:>0}}{{msg}}"
+        "{verb} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} {{msg}}"
     );
     if let Ok(style) = ProgressStyle::with_template(&template) {
         bar.set_style(style.progress_chars("=> "));
@@ -126,6 +126,7 @@ pub async fn load(store: &Store, args: Load) -> Result<String, CliError> {
     let bar = progress(total, "loading");
     let mut in_flight = JoinSet::new();
     let (mut stored, mut skipped, mut bytes) = (0usize, 0usize, 0u64);
+    let count = tensors.len();
     let mut tensors = tensors.into_iter();
     let prefix: Arc<str> = args.prefix.clone().into();
     loop {
@@ -164,6 +165,7 @@ pub async fn load(store: &Store, args: Load) -> Result<String, CliError> {
         }
         bytes += len;
         bar.inc(len);
+        bar.set_message(format!("{}/{count} tensors", stored + skipped));
     }
     bar.finish_and_clear();
 
@@ -234,7 +236,7 @@ pub async fn dump(store: &Store, prefix: &str, out: &Path) -> Result<String, Cli
         file.write_all(&header).map_err(io)?;
         let started = Instant::now();
         let bar = progress(total, "dumping");
-        for (name, info, meta) in &tensors {
+        for (i, (name, info, meta)) in tensors.iter().enumerate() {
             let key = format!("{prefix}{name}");
             let tensor = store.fetch(&key).await?;
             let (start, end) = info.data_offsets;
@@ -250,6 +252,7 @@ pub async fn dump(store: &Store, prefix: &str, out: &Path) -> Result<String, Cli
             }
             file.write_all(tensor.data()).map_err(io)?;
             bar.inc(tensor.data().len() as u64);
+            bar.set_message(format!("{}/{} tensors", i + 1, tensors.len()));
         }
         file.flush().map_err(io)?;
         file.get_ref().sync_all().map_err(io)?;
