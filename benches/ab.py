@@ -40,10 +40,10 @@ def free_port():
         return s.getsockname()[1]
 
 
-def start(binary):
+def start(binary, extra):
     grpc, fast = free_port(), free_port()
     # `--tcp`: the fast path's old flag name, which every version accepts.
-    proc = subprocess.Popen([binary, f"127.0.0.1:{grpc}", "2GiB", "--tcp", f"127.0.0.1:{fast}"],
+    proc = subprocess.Popen([binary, f"127.0.0.1:{grpc}", "2GiB", "--tcp", f"127.0.0.1:{fast}"] + extra,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 10
     while time.time() < deadline:
@@ -79,11 +79,16 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--a", required=True, help="the baseline server binary")
     ap.add_argument("--b", required=True, help="the server binary under test")
+    ap.add_argument("--a-args", default="", help="more flags for A (e.g. '--metrics 127.0.0.1:0')")
+    ap.add_argument("--b-args", default="", help="more flags for B")
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--only", default="", help="cells whose 'size/op/conc/pipeline' contains this")
     args = ap.parse_args()
-    servers = {name: start(binary) for name, binary in (("A", args.a), ("B", args.b))}
+    servers = {
+        name: start(binary, extra.split())
+        for name, binary, extra in (("A", args.a, args.a_args), ("B", args.b, args.b_args))
+    }
     try:
         print(f"Medians of {args.repeats} interleaved runs of {args.duration:.0f} s; "
               "client: redstone-bench --target fast.\n")

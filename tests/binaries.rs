@@ -230,6 +230,14 @@ fn config_file_settings_and_flags_win() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line 3"), "{stderr}");
+    // A bad size names its line too.
+    std::fs::write(&path, "max-connections = 3\ncache-size = \"lots\"\n").unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_server"))
+        .args(["--config", path_str])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line 2"), "{stderr}");
     std::fs::write(&path, "colour = \"red\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_server"))
         .args(["--config", path_str])

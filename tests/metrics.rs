@@ -210,3 +210,38 @@ async fn refused_connections_are_counted_by_reason() {
     );
     server.shutdown().await.unwrap();
 }
+
+/// A client that hangs up mid-PUT: its request is `aborted`, not a server
+/// error.
+#[tokio::test]
+async fn a_client_hanging_up_mid_request_is_aborted_not_internal() {
+    use redstone::fast::wire::{encode_frame, Request, WireMeta};
+    let server = start_server_with_metrics(1 << 20, FastConfig::for_budget(1 << 20)).await;
+    let metrics_addr = server.metrics_addr().unwrap();
+    let mut conn = RawConn::connect(server.fast_addr()).await;
+    let request = Request::Put {
+        key: "half".into(),
+        meta: WireMeta::from(&u8_meta(4096)),
+    };
+    conn.send_bytes(&encode_frame(request.opcode(), 0, 1, &request, 4096).unwrap())
+        .await
+        .unwrap();
+    conn.send_bytes(&[1u8; 1000]).await.unwrap();
+    drop(conn);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let m = Metrics::scrape(metrics_addr).await;
+        // Once the connection is gone (its request counted before).
+        if m.value("redstone_open_connections", &[("door", "fast")]) == 0.0 {
+            assert_eq!(m.requests("fast", "put", "aborted"), 1.0);
+            assert_eq!(m.requests("fast", "put", "internal"), 0.0);
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never counted as aborted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    server.shutdown().await.unwrap();
+}

@@ -12,7 +12,9 @@ use safetensors::Dtype;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let out = args.next().ok_or("usage: make_checkpoint OUT [TENSORS] [BYTES]")?;
+    let out = args
+        .next()
+        .ok_or("usage: make_checkpoint OUT [TENSORS] [BYTES]")?;
     let tensors: usize = args.next().map_or(Ok(64), |a| a.parse())?;
     let bytes: usize = args.next().map_or(Ok(16 << 20), |a| a.parse())?;
     let floats = bytes / 4;
@@ -27,7 +29,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .enumerate()
         .map(|(t, d)| {
-            let shape = if floats % 1024 == 0 {
+            let shape = if floats.is_multiple_of(1024) {
                 vec![floats / 1024, 1024]
             } else {
                 vec![floats]

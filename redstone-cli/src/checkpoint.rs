@@ -27,13 +27,84 @@ use tokio::task::JoinSet;
 use crate::error::CliError;
 use crate::target::Store;
 
-/// What `load` was asked.
+/// How to load.
 #[derive(Debug)]
 pub struct Load {
-    pub file: PathBuf,
     pub prefix: String,
     pub skip_existing: bool,
     pub concurrency: usize,
+}
+
+/// A checkpoint file, mapped and checked.
+pub struct Checkpoint {
+    path: PathBuf,
+    /// The file's header (its JSON), stored as the manifest.
+    manifest: Bytes,
+    /// The file's data region; each tensor is a slice of it.
+    data: Bytes,
+    /// Its tensors in file order.
+    tensors: Vec<(String, TensorInfo, TensorMeta)>,
+}
+
+impl Checkpoint {
+    /// Maps `path` and checks it: a valid safetensors file whose every
+    /// dtype Redstone stores.
+    pub fn open(path: &Path) -> Result<Checkpoint, CliError> {
+        let bad = |why: String| CliError::Usage(format!("{}: {why}", path.display()));
+        let file = File::open(path).map_err(|e| bad(e.to_string()))?;
+        // SAFETY: the mapping is read-only and private to this process; if
+        // another process truncates the file while it is mapped, reads of
+        // the lost pages fault (SIGBUS) — the documented risk of every
+        // mmap, taken so that a checkpoint larger than RAM is never read
+        // whole.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(e.to_string()))?;
+        let (header_len, metadata) = SafeTensors::read_metadata(&map)
+            .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
+        let tensors = plan(&metadata).map_err(bad)?;
+        // read_metadata checked that header and data fill the file.
+        let map = Bytes::from_owner(map);
+        Ok(Checkpoint {
+            path: path.to_owned(),
+            manifest: map.slice(8..8 + header_len),
+            data: map.slice(8 + header_len..),
+            tensors,
+        })
+    }
+}
+
+/// What became of one tensor's put.
+enum Put {
+    Stored,
+    /// Already cached, with these very contents (`--skip-existing`).
+    Skipped,
+}
+
+/// Puts `tensor` under `key`; with `skip_existing`, a key already holding
+/// this very tensor is skipped, and one holding anything else refused.
+async fn put_one(
+    store: &Store,
+    key: &str,
+    tensor: Tensor,
+    skip_existing: bool,
+) -> Result<Put, CliError> {
+    match store.put_tensor(key, tensor.clone()).await {
+        Ok(()) => Ok(Put::Stored),
+        Err(ClientError::AlreadyExists(_)) if skip_existing => {
+            let cached = store.fetch(key).await?;
+            if cached == tensor {
+                Ok(Put::Skipped)
+            } else {
+                Err(CliError::Refused(format!(
+                    "{key} is cached with other contents than the checkpoint's; \
+                     delete it or load under another --prefix"
+                )))
+            }
+        }
+        Err(ClientError::AlreadyExists(_)) => Err(CliError::Refused(format!(
+            "{key} is already cached (--skip-existing skips tensors cached with the same contents)"
+        ))),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// The Redstone dtype of a safetensors dtype.
@@ -80,9 +151,8 @@ fn plan(metadata: &Metadata) -> Result<Vec<(String, TensorInfo, TensorMeta)>, St
 
 fn progress(total: u64, verb: &str) -> ProgressBar {
     let bar = ProgressBar::new(total);
-    let template = format!(
-        "{verb} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} {{msg}}"
-    );
+    let template =
+        format!("{verb} [{{bar:30}}] {{bytes}}/{{total_bytes}} {{binary_bytes_per_sec}} {{msg}}");
     if let Ok(style) = ProgressStyle::with_template(&template) {
         bar.set_style(style.progress_chars("=> "));
     }
@@ -100,30 +170,22 @@ fn rate(bytes: u64, started: Instant) -> String {
     )
 }
 
-/// Puts every tensor of a safetensors file, then its manifest.
-pub async fn load(store: &Store, args: Load) -> Result<String, CliError> {
-    let bad = |why: String| CliError::Usage(format!("{}: {why}", args.file.display()));
+/// Puts every tensor of a checkpoint, then its manifest.
+pub async fn load(store: &Store, checkpoint: Checkpoint, args: Load) -> Result<String, CliError> {
     if args.prefix.is_empty() {
         return Err(CliError::Usage(
             "--prefix must not be empty: the manifest is stored under it".into(),
         ));
     }
-    let file = File::open(&args.file).map_err(|e| bad(e.to_string()))?;
-    // SAFETY: the mapping is read-only and private to this process; if
-    // another process truncates the file while it is mapped, reads of the
-    // lost pages fault (SIGBUS) — the documented risk of every mmap, taken
-    // so that a checkpoint larger than RAM is never read whole.
-    let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| bad(e.to_string()))?;
-    let (header_len, metadata) = SafeTensors::read_metadata(&map)
-        .map_err(|e| bad(format!("not a valid safetensors file: {e}")))?;
-    let tensors = plan(&metadata).map_err(bad)?;
-    let map = Bytes::from_owner(map);
-    let data = map.slice(8 + header_len..);
-    let manifest = map.slice(8..8 + header_len);
-    let total: u64 = data.len() as u64;
-
+    let Checkpoint {
+        path,
+        manifest,
+        data,
+        tensors,
+    } = checkpoint;
+    let bad = |why: String| CliError::Usage(format!("{}: {why}", path.display()));
     let started = Instant::now();
-    let bar = progress(total, "loading");
+    let bar = progress(data.len() as u64, "loading");
     let mut in_flight = JoinSet::new();
     let (mut stored, mut skipped, mut bytes) = (0usize, 0usize, 0u64);
     let count = tensors.len();
@@ -138,29 +200,23 @@ pub async fn load(store: &Store, args: Load) -> Result<String, CliError> {
             let tensor = Tensor::new(meta, data.slice(start..end))
                 .map_err(|e| bad(format!("{name}: {e}")))?;
             let (store, key) = (store.clone(), format!("{prefix}{name}"));
+            let skip = args.skip_existing;
             in_flight.spawn(async move {
                 let len = tensor.data().len() as u64;
-                let result = store.put_tensor(&key, tensor).await;
-                (key, len, result)
+                (len, put_one(&store, &key, tensor, skip).await)
             });
         }
         let Some(joined) = in_flight.join_next().await else {
             break;
         };
-        let (key, len, result) =
+        let (len, result) =
             joined.map_err(|e| CliError::Refused(format!("a put task failed: {e}")))?;
         match result {
-            Ok(()) => stored += 1,
-            Err(ClientError::AlreadyExists(_)) if args.skip_existing => skipped += 1,
-            Err(ClientError::AlreadyExists(_)) => {
-                bar.abandon();
-                return Err(CliError::Refused(format!(
-                    "{key} is already cached (--skip-existing skips such tensors)"
-                )));
-            }
+            Ok(Put::Stored) => stored += 1,
+            Ok(Put::Skipped) => skipped += 1,
             Err(e) => {
                 bar.abandon();
-                return Err(CliError::from(e));
+                return Err(e);
             }
         }
         bytes += len;
@@ -176,19 +232,16 @@ pub async fn load(store: &Store, args: Load) -> Result<String, CliError> {
         StorageLayout::RowMajor,
     )
     .map_err(|e| bad(e.to_string()))?;
-    let manifest_tensor = Tensor::new(meta, manifest.clone()).map_err(|e| bad(e.to_string()))?;
-    match store.put_tensor(&args.prefix, manifest_tensor).await {
-        Ok(()) => {}
-        Err(ClientError::AlreadyExists(_)) => {
-            let cached = store.fetch(&args.prefix).await?;
-            if cached.data() != &manifest {
-                return Err(CliError::Refused(format!(
-                    "another checkpoint's manifest is cached under {:?}; choose another --prefix",
-                    args.prefix
-                )));
-            }
+    let manifest = Tensor::new(meta, manifest).map_err(|e| bad(e.to_string()))?;
+    match put_one(store, &args.prefix, manifest, true).await {
+        Ok(_) => {}
+        Err(CliError::Refused(_)) => {
+            return Err(CliError::Refused(format!(
+                "another checkpoint's manifest is cached under {:?}; choose another --prefix",
+                args.prefix
+            )))
         }
-        Err(e) => return Err(e.into()),
+        Err(e) => return Err(e),
     }
     let n = stored + skipped;
     let skipped = if skipped > 0 {
@@ -228,7 +281,7 @@ pub async fn dump(store: &Store, prefix: &str, out: &Path) -> Result<String, Cli
     let mut partial = out.as_os_str().to_owned();
     partial.push(".partial");
     let partial = PathBuf::from(partial);
-    let io = |e: std::io::Error| CliError::Usage(format!("cannot write {}: {e}", out.display()));
+    let io = |e: std::io::Error| CliError::Output(format!("cannot write {}: {e}", out.display()));
     let result = async {
         let mut file = BufWriter::with_capacity(1 << 20, File::create(&partial).map_err(io)?);
         file.write_all(&(header.len() as u64).to_le_bytes())

@@ -12,6 +12,9 @@ pub enum CliError {
     /// invalid): 1.
     #[error("{0}")]
     Refused(String),
+    /// The output file could not be written: 1.
+    #[error("{0}")]
+    Output(String),
     /// Bad arguments or an unusable input file: 2.
     #[error("{0}")]
     Usage(String),
@@ -21,11 +24,11 @@ pub enum CliError {
 }
 
 impl CliError {
-    /// The process exit code: 0 ok, 1 not found or refused, 2 usage,
-    /// 3 server unreachable.
+    /// The process exit code: 0 ok, 1 not found, refused or not written,
+    /// 2 usage, 3 server unreachable.
     pub fn exit_code(&self) -> u8 {
         match self {
-            CliError::NotFound(_) | CliError::Refused(_) => 1,
+            CliError::NotFound(_) | CliError::Refused(_) | CliError::Output(_) => 1,
             CliError::Usage(_) => 2,
             CliError::Unreachable(_) => 3,
         }

@@ -130,17 +130,19 @@ fn main() -> ExitCode {
     }
 }
 
+/// Runs one command. Inputs are checked before connecting, so that a bad
+/// file is a usage error (2) whether or not a server answers.
 async fn run(cli: Cli) -> Result<String, CliError> {
-    let store = cli.target.connect().await?;
+    let target = cli.target;
     match cli.command {
         Command::Put { key, file } => {
             let tensor = npy::read(&file)?;
             let (dtype, shape) = (tensor.meta().dtype(), tensor.meta().shape().to_vec());
-            store.put_tensor(&key, tensor).await?;
+            target.connect().await?.put_tensor(&key, tensor).await?;
             Ok(format!("put {key}: {dtype:?} {shape:?}"))
         }
         Command::Get { key, output } => {
-            let tensor = store.fetch(&key).await?;
+            let tensor = target.connect().await?.fetch(&key).await?;
             npy::write(&output, &tensor)?;
             let meta = tensor.meta();
             Ok(format!(
@@ -150,11 +152,13 @@ async fn run(cli: Cli) -> Result<String, CliError> {
                 output.display()
             ))
         }
-        Command::Del { key } => match store.delete(&key).await? {
+        Command::Del { key } => match target.connect().await?.delete(&key).await? {
             true => Ok(format!("deleted {key}")),
             false => Err(CliError::NotFound(key)),
         },
-        Command::Stats { watch: None } => stats::render(&store, &server_name(&cli.target)).await,
+        Command::Stats { watch: None } => {
+            stats::render(&target.connect().await?, &server_name(&target)).await
+        }
         Command::Stats { watch: Some(secs) } => {
             let every = Duration::try_from_secs_f64(secs)
                 .ok()
@@ -162,13 +166,20 @@ async fn run(cli: Cli) -> Result<String, CliError> {
                 .ok_or_else(|| {
                     CliError::Usage("--watch takes a positive number of seconds".into())
                 })?;
-            let name = server_name(&cli.target);
+            let store = target.connect().await?;
+            let name = server_name(&target);
+            // One handler for the whole loop: a Ctrl-C while a table is
+            // being fetched is not lost.
+            let mut interrupted = std::pin::pin!(tokio::signal::ctrl_c());
             loop {
-                let table = stats::render(&store, &name).await?;
+                let table = tokio::select! {
+                    _ = &mut interrupted => return Ok(String::new()),
+                    table = stats::render(&store, &name) => table?,
+                };
                 // Clear the screen, then draw the table at the top.
                 print!("\x1b[2J\x1b[H{table}");
                 tokio::select! {
-                    _ = tokio::signal::ctrl_c() => return Ok(String::new()),
+                    _ = &mut interrupted => return Ok(String::new()),
                     () = tokio::time::sleep(every) => {}
                 }
             }
@@ -183,15 +194,17 @@ async fn run(cli: Cli) -> Result<String, CliError> {
                 Some(p) => p,
                 None => default_prefix(&file)?,
             };
-            let load = checkpoint::Load {
-                file,
+            let checkpoint = checkpoint::Checkpoint::open(&file)?;
+            let options = checkpoint::Load {
                 prefix,
                 skip_existing,
                 concurrency,
             };
-            checkpoint::load(&store, load).await
+            checkpoint::load(&target.connect().await?, checkpoint, options).await
         }
-        Command::Dump { prefix, output } => checkpoint::dump(&store, &prefix, &output).await,
+        Command::Dump { prefix, output } => {
+            checkpoint::dump(&target.connect().await?, &prefix, &output).await
+        }
     }
 }
 

@@ -45,10 +45,28 @@ fn dtype_of(ts: &str) -> Result<DType, String> {
         .ok_or_else(|| format!("the .npy type {ts} has no Redstone dtype"))
 }
 
+/// The length of a `.npy` file's header as its preamble states it:
+/// magic, version, then a 2-byte (version 1) or 4-byte length.
+fn stated_header_end(raw: &[u8]) -> Option<usize> {
+    let rest = raw.strip_prefix(b"\x93NUMPY")?;
+    let (&major, rest) = rest.split_first()?;
+    let rest = rest.get(1..)?;
+    match major {
+        1 => Some(10 + u16::from_le_bytes(rest.get(..2)?.try_into().ok()?) as usize),
+        _ => Some(12 + u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize),
+    }
+}
+
 /// Reads a `.npy` file into a tensor (its data not copied again).
 pub fn read(path: &Path) -> Result<Tensor, CliError> {
     let bad = |why: String| CliError::Usage(format!("{}: {why}", path.display()));
     let raw = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+    // npyz allocates what the preamble states before reading the header:
+    // hold it to the file's size.
+    match stated_header_end(&raw) {
+        Some(end) if end <= raw.len() => {}
+        _ => return Err(bad("not a .npy file: no complete header".into())),
+    }
     let mut cursor = Cursor::new(&raw[..]);
     let header =
         NpyHeader::from_reader(&mut cursor).map_err(|e| bad(format!("not a .npy file: {e}")))?;
@@ -89,17 +107,27 @@ pub fn write(path: &Path, tensor: &Tensor) -> Result<(), CliError> {
         StorageLayout::RowMajor => Order::C,
         StorageLayout::ColumnMajor => Order::Fortran,
     };
-    let io = |e: std::io::Error| CliError::Usage(format!("cannot write {}: {e}", path.display()));
-    let file = std::fs::File::create(path).map_err(io)?;
-    let mut out = WriteOptions::new_header_only()
-        .dtype(NpyType::Plain(ts))
-        .shape(meta.shape())
-        .order(order)
-        .writer(std::io::BufWriter::new(file))
-        .write_header_only()
-        .map_err(io)?;
-    out.write_all(tensor.data()).map_err(io)?;
-    out.flush().map_err(io)
+    let io = |e: std::io::Error| CliError::Output(format!("cannot write {}: {e}", path.display()));
+    // Written beside the destination and renamed over it once complete.
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = std::path::PathBuf::from(partial);
+    let written = (|| {
+        let file = std::fs::File::create(&partial)?;
+        let mut out = WriteOptions::new_header_only()
+            .dtype(NpyType::Plain(ts))
+            .shape(meta.shape())
+            .order(order)
+            .writer(std::io::BufWriter::new(file))
+            .write_header_only()?;
+        out.write_all(tensor.data())?;
+        out.flush()
+    })();
+    if let Err(e) = written {
+        std::fs::remove_file(&partial).ok();
+        return Err(io(e));
+    }
+    std::fs::rename(&partial, path).map_err(io)
 }
 
 #[cfg(test)]
@@ -117,5 +145,17 @@ mod tests {
         assert!(dtype_of(">f4").unwrap_err().contains("big-endian"));
         assert_eq!(dtype_of("<u1"), Ok(DType::U8));
         assert!(dtype_of("<c8").is_err());
+    }
+
+    #[test]
+    fn a_stated_header_longer_than_the_file_is_caught() {
+        let mut v1 = b"\x93NUMPY\x01\x00".to_vec();
+        v1.extend(70u16.to_le_bytes());
+        assert_eq!(stated_header_end(&v1), Some(80));
+        let mut v2 = b"\x93NUMPY\x02\x00".to_vec();
+        v2.extend(u32::MAX.to_le_bytes());
+        assert_eq!(stated_header_end(&v2), Some(12 + u32::MAX as usize));
+        assert_eq!(stated_header_end(b"\x93NUMPY\x02"), None);
+        assert_eq!(stated_header_end(b"PK\x03\x04"), None);
     }
 }

@@ -223,6 +223,10 @@ fn the_grpc_door_and_usage_and_unreachable_exit_codes() {
     let err = expect(3, &["--addr", &dead, "stats"]);
     assert!(err.contains("unreachable"), "{err}");
     expect(3, &["--grpc", "--addr", &dead, "del", "k"]);
+    // A bad input file is a usage error even with no server to talk to.
+    let missing = dir.join("missing.npy");
+    expect(2, &["--addr", &dead, "put", "k", missing.to_str().unwrap()]);
+    expect(2, &["--addr", &dead, "load", missing.to_str().unwrap()]);
     std::fs::remove_dir_all(&dir).ok();
 }
 

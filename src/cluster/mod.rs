@@ -412,6 +412,9 @@ impl Inner {
                 Ok(client)
             }
             Err(e) => {
+                // A connection attempt is a request that failed.
+                node.counters.requests.inc();
+                node.counters.failures.inc();
                 node.mark_down(&self.config);
                 Err(e)
             }
@@ -426,14 +429,9 @@ impl Inner {
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
         let node = &self.nodes[i];
+        // A node inside its backoff is not asked: neither counted.
+        let client = self.client(i).await?;
         node.counters.requests.inc();
-        let client = match self.client(i).await {
-            Ok(client) => client,
-            Err(e) => {
-                node.counters.failures.inc();
-                return Err(e);
-            }
-        };
         let limit = self.config.timeout;
         let result = tokio::time::timeout(limit, call(client))
             .await

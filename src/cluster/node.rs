@@ -46,8 +46,11 @@ impl Node {
     }
 
     pub(super) fn mark_down(&self, config: &ClusterConfig) {
-        self.counters.marked_down.inc();
         let mut s = self.state();
+        // Counted once per fall, not per failure seen while down.
+        if s.down_until.is_none_or(|t| Instant::now() >= t) {
+            self.counters.marked_down.inc();
+        }
         // Let go of, not ended: other calls in flight on it finish or fail
         // by themselves. Kept aside for `ClusterClient::reset_failed`.
         if let Some(client) = s.client.take() {

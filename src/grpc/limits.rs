@@ -137,7 +137,7 @@ impl AsyncRead for Limited {
             // noticed.
             Poll::Pending => match this.deadline.as_mut().poll(cx) {
                 Poll::Ready(()) => {
-                    this.metrics.refused(Door::Grpc, "timeout");
+                    this.metrics.refused(Door::Grpc, "idle");
                     Poll::Ready(Err(io::Error::new(
                         io::ErrorKind::TimedOut,
                         "the gRPC connection was idle past the idle timeout",

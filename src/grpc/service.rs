@@ -1,10 +1,11 @@
 //! The gRPC service: decode a request, call the engine, encode the reply.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
-use super::convert::{code_name, meta_from_proto};
+use super::convert::{meta_from_proto, CODE_NAMES};
 use super::proto::red_stone_server::{RedStone, RedStoneServer};
 use super::proto::{
     DeleteRequest, DeleteResponse, GetRequest, GetResponse, PutRequest, PutResponse, StatsRequest,
@@ -12,7 +13,7 @@ use super::proto::{
 };
 use super::{MAX_GRPC_MESSAGE, MESSAGE_SLACK};
 use crate::engine::Engine;
-use crate::metrics::{Door, ServerMetrics};
+use crate::metrics::{Door, DoorRecorder, ServerMetrics};
 use crate::tensor::Tensor;
 use crate::Error;
 
@@ -20,8 +21,15 @@ use crate::Error;
 #[derive(Debug, Clone)]
 pub struct GrpcService {
     engine: Engine,
-    metrics: ServerMetrics,
+    recorder: Arc<DoorRecorder>,
 }
+
+/// The ops of the gRPC door, as [`GrpcService::observe`] indexes them.
+const OPS: [&str; 4] = ["get", "put", "delete", "stats"];
+const GET: usize = 0;
+const PUT: usize = 1;
+const DELETE: usize = 2;
+const STATS: usize = 3;
 
 impl GrpcService {
     /// A service answering from `engine`, with metrics of its own.
@@ -33,28 +41,30 @@ impl GrpcService {
     /// A service answering from `engine` that counts its requests into
     /// `metrics`.
     pub fn with_metrics(engine: Engine, metrics: ServerMetrics) -> GrpcService {
-        GrpcService { engine, metrics }
+        let recorder = Arc::new(metrics.recorder(Door::Grpc, &OPS, &CODE_NAMES));
+        GrpcService { engine, recorder }
     }
 
     /// Runs one request's `work`, counting and (at debug level) logging
     /// it.
     fn observe<T>(
         &self,
-        op: &'static str,
+        op: usize,
         key: &str,
         size: usize,
         work: impl FnOnce() -> Result<T, Status>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
-        let span = tracing::debug_span!("request", door = "grpc", op, key, size);
+        let span = tracing::debug_span!("request", door = "grpc", op = OPS[op], key, size);
         let _entered = span.enter();
         let result = work();
         let elapsed = started.elapsed();
-        let status = match &result {
-            Ok(_) => "ok",
-            Err(status) => code_name(status.code()),
-        };
-        self.metrics.request(Door::Grpc, op, status, elapsed);
+        let code = match &result {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        } as usize;
+        self.recorder.record(op, code, elapsed);
+        let status = CODE_NAMES.get(code).copied().unwrap_or("unknown");
         tracing::debug!(status, latency_us = elapsed.as_micros() as u64, "answered");
         result.map(Response::new)
     }
@@ -78,7 +88,7 @@ impl GrpcService {
 impl RedStone for GrpcService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let key = request.into_inner().key;
-        self.observe("get", &key, 0, || {
+        self.observe(GET, &key, 0, || {
             let tensor = self
                 .engine
                 .get(&key)?
@@ -93,7 +103,7 @@ impl RedStone for GrpcService {
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let PutRequest { key, meta, data } = request.into_inner();
-        self.observe("put", &key, data.len(), || {
+        self.observe(PUT, &key, data.len(), || {
             let meta = meta_from_proto(meta)?;
             // Refuse what the engine would refuse before copying anything.
             self.engine.admit(&key, &meta, data.len() as u64)?;
@@ -111,7 +121,7 @@ impl RedStone for GrpcService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let key = request.into_inner().key;
-        self.observe("delete", &key, 0, || {
+        self.observe(DELETE, &key, 0, || {
             let deleted = self.engine.delete(&key)?;
             Ok(DeleteResponse { deleted })
         })
@@ -121,6 +131,6 @@ impl RedStone for GrpcService {
         &self,
         _request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, Status> {
-        self.observe("stats", "", 0, || Ok(self.engine.stats().into()))
+        self.observe(STATS, "", 0, || Ok(self.engine.stats().into()))
     }
 }

@@ -4,20 +4,21 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use prometheus_client::metrics::counter::Counter;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use super::StripedCounter;
+
 /// `T`, counting the bytes read from it into `received` and written to it
-/// into `sent`: one relaxed atomic add per system call.
+/// into `sent`: one relaxed atomic add on the thread's own stripe per system call.
 #[derive(Debug)]
 pub(crate) struct Counted<T> {
     io: T,
-    received: Counter,
-    sent: Counter,
+    received: StripedCounter,
+    sent: StripedCounter,
 }
 
 impl<T> Counted<T> {
-    pub(super) fn new(io: T, received: Counter, sent: Counter) -> Counted<T> {
+    pub(super) fn new(io: T, received: StripedCounter, sent: StripedCounter) -> Counted<T> {
         Counted { io, received, sent }
     }
 

@@ -10,7 +10,7 @@ use clap::ArgMatches;
 use redstone::size::parse_size;
 use serde::Deserialize;
 
-use super::{parse_listen, Args, LogFormat};
+use super::{Args, Listen, LogFormat};
 
 /// The file's keys: every flag but `--config`.
 #[derive(Debug, Deserialize)]
@@ -19,7 +19,7 @@ struct ServerFile {
     addr: Option<SocketAddr>,
     cache_size: Option<Size>,
     fast: Option<SocketAddr>,
-    metrics: Option<String>,
+    metrics: Option<Listen>,
     log_format: Option<LogFormat>,
     max_tensor: Option<Size>,
     max_header: Option<Size>,
@@ -36,20 +36,33 @@ struct ServerFile {
     shutdown_grace: Option<u64>,
 }
 
-/// A byte size: a number of bytes, or a string such as `"512MiB"`.
+/// A byte size: a number of bytes, or a string such as `"512MiB"`,
+/// checked as the file is parsed (so that an error names its line).
+#[derive(Debug, Deserialize)]
+#[serde(try_from = "RawSize")]
+struct Size(u64);
+
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum Size {
+enum RawSize {
     Bytes(u64),
     Text(String),
 }
 
+impl TryFrom<RawSize> for Size {
+    type Error = String;
+
+    fn try_from(raw: RawSize) -> Result<Size, String> {
+        match raw {
+            RawSize::Bytes(n) => Ok(Size(n)),
+            RawSize::Text(text) => parse_size(&text).map(Size),
+        }
+    }
+}
+
 impl Size {
     fn bytes(self) -> Result<u64, String> {
-        match self {
-            Size::Bytes(n) => Ok(n),
-            Size::Text(text) => parse_size(&text),
-        }
+        Ok(self.0)
     }
 }
 
@@ -78,7 +91,7 @@ pub(super) fn apply(path: &Path, args: &mut Args, matches: &ArgMatches) -> Resul
         addr => Ok,
         cache_size => Size::bytes,
         fast => |a| Ok(Some(a)),
-        metrics => |m: String| parse_listen(&m),
+        metrics => Ok,
         log_format => Ok,
         max_tensor => |s: Size| s.bytes().map(Some),
         max_header => Size::bytes,

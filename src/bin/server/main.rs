@@ -119,8 +119,17 @@ struct Args {
 }
 
 /// An address to listen on, or none (`off`).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, serde::Deserialize)]
+#[serde(try_from = "String")]
 struct Listen(Option<SocketAddr>);
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<Listen, String> {
+        parse_listen(&text)
+    }
+}
 
 fn parse_listen(text: &str) -> Result<Listen, String> {
     if text.eq_ignore_ascii_case("off") {

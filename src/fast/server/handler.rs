@@ -27,7 +27,7 @@ use crate::fast::wire::{
     encode_frame, AlignedHeader, ArchivedRequest, ArchivedWireMeta, Body, EncodeError, Limits,
     Opcode, Prefix, ProtocolError, Response, Status, FLAG_END, FLAG_RESPONSE,
 };
-use crate::metrics::{Door, ServerMetrics};
+use crate::metrics::{Door, DoorRecorder, ServerMetrics};
 use crate::tensor::Tensor;
 use crate::Error;
 
@@ -49,7 +49,7 @@ pub(crate) async fn serve_connection<R, W>(
     config: Arc<FastConfig>,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
-    metrics: ServerMetrics,
+    recorder: Arc<DoorRecorder>,
 ) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
@@ -87,14 +87,14 @@ pub(crate) async fn serve_connection<R, W>(
         let head = match head {
             Err(_elapsed) => {
                 let err = ProtocolError::new(Status::Timeout, 0, "idle timeout");
-                metrics.refused(Door::Fast, refusal(err.status));
+                recorder.refused("idle");
                 send_error(&queue, Opcode::Ping, &err).await;
                 break;
             }
             Ok(Ok(Some(head))) => head,
             Ok(Ok(None)) => break,
             Ok(Err(e)) => {
-                fail(&queue, None, e, &metrics).await;
+                fail(&queue, None, e, &recorder).await;
                 break;
             }
         };
@@ -106,7 +106,7 @@ pub(crate) async fn serve_connection<R, W>(
         {
             Ok(request) => request,
             Err(e) => {
-                metrics.refused(Door::Fast, refusal(e.status));
+                recorder.refused(refusal(e.status));
                 send_error(&queue, prefix.opcode, &e).await;
                 break;
             }
@@ -115,12 +115,12 @@ pub(crate) async fn serve_connection<R, W>(
             engine: &engine,
             queue: &queue,
         };
-        let op = prefix.opcode.name();
+        let op = prefix.opcode;
         // Free unless debug logging is on for this module.
         let span = tracing::debug_span!(
             "request",
             door = "fast",
-            op,
+            op = op.name(),
             key = request_key(request),
             size = prefix.payload_len,
         );
@@ -132,8 +132,8 @@ pub(crate) async fn serve_connection<R, W>(
         let status = match per_frame.await {
             Ok(Ok(status)) => status,
             Ok(Err(e)) => {
-                let status = fail(&queue, Some(&prefix), e, &metrics).await;
-                record(&metrics, &span, op, status, started);
+                let status = fail(&queue, Some(&prefix), e, &recorder).await;
+                record(&recorder, &span, op, status, started);
                 break;
             }
             Err(_elapsed) => {
@@ -142,13 +142,13 @@ pub(crate) async fn serve_connection<R, W>(
                     prefix.request_id,
                     "the request did not complete within the idle timeout",
                 );
-                metrics.refused(Door::Fast, refusal(err.status));
+                recorder.refused(refusal(err.status));
                 send_error(&queue, prefix.opcode, &err).await;
-                record(&metrics, &span, op, err.status, started);
+                record(&recorder, &span, op, outcome(err.status), started);
                 break;
             }
         };
-        record(&metrics, &span, op, status, started);
+        record(&recorder, &span, op, outcome(status), started);
     }
     drop(queue);
     // Bounded: the writer gives up on a write that makes no progress for
@@ -156,24 +156,45 @@ pub(crate) async fn serve_connection<R, W>(
     if let Ok(Err(e)) = writer.await {
         if e.kind() == std::io::ErrorKind::TimedOut {
             // A client that stopped reading its responses.
-            metrics.refused(Door::Fast, "timeout");
+            recorder.refused("timeout");
         }
     }
 }
 
-/// Counts one answered request, and logs it at debug level.
+/// The fast path's recorder: ops by opcode, statuses by code, then
+/// `aborted`.
+pub(super) fn recorder(metrics: &ServerMetrics) -> DoorRecorder {
+    let ops: Vec<&str> = (1..=u8::MAX)
+        .map_while(Opcode::from_u8)
+        .map(Opcode::name)
+        .collect();
+    let mut statuses: Vec<&str> = Status::ALL.iter().map(|s| s.name()).collect();
+    statuses.push(ABORTED.1);
+    metrics.recorder(Door::Fast, &ops, &statuses)
+}
+
+/// A request's status for the metrics: a [`Status`] code, or
+/// [`ABORTED`]'s.
+type Outcome = (usize, &'static str);
+
+fn outcome(status: Status) -> Outcome {
+    (status as usize, status.name())
+}
+
+/// Counts one request, answered with `status`, and logs it at debug
+/// level.
 fn record(
-    metrics: &ServerMetrics,
+    recorder: &DoorRecorder,
     span: &tracing::Span,
-    op: &'static str,
-    status: Status,
+    op: Opcode,
+    (status, name): Outcome,
     started: Instant,
 ) {
     let elapsed = started.elapsed();
-    metrics.request(Door::Fast, op, status.name(), elapsed);
+    recorder.record(op as usize - 1, status, elapsed);
     tracing::debug!(
         parent: span,
-        status = status.name(),
+        status = name,
         latency_us = elapsed.as_micros() as u64,
         "answered"
     );
@@ -213,43 +234,62 @@ async fn send_error(queue: &Queue, opcode: Opcode, err: &ProtocolError) {
 }
 
 /// Sends the error that ends a connection, if the peer can still hear it;
-/// returns the status the request ended with.
+/// returns the status label the request ended with: its status, or
+/// `aborted` when the connection went away (the client hung up or stopped
+/// reading, or the server is shutting down) before it was answered.
 async fn fail(
     queue: &Queue,
     prefix: Option<&Prefix>,
     err: impl Into<Fatal>,
-    metrics: &ServerMetrics,
-) -> Status {
+    recorder: &DoorRecorder,
+) -> Outcome {
     let (opcode, id) = prefix.map_or((Opcode::Ping, 0), |p| (p.opcode, p.request_id));
     match err.into() {
         Fatal::Read(ReadError::Protocol(e)) => {
-            metrics.refused(Door::Fast, refusal(e.status));
+            recorder.refused(refusal(e.status));
             send_error(queue, opcode, &e).await;
-            return e.status;
+            outcome(e.status)
         }
         Fatal::Read(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
             // An upload that stopped sending its payload.
-            metrics.refused(Door::Fast, "timeout");
+            recorder.refused("timeout");
             tracing::debug!("connection failed: {e}");
-            return Status::Timeout;
+            outcome(Status::Timeout)
         }
-        Fatal::Read(ReadError::Io(e)) => tracing::debug!("connection failed: {e}"),
-        Fatal::Read(ReadError::Truncated) => tracing::debug!("connection closed mid-frame"),
-        Fatal::Read(ReadError::Alloc(n)) => tracing::warn!("cannot allocate a {n}-byte payload"),
-        Fatal::Closed => tracing::debug!("the connection's writer is gone"),
+        Fatal::Read(ReadError::Io(e)) => {
+            tracing::debug!("connection failed: {e}");
+            ABORTED
+        }
+        Fatal::Read(ReadError::Truncated) => {
+            tracing::debug!("connection closed mid-frame");
+            ABORTED
+        }
+        Fatal::Closed => {
+            tracing::debug!("the connection's writer is gone");
+            ABORTED
+        }
+        Fatal::Read(ReadError::Alloc(n)) => {
+            tracing::warn!("cannot allocate a {n}-byte payload");
+            outcome(Status::Internal)
+        }
         Fatal::Encode(e) => {
             tracing::warn!("cannot encode a response: {e}");
             let err = ProtocolError::new(Status::Internal, id, e.to_string());
             send_error(queue, opcode, &err).await;
+            outcome(Status::Internal)
         }
         Fatal::Task(e) => {
             tracing::warn!("{e}");
             let err = ProtocolError::new(Status::Internal, id, e);
             send_error(queue, opcode, &err).await;
+            outcome(Status::Internal)
         }
     }
-    Status::Internal
 }
+
+/// The outcome of a request whose connection ended before its answer:
+/// the client hung up or stopped reading, or the server is shutting down.
+const ABORTED: Outcome = (Status::ALL.len(), "aborted");
 
 /// A request must be a request, carry the opcode of its header, and carry
 /// a payload only if it is a PUT.

@@ -39,7 +39,8 @@ where
     // Nothing ever cancels this token.
     let stop = CancellationToken::new();
     let metrics = ServerMetrics::new(engine.clone());
-    handler::serve_connection(reader, writer, engine, config, shared, stop, metrics).await;
+    let recorder = Arc::new(handler::recorder(&metrics));
+    handler::serve_connection(reader, writer, engine, config, shared, stop, recorder).await;
 }
 
 /// Limits and timeouts of the fast path. Every one is a `server` flag.
@@ -115,6 +116,7 @@ pub(crate) async fn serve(
     let shared = Arc::new(shared_budgets(&config));
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let connections = TaskTracker::new();
+    let recorder = Arc::new(handler::recorder(&metrics));
     // Cancelled once the grace period is over: connections still open then
     // (a request waiting for room, a writer draining to a slow reader) are
     // dropped, their writers aborted, so nothing outlives the server.
@@ -143,7 +145,7 @@ pub(crate) async fn serve(
         let (engine, config, shared) = (engine.clone(), Arc::clone(&config), Arc::clone(&shared));
         let stop = shutdown.child_token();
         let kill = kill.clone();
-        let metrics = metrics.clone();
+        let (metrics, recorder) = (metrics.clone(), Arc::clone(&recorder));
         connections.spawn(async move {
             let open = metrics.connection(Door::Fast);
             let (reader, writer) = stream.into_split();
@@ -152,7 +154,7 @@ pub(crate) async fn serve(
                 metrics.counted(Door::Fast, writer),
             );
             tokio::select! {
-                () = handler::serve_connection(reader, writer, engine, config, shared, stop, metrics) => {}
+                () = handler::serve_connection(reader, writer, engine, config, shared, stop, recorder) => {}
                 () = kill.cancelled() => {}
             }
             drop((permit, open));
