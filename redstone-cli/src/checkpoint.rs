@@ -170,8 +170,16 @@ fn rate(bytes: u64, started: Instant) -> String {
     )
 }
 
-/// Puts every tensor of a checkpoint, then its manifest.
-pub async fn load(store: &Store, checkpoint: Checkpoint, args: Load) -> Result<String, CliError> {
+/// Puts every tensor of a checkpoint, spread over `stores` (connections
+/// to one server, or one cluster client), then its manifest.
+pub async fn load(
+    stores: &[Store],
+    checkpoint: Checkpoint,
+    args: Load,
+) -> Result<String, CliError> {
+    let Some(store) = stores.first() else {
+        return Err(CliError::Usage("no connection to load over".into()));
+    };
     if args.prefix.is_empty() {
         return Err(CliError::Usage(
             "--prefix must not be empty: the manifest is stored under it".into(),
@@ -189,6 +197,7 @@ pub async fn load(store: &Store, checkpoint: Checkpoint, args: Load) -> Result<S
     let mut in_flight = JoinSet::new();
     let (mut stored, mut skipped, mut bytes) = (0usize, 0usize, 0u64);
     let count = tensors.len();
+    let mut issued = 0usize;
     let mut tensors = tensors.into_iter();
     let prefix: Arc<str> = args.prefix.clone().into();
     loop {
@@ -199,7 +208,9 @@ pub async fn load(store: &Store, checkpoint: Checkpoint, args: Load) -> Result<S
             let (start, end) = info.data_offsets;
             let tensor = Tensor::new(meta, data.slice(start..end))
                 .map_err(|e| bad(format!("{name}: {e}")))?;
-            let (store, key) = (store.clone(), format!("{prefix}{name}"));
+            let store = stores[issued % stores.len()].clone();
+            issued += 1;
+            let key = format!("{prefix}{name}");
             let skip = args.skip_existing;
             in_flight.spawn(async move {
                 let len = tensor.data().len() as u64;

@@ -88,6 +88,10 @@ enum Command {
         /// Puts in flight at once.
         #[arg(long, default_value_t = 8, value_name = "N")]
         concurrency: usize,
+        /// Connections to the server the puts are spread over (one
+        /// server; a cluster client has one per node).
+        #[arg(long, default_value_t = 4, value_name = "N")]
+        connections: usize,
     },
     /// Write the checkpoint loaded under PREFIX back to a safetensors file
     /// (byte-identical to the file loaded).
@@ -189,6 +193,7 @@ async fn run(cli: Cli) -> Result<String, CliError> {
             prefix,
             skip_existing,
             concurrency,
+            connections,
         } => {
             let prefix = match prefix {
                 Some(p) => p,
@@ -200,7 +205,8 @@ async fn run(cli: Cli) -> Result<String, CliError> {
                 skip_existing,
                 concurrency,
             };
-            checkpoint::load(&target.connect().await?, checkpoint, options).await
+            let stores = target.connect_many(connections.clamp(1, 64)).await?;
+            checkpoint::load(&stores, checkpoint, options).await
         }
         Command::Dump { prefix, output } => {
             checkpoint::dump(&target.connect().await?, &prefix, &output).await

@@ -62,6 +62,24 @@ impl TargetArgs {
     }
 }
 
+impl TargetArgs {
+    /// `n` stores for one job: separate connections to one server (so
+    /// that bulk transfers use more than one socket, and the server more
+    /// than one core), or clones of one cluster client (which has a
+    /// connection per node already).
+    pub async fn connect_many(&self, n: usize) -> Result<Vec<Store>, CliError> {
+        let first = self.connect().await?;
+        let mut stores = vec![first.clone()];
+        for _ in 1..n.max(1) {
+            stores.push(match &first {
+                Store::Cluster(_) => first.clone(),
+                _ => self.connect().await?,
+            });
+        }
+        Ok(stores)
+    }
+}
+
 impl TensorStore for Store {
     async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
         match self {
