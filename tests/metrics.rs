@@ -231,9 +231,9 @@ async fn a_client_hanging_up_mid_request_is_aborted_not_internal() {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let m = Metrics::scrape(metrics_addr).await;
-        // Once the connection is gone (its request counted before).
-        if m.value("redstone_open_connections", &[("door", "fast")]) == 0.0 {
-            assert_eq!(m.requests("fast", "put", "aborted"), 1.0);
+        // Counted, and the connection gone.
+        let open = m.value("redstone_open_connections", &[("door", "fast")]);
+        if m.requests("fast", "put", "aborted") == 1.0 && open == 0.0 {
             assert_eq!(m.requests("fast", "put", "internal"), 0.0);
             break;
         }
@@ -242,6 +242,47 @@ async fn a_client_hanging_up_mid_request_is_aborted_not_internal() {
             "never counted as aborted"
         );
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    server.shutdown().await.unwrap();
+}
+
+/// A client that stops reading: the bytes queued for it show in the
+/// fast path's queued-bytes gauge, and go when it does.
+#[tokio::test]
+async fn bytes_queued_for_a_stalled_reader_are_visible() {
+    use redstone::fast::wire::Request;
+    let server = start_server_with_metrics(64 << 20, FastConfig::for_budget(64 << 20)).await;
+    let metrics_addr = server.metrics_addr().unwrap();
+    let fast = FastClient::connect(server.fast_addr()).await.unwrap();
+    fast.put_tensor("big", tensor(4 << 20, 9)).await.unwrap();
+    let mut stalled = RawConn::connect(server.fast_addr()).await;
+    for id in 0..32 {
+        let get = Request::Get { key: "big".into() };
+        stalled.send(id, &get, &[]).await;
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let queued = Metrics::scrape(metrics_addr)
+            .await
+            .value("redstone_fast_queued_bytes", &[]);
+        if queued >= (4 << 20) as f64 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "queued {queued}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    drop(stalled);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while Metrics::scrape(metrics_addr)
+        .await
+        .value("redstone_fast_queued_bytes", &[])
+        > 0.0
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue was not released"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     server.shutdown().await.unwrap();
 }

@@ -180,11 +180,6 @@ pub async fn load(
     let Some(store) = stores.first() else {
         return Err(CliError::Usage("no connection to load over".into()));
     };
-    if args.prefix.is_empty() {
-        return Err(CliError::Usage(
-            "--prefix must not be empty: the manifest is stored under it".into(),
-        ));
-    }
     let Checkpoint {
         path,
         manifest,
@@ -289,9 +284,7 @@ pub async fn dump(store: &Store, prefix: &str, out: &Path) -> Result<String, Cli
     let total = metadata.data_len() as u64;
 
     // Written beside the destination, renamed over it once complete.
-    let mut partial = out.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = PathBuf::from(partial);
+    let partial = crate::partial_path(out);
     let io = |e: std::io::Error| CliError::Output(format!("cannot write {}: {e}", out.display()));
     let result = async {
         let mut file = BufWriter::with_capacity(1 << 20, File::create(&partial).map_err(io)?);
@@ -331,7 +324,10 @@ pub async fn dump(store: &Store, prefix: &str, out: &Path) -> Result<String, Cli
             return Err(e);
         }
     };
-    std::fs::rename(&partial, out).map_err(io)?;
+    if let Err(e) = std::fs::rename(&partial, out) {
+        std::fs::remove_file(&partial).ok();
+        return Err(io(e));
+    }
     Ok(format!(
         "wrote {} tensors to {}: {}",
         tensors.len(),

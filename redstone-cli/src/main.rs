@@ -9,9 +9,9 @@
 //!
 //! Every subcommand takes `--addr HOST:PORT` (the fast path by default,
 //! `--grpc` for the gRPC API) or `--nodes LIST|FILE` for a cluster. Exit
-//! codes: 0 ok, 1 not found or refused by the server, 2 usage (bad
-//! arguments or input file), 3 server unreachable; the reason is one line
-//! on stderr.
+//! codes: 0 ok, 1 not found, refused by the server, or the output not
+//! written, 2 usage (bad arguments or input file), 3 server unreachable;
+//! the reason is one line on stderr.
 
 mod checkpoint;
 mod error;
@@ -34,7 +34,7 @@ use target::TargetArgs;
 #[command(
     version,
     about,
-    after_help = "Exit codes: 0 ok, 1 not found or refused, 2 usage, 3 server unreachable."
+    after_help = "Exit codes: 0 ok, 1 not found, refused or not written, 2 usage, 3 server unreachable."
 )]
 struct Cli {
     #[command(flatten)]
@@ -196,6 +196,11 @@ async fn run(cli: Cli) -> Result<String, CliError> {
             connections,
         } => {
             let prefix = match prefix {
+                Some(p) if p.is_empty() => {
+                    return Err(CliError::Usage(
+                        "--prefix must not be empty: the manifest is stored under it".into(),
+                    ))
+                }
                 Some(p) => p,
                 None => default_prefix(&file)?,
             };
@@ -223,6 +228,14 @@ fn one_line(e: &clap::Error) -> String {
         .flat_map(str::split_whitespace)
         .collect();
     words.join(" ").trim_start_matches("error: ").to_owned()
+}
+
+/// Where an output file is written before it is renamed into place:
+/// beside it, named for this process.
+fn partial_path(out: &std::path::Path) -> PathBuf {
+    let mut partial = out.as_os_str().to_owned();
+    partial.push(format!(".{}.partial", std::process::id()));
+    PathBuf::from(partial)
 }
 
 /// `model.safetensors` → `model/`.

@@ -109,9 +109,7 @@ pub fn write(path: &Path, tensor: &Tensor) -> Result<(), CliError> {
     };
     let io = |e: std::io::Error| CliError::Output(format!("cannot write {}: {e}", path.display()));
     // Written beside the destination and renamed over it once complete.
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".partial");
-    let partial = std::path::PathBuf::from(partial);
+    let partial = crate::partial_path(path);
     let written = (|| {
         let file = std::fs::File::create(&partial)?;
         let mut out = WriteOptions::new_header_only()
@@ -123,11 +121,13 @@ pub fn write(path: &Path, tensor: &Tensor) -> Result<(), CliError> {
         out.write_all(tensor.data())?;
         out.flush()
     })();
-    if let Err(e) = written {
-        std::fs::remove_file(&partial).ok();
-        return Err(io(e));
+    match written.and_then(|()| std::fs::rename(&partial, path)) {
+        Ok(()) => Ok(()),
+        Err(e) => {
+            std::fs::remove_file(&partial).ok();
+            Err(io(e))
+        }
     }
-    std::fs::rename(&partial, path).map_err(io)
 }
 
 #[cfg(test)]

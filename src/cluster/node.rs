@@ -47,8 +47,8 @@ impl Node {
 
     pub(super) fn mark_down(&self, config: &ClusterConfig) {
         let mut s = self.state();
-        // Counted once per fall, not per failure seen while down.
-        if s.down_until.is_none_or(|t| Instant::now() >= t) {
+        // Counted once per fall from up, not per failure while down.
+        if s.failures == 0 {
             self.counters.marked_down.inc();
         }
         // Let go of, not ended: other calls in flight on it finish or fail

@@ -450,6 +450,13 @@ impl Engine {
         })
     }
 
+    /// Deletes remembered now (tombstones, see
+    /// [`Engine::with_tombstones`]), and the bytes of the budget charged
+    /// for them (part of `memory_used`).
+    pub fn tombstones(&self) -> (u64, u64) {
+        self.lock_tombstones().held()
+    }
+
     fn lock_order(&self) -> MutexGuard<'_, ClockList> {
         // No code under this lock can leave the list half-updated on panic
         // in a way later operations would trip over, so poison is ignored.

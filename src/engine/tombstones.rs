@@ -50,6 +50,11 @@ impl Tombstones {
         }
     }
 
+    /// Deletes remembered now, and the bytes charged for them.
+    pub(super) fn held(&self) -> (u64, u64) {
+        (self.by_key.len() as u64, self.bytes)
+    }
+
     /// What a tombstone for `key` is charged.
     pub(super) fn charge(key: &str) -> u64 {
         key.len() as u64 + TOMBSTONE_OVERHEAD

@@ -7,17 +7,31 @@ use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Unit;
 
+use std::sync::{Arc, OnceLock};
+
 use crate::engine::Engine;
 
-/// Reads an [`Engine`]'s [`Stats`](crate::stats::Stats) at each scrape.
+/// Reads the fast path's server-wide budgets: bytes of responses queued,
+/// bytes of payloads being received.
+pub(super) struct BudgetProbe(pub(super) Box<dyn Fn() -> (u64, u64) + Send + Sync>);
+
+impl std::fmt::Debug for BudgetProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("BudgetProbe")
+    }
+}
+
+/// Reads an [`Engine`]'s [`Stats`](crate::stats::Stats) and tombstones,
+/// and the fast path's budgets once it serves, at each scrape.
 #[derive(Debug)]
 pub(super) struct EngineCollector {
     engine: Engine,
+    budgets: Arc<OnceLock<BudgetProbe>>,
 }
 
 impl EngineCollector {
-    pub(super) fn new(engine: Engine) -> EngineCollector {
-        EngineCollector { engine }
+    pub(super) fn new(engine: Engine, budgets: Arc<OnceLock<BudgetProbe>>) -> EngineCollector {
+        EngineCollector { engine, budgets }
     }
 }
 
@@ -37,8 +51,21 @@ impl Collector for EngineCollector {
             let metric = ConstCounter::new(value);
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
+        let (tombstones, tombstone_bytes) = self.engine.tombstones();
         let gauges = [
             ("cache_entries", "Tensors cached", None, c.entries),
+            (
+                "tombstones",
+                "Deletes remembered (so that late writes cannot bring a tensor back)",
+                None,
+                tombstones,
+            ),
+            (
+                "tombstone",
+                "Bytes of the budget charged for tombstones (part of memory_used)",
+                Some(Unit::Bytes),
+                tombstone_bytes,
+            ),
             (
                 "memory_used",
                 "Bytes charged for the cached tensors (payloads, keys, metadata)",
@@ -52,7 +79,22 @@ impl Collector for EngineCollector {
                 c.memory_limit,
             ),
         ];
-        for (name, help, unit, value) in gauges {
+        let (queued, receiving) = self.budgets.get().map_or((0, 0), |probe| (probe.0)());
+        let budgets = [
+            (
+                "fast_queued",
+                "Bytes of fast-path responses queued for sending, over all connections (bounded by --max-queued-total)",
+                Some(Unit::Bytes),
+                queued,
+            ),
+            (
+                "fast_receiving",
+                "Bytes of fast-path PUT payloads being received, over all connections (bounded by --max-ingress)",
+                Some(Unit::Bytes),
+                receiving,
+            ),
+        ];
+        for (name, help, unit, value) in gauges.into_iter().chain(budgets) {
             let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
             metric.encode(encoder.encode_descriptor(
                 name,

@@ -14,8 +14,9 @@
 //! - [`http`]: `GET /metrics` and `GET /health`.
 //!
 //! Recording is cheap: a door resolves its (op, status) cells once
-//! ([`DoorRecorder`]), and a request then costs two relaxed atomic adds on
-//! its thread's own cache line, plus one per bucket of the histogram.
+//! ([`DoorRecorder`]), and a request then costs three relaxed atomic adds
+//! (its counter, its histogram bucket, the histogram's sum) on its
+//! thread's own cache lines.
 
 mod engine;
 pub mod http;
@@ -115,6 +116,7 @@ struct Inner {
     open: Family<DoorLabels, Gauge>,
     refused: Family<RefusedLabels, Counter>,
     draining: AtomicBool,
+    budgets: Arc<OnceLock<engine::BudgetProbe>>,
 }
 
 impl ServerMetrics {
@@ -161,7 +163,11 @@ impl ServerMetrics {
             "Connections refused at accept (busy), closed for idling (idle), or ended by the server for the client's fault (timeout, malformed, too_large), by door and reason",
             refused.clone(),
         );
-        registry.register_collector(Box::new(engine::EngineCollector::new(engine)));
+        let budgets = Arc::new(OnceLock::new());
+        registry.register_collector(Box::new(engine::EngineCollector::new(
+            engine,
+            Arc::clone(&budgets),
+        )));
         ServerMetrics {
             inner: Arc::new(Inner {
                 registry,
@@ -172,6 +178,7 @@ impl ServerMetrics {
                 open,
                 refused,
                 draining: AtomicBool::new(false),
+                budgets,
             }),
         }
     }
@@ -241,6 +248,15 @@ impl ServerMetrics {
             self.inner.received.get_or_create(&labels).clone(),
             self.inner.sent.get_or_create(&labels).clone(),
         )
+    }
+
+    /// Lets a scrape read the fast path's server-wide budgets (bytes
+    /// queued, bytes being received) through `probe`. The first call wins.
+    pub(crate) fn watch_fast_budgets(
+        &self,
+        probe: impl Fn() -> (u64, u64) + Send + Sync + 'static,
+    ) {
+        let _ = self.inner.budgets.set(engine::BudgetProbe(Box::new(probe)));
     }
 
     /// Marks the server as draining (shutting down): `/health` answers

@@ -132,8 +132,10 @@ impl EncodeMetric for StripedHistogram {
     fn encode(&self, mut encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
         let (counts, sum) = self.snapshot();
         let count = counts.iter().sum();
-        // The finite buckets; the encoder adds +Inf (= count).
-        let buckets: Vec<(f64, u64)> = LATENCY_BUCKETS.into_iter().zip(counts).collect();
+        // Every bucket, +Inf included: the OpenMetrics encoder writes only
+        // the buckets it is given.
+        let bounds = LATENCY_BUCKETS.into_iter().chain([f64::INFINITY]);
+        let buckets: Vec<(f64, u64)> = bounds.zip(counts).collect();
         encoder.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)
     }
 
@@ -156,6 +158,42 @@ mod tests {
             }
         });
         assert_eq!(counter.get(), 24_000);
+    }
+
+    #[test]
+    fn both_text_formats_carry_every_bucket_and_inf() {
+        use prometheus_client::registry::Registry;
+        let h = StripedHistogram::default();
+        h.observe(Duration::from_micros(30));
+        h.observe(Duration::from_secs(60));
+        let mut registry = Registry::default();
+        registry.register("latency", "Latency", h);
+        for text in [
+            {
+                let mut t = String::new();
+                prometheus_client::encoding::text::encode(&mut t, &registry).unwrap();
+                t
+            },
+            {
+                let mut t = String::new();
+                prometheus_client::encoding::prometheus_text::encode(&mut t, &registry).unwrap();
+                t
+            },
+        ] {
+            let buckets: Vec<&str> = text.lines().filter(|l| l.contains("_bucket")).collect();
+            assert_eq!(buckets.len(), BUCKETS + 1, "{text}");
+            assert_eq!(
+                buckets.iter().filter(|l| l.contains("+Inf")).count(),
+                1,
+                "{text}"
+            );
+            assert!(buckets[BUCKETS].ends_with(" 2"), "{text}");
+            // 30 µs: above 25 µs, at most 50 µs (cumulative from there).
+            assert!(
+                buckets[1].ends_with(" 0") && buckets[2].ends_with(" 1"),
+                "{text}"
+            );
+        }
     }
 
     #[test]

@@ -100,8 +100,7 @@ impl Budget {
     }
 
     /// Bytes taken right now.
-    #[cfg(test)]
-    fn used(&self) -> u64 {
+    pub(super) fn used(&self) -> u64 {
         self.used.load(Ordering::SeqCst)
     }
 }

@@ -114,6 +114,8 @@ pub(crate) async fn serve(
 ) {
     let config = Arc::new(config);
     let shared = Arc::new(shared_budgets(&config));
+    let watched = Arc::clone(&shared);
+    metrics.watch_fast_budgets(move || (watched.queued.used(), watched.ingress.used()));
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let connections = TaskTracker::new();
     let recorder = Arc::new(handler::recorder(&metrics));

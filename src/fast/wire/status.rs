@@ -148,6 +148,11 @@ mod tests {
         for s in Status::ALL {
             assert_eq!(Status::from_code(s as u16), s);
         }
+        // The metrics index statuses by code: ALL is in code order.
+        assert!(Status::ALL
+            .iter()
+            .enumerate()
+            .all(|(i, s)| *s as usize == i));
         assert_eq!(Status::from_code(999), Status::Internal);
     }
 }
