@@ -286,3 +286,34 @@ async fn bytes_queued_for_a_stalled_reader_are_visible() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// The metrics endpoint bounds what a client can hold: connections past
+/// the limit are closed unanswered, and a silent connection is closed
+/// after the timeout, freeing its place.
+#[tokio::test]
+async fn the_metrics_endpoint_bounds_connections_and_their_time() {
+    use redstone::metrics::http::{CONNECTION_TIMEOUT, MAX_CONNECTIONS};
+    use tokio::io::AsyncReadExt;
+    let server = start_server_with_metrics(1 << 20, FastConfig::for_budget(1 << 20)).await;
+    let addr = server.metrics_addr().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..MAX_CONNECTIONS {
+        held.push(tokio::net::TcpStream::connect(addr).await.unwrap());
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // One more: closed without an answer.
+    let mut extra = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(2), extra.read(&mut byte)).await;
+    assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    // The silent ones are closed by the server once their time is up...
+    let started = std::time::Instant::now();
+    for conn in &mut held {
+        let read = tokio::time::timeout(CONNECTION_TIMEOUT * 2, conn.read(&mut byte)).await;
+        assert!(matches!(read, Ok(Ok(0)) | Ok(Err(_))), "{read:?}");
+    }
+    assert!(started.elapsed() < CONNECTION_TIMEOUT * 2);
+    // ...and scrapes are served again.
+    assert_eq!(http_get(addr, "/health").await, (200, "ok\n".into()));
+    server.shutdown().await.unwrap();
+}
