@@ -8,6 +8,8 @@ machine hits both sides alike. For "is this change within noise of before".
     python3 benches/ab.py --a /tmp/base/target/release/server --b target/release/server
 
 Prints, per cell, the median MB/s (and ops/s) of each side and B / A.
+Servers from #12 on serve metrics on 127.0.0.1:9464 by default: when both
+binaries do, give one of them `--a-args "--metrics 127.0.0.1:0"`.
 """
 import argparse
 import json

@@ -50,6 +50,7 @@ pub mod metrics;
 pub mod server;
 pub mod size;
 pub mod stats;
+mod striped;
 pub mod tensor;
 
 pub use error::Error;

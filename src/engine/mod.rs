@@ -29,7 +29,6 @@
 //! payloads that own exactly-sized allocations ([`Tensor::compacted`]).
 
 mod clock;
-mod counter;
 mod tombstones;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -38,11 +37,11 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 use dashmap::DashMap;
 
 use crate::stats::{Counters, Stats};
+use crate::striped::StripedCounter;
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 use crate::Error;
 use clock::{ClockList, NodeId};
-use counter::StripedCounter;
 use tombstones::Tombstones;
 pub use tombstones::TOMBSTONE_OVERHEAD;
 

@@ -1,27 +1,32 @@
 //! A statistics counter that many threads bump without sharing a cache line.
 //!
-//! Hits and misses are counted on every get. One `AtomicU64` bumped from
-//! every core would bounce its cache line between them and serialize
-//! readers; instead each thread adds to one of a few padded stripes, and a
-//! read sums them.
+//! The engine's hits and misses are counted on every get, and the doors'
+//! metrics on every request. One `AtomicU64` bumped from every core would
+//! bounce its cache line between them and serialize them; instead each
+//! thread adds to one of a few padded stripes, and a read sums them.
+//! [`Padded`] and [`stripe_index`] serve other striped values (the metrics'
+//! latency histograms).
 
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-const STRIPES: usize = 16;
+/// Stripes per value: more than the cores of most machines a cache runs
+/// on; threads beyond share stripes round-robin.
+pub(crate) const STRIPES: usize = 16;
 
-/// One stripe, alone on its cache lines (128 bytes covers adjacent-line
+/// A value alone on its cache lines (128 bytes covers adjacent-line
 /// prefetching).
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Stripe(AtomicU64);
+pub(crate) struct Padded<T>(pub(crate) T);
 
 /// A sum of per-thread stripes; see the module docs.
 #[derive(Debug, Default)]
 pub(crate) struct StripedCounter {
-    stripes: [Stripe; STRIPES],
+    stripes: [Padded<AtomicU64>; STRIPES],
 }
 
-fn stripe_index() -> usize {
+/// This thread's stripe.
+pub(crate) fn stripe_index() -> usize {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
     thread_local! {
         static INDEX: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
@@ -31,16 +36,20 @@ fn stripe_index() -> usize {
 
 impl StripedCounter {
     pub(crate) fn incr(&self) {
-        self.stripes[stripe_index()]
-            .0
-            .fetch_add(1, Ordering::Relaxed);
+        self.add(1);
     }
 
+    pub(crate) fn add(&self, n: u64) {
+        self.stripes[stripe_index()]
+            .0
+            .fetch_add(n, Ordering::Relaxed);
+    }
+
+    /// The sum of the stripes (wrapping, like each stripe).
     pub(crate) fn get(&self) -> u64 {
         self.stripes
             .iter()
-            .map(|s| s.0.load(Ordering::Relaxed))
-            .sum()
+            .fold(0u64, |sum, s| sum.wrapping_add(s.0.load(Ordering::Relaxed)))
     }
 }
 
