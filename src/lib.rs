@@ -40,6 +40,7 @@
 
 pub mod client;
 pub mod cluster;
+pub mod disk;
 pub mod engine;
 mod error;
 pub mod fast;

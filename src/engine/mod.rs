@@ -36,6 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use dashmap::DashMap;
 
+use crate::disk::{DiskStats, DiskTier, Found, StoredRef};
 use crate::stats::{Counters, Stats};
 use crate::striped::StripedCounter;
 use crate::tensor::meta::TensorMeta;
@@ -133,6 +134,55 @@ struct Shared {
     misses: StripedCounter,
     /// Written only under `order`.
     evictions: AtomicU64,
+    /// Where evicted tensors go, if anywhere.
+    disk: Option<DiskTier>,
+}
+
+/// What a [`lookup`](Engine::lookup) found.
+#[derive(Debug)]
+pub enum Lookup {
+    /// The tensor, from RAM (or from the disk tier's write queue).
+    Found(Tensor),
+    /// The tensor is on disk: [`DiskRead::read`] fetches it (blocking).
+    OnDisk(DiskRead),
+    /// Neither tier has the key.
+    Missing,
+}
+
+/// A tensor located on disk by [`Engine::lookup`], not yet read.
+#[derive(Debug)]
+pub struct DiskRead {
+    engine: Engine,
+    stored: StoredRef,
+}
+
+impl DiskRead {
+    /// The payload length.
+    pub fn len(&self) -> u64 {
+        self.stored.len()
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.stored.is_empty()
+    }
+
+    /// Reads the tensor (blocking on the disk: call it off an async
+    /// runtime's workers) and checks every byte of its record; `None` if
+    /// the record was bad (counted, and dropped from the tier). A second
+    /// read of a key within [`PROMOTE_WINDOW`](crate::disk::PROMOTE_WINDOW)
+    /// promotes it back to RAM.
+    pub fn read(self) -> Option<Tensor> {
+        let Some(disk) = &self.engine.shared.disk else {
+            return None;
+        };
+        let (tensor, promote) = disk.read(&self.stored);
+        let tensor = tensor?;
+        if promote {
+            self.engine.promote(&self.stored, tensor.clone());
+        }
+        Some(tensor)
+    }
 }
 
 #[derive(Debug)]
@@ -160,6 +210,49 @@ impl Engine {
     /// of them; 0 remembers none), so that a conditional put
     /// ([`Engine::put_if`]) begun before the delete is refused.
     pub fn with_tombstones(memory_limit: u64, ttl: std::time::Duration, max: usize) -> Engine {
+        Engine::build(memory_limit, ttl, max, None)
+    }
+
+    /// An empty cache over a disk tier: tensors evicted from RAM go to
+    /// `disk` instead of being dropped, and what `disk` already holds (from
+    /// an earlier server) is served. The disk tier's write queue is carved
+    /// out of `memory_limit`: the engine's own budget is the rest, so that
+    /// RAM and the queue together stay within `memory_limit`.
+    ///
+    /// ```
+    /// use redstone::disk::{DiskConfig, DiskTier};
+    /// use redstone::engine::{Engine, TOMBSTONE_TTL, MAX_TOMBSTONES};
+    /// use redstone::tensor::Tensor;
+    ///
+    /// let dir = std::env::temp_dir().join(format!("redstone-doc-{}", std::process::id()));
+    /// let disk = DiskTier::open(&DiskConfig { queue: 1 << 20, ..DiskConfig::new(&dir, 64 << 20) })?;
+    /// let cache = Engine::with_disk(4 << 20, TOMBSTONE_TTL, MAX_TOMBSTONES, disk);
+    /// for i in 0..8 {
+    ///     // 8 MiB of tensors through a 3 MiB RAM tier: the rest spills.
+    ///     cache.put(&format!("t{i}"), Tensor::from_slice::<u8>(vec![1 << 20], &vec![i; 1 << 20])?)?;
+    /// }
+    /// cache.flush_disk(std::time::Duration::from_secs(10));
+    /// assert_eq!(cache.get("t0")?.expect("read back from disk").data()[0], 0);
+    /// # drop(cache);
+    /// # std::fs::remove_dir_all(&dir).ok();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_disk(
+        memory_limit: u64,
+        ttl: std::time::Duration,
+        max: usize,
+        disk: DiskTier,
+    ) -> Engine {
+        let ram = memory_limit.saturating_sub(disk.queue_limit());
+        Engine::build(ram, ttl, max, Some(disk))
+    }
+
+    fn build(
+        memory_limit: u64,
+        ttl: std::time::Duration,
+        max: usize,
+        disk: Option<DiskTier>,
+    ) -> Engine {
         let memory_limit = memory_limit.min(MAX_BUDGET);
         Engine {
             shared: Arc::new(Shared {
@@ -172,6 +265,7 @@ impl Engine {
                 hits: StripedCounter::default(),
                 misses: StripedCounter::default(),
                 evictions: AtomicU64::new(0),
+                disk,
             }),
         }
     }
@@ -244,7 +338,41 @@ impl Engine {
 
     /// Returns the tensor under `key`, marking it recently used. The payload
     /// is shared with the cache (a reference-count bump, no copy).
+    ///
+    /// With a disk tier, a key RAM does not have is read from disk, which
+    /// blocks: an async front end calls [`lookup`](Engine::lookup) and reads
+    /// off its runtime's workers.
     pub fn get(&self, key: &str) -> Result<Option<Tensor>, Error> {
+        Ok(match self.lookup(key)? {
+            Lookup::Found(tensor) => Some(tensor),
+            Lookup::OnDisk(read) => read.read(),
+            Lookup::Missing => None,
+        })
+    }
+
+    /// Finds `key` in RAM (counting a hit and marking it used), else in
+    /// the disk tier, without reading the disk: see [`Lookup`].
+    pub fn lookup(&self, key: &str) -> Result<Lookup, Error> {
+        let ram = self.get_ram(key)?;
+        if let Some(tensor) = ram {
+            return Ok(Lookup::Found(tensor));
+        }
+        let Some(disk) = &self.shared.disk else {
+            return Ok(Lookup::Missing);
+        };
+        Ok(match disk.lookup(key) {
+            Some(Found::Queued(tensor)) => Lookup::Found(tensor),
+            Some(Found::Stored(stored)) => Lookup::OnDisk(DiskRead {
+                engine: self.clone(),
+                stored,
+            }),
+            None => Lookup::Missing,
+        })
+    }
+
+    /// The RAM tier's part of a get: hits are counted here, misses (of
+    /// both tiers) too.
+    fn get_ram(&self, key: &str) -> Result<Option<Tensor>, Error> {
         validate_key(key)?;
         let found = self.shared.index.get(key).map(|entry| {
             // Load before store: a hot key's cache line stays shared
@@ -261,21 +389,88 @@ impl Engine {
         Ok(found)
     }
 
+    /// Brings a tensor read from disk back into RAM, unless its record was
+    /// deleted or replaced meanwhile (checked under the eviction lock, which
+    /// deletes also hold) or RAM has the key already.
+    fn promote(&self, stored: &StoredRef, tensor: Tensor) {
+        let Some(disk) = &self.shared.disk else {
+            return;
+        };
+        let key = stored.key();
+        let Ok(charge) = self.admissible(key, tensor.meta(), tensor.data().len() as u64) else {
+            return;
+        };
+        let evicted;
+        {
+            let mut order = self.lock_order();
+            if self.shared.index.contains_key(key) || !disk.still(stored) {
+                return;
+            }
+            let mut stones = self.lock_tombstones();
+            evicted = self.make_room(&mut order, &mut stones, charge);
+            drop(stones);
+            self.admit_entry(&mut order, Arc::from(key), tensor, charge);
+        }
+        drop(evicted);
+    }
+
+    /// Counters of the disk tier, if there is one.
+    pub fn disk_stats(&self) -> Option<DiskStats> {
+        self.shared.disk.as_ref().map(DiskTier::stats)
+    }
+
+    /// Waits (up to `timeout`) until the tensors queued for the disk tier
+    /// are written and synced; true if there is no disk tier. For tests and
+    /// shutdown.
+    pub fn flush_disk(&self, timeout: std::time::Duration) -> bool {
+        self.shared.disk.as_ref().is_none_or(|d| d.flush(timeout))
+    }
+
+    /// Writes every tensor in RAM that the disk tier does not have to it,
+    /// waiting for the writer as needed, then flushes; gives up at
+    /// `deadline`. Returns how many tensors were queued (0 without a disk
+    /// tier). For a shutdown that should come back warm.
+    pub fn persist(&self, deadline: std::time::Instant) -> usize {
+        let Some(disk) = &self.shared.disk else {
+            return 0;
+        };
+        let entries: Vec<(Arc<str>, Tensor)> = self
+            .shared
+            .index
+            .iter()
+            .map(|e| (Arc::clone(e.key()), e.tensor.clone()))
+            .collect();
+        let mut queued = 0;
+        for (key, tensor) in entries {
+            if !disk.persist(key, tensor, deadline) {
+                break;
+            }
+            queued += 1;
+        }
+        disk.flush(deadline.saturating_duration_since(std::time::Instant::now()));
+        queued
+    }
+
     /// The payload length of the tensor under `key`, if cached, without
     /// counting a hit or a miss or marking it used: for a front end that
     /// reserves room before it answers.
     pub fn peek_len(&self, key: &str) -> Option<u64> {
-        self.shared
+        let ram = self
+            .shared
             .index
             .get(key)
-            .map(|entry| entry.tensor.data().len() as u64)
+            .map(|entry| entry.tensor.data().len() as u64);
+        ram.or_else(|| self.shared.disk.as_ref()?.len_of(key))
     }
 
     /// The [`Tensor::digest`] of the tensor under `key`, if cached, without
     /// counting a hit or a miss. Computed outside every lock.
     pub fn digest(&self, key: &str) -> Result<Option<u64>, Error> {
         validate_key(key)?;
-        Ok(self.digest_of(key).map(|(digest, _)| digest))
+        Ok(match self.digest_of(key) {
+            Some((digest, _)) => Some(digest),
+            None => self.shared.disk.as_ref().and_then(|d| d.digest(key)),
+        })
     }
 
     /// The digest of `key`'s entry (computed once per entry, outside every
@@ -299,20 +494,23 @@ impl Engine {
     pub fn delete_if(&self, key: &str, digest: u64) -> Result<bool, Error> {
         validate_key(key)?;
         match self.digest_of(key) {
-            None => {
-                self.bury(key, None);
-                Ok(false)
-            }
+            None => Ok(self.bury(key, None, Some(digest))),
             Some((theirs, _)) if theirs != digest => Ok(false),
             // The digest was computed outside the lock: remove only the very
             // entry it was computed for.
-            Some((_, cell)) => Ok(self.bury(key, Some(&|e: &Entry| Arc::ptr_eq(&e.digest, &cell)))),
+            Some((_, cell)) => Ok(self.bury(
+                key,
+                Some(&|e: &Entry| Arc::ptr_eq(&e.digest, &cell)),
+                Some(digest),
+            )),
         }
     }
 
-    /// Whether `key` is cached, without counting a hit or a miss.
+    /// Whether `key` is cached (in RAM or on disk), without counting a hit
+    /// or a miss.
     pub fn contains(&self, key: &str) -> bool {
         self.shared.index.contains_key(key)
+            || self.shared.disk.as_ref().is_some_and(|d| d.contains(key))
     }
 
     /// Stores `tensor` under `key`, evicting as needed.
@@ -340,7 +538,7 @@ impl Engine {
         {
             let mut order = self.lock_order();
             // Under the lock, so that of two puts of one key exactly one wins.
-            if self.shared.index.contains_key(key) {
+            if self.contains(key) {
                 return Err(Error::AlreadyExists(key.to_owned()));
             }
             let mut stones = self.lock_tombstones();
@@ -355,23 +553,28 @@ impl Engine {
             self.release(freed);
             evicted = self.make_room(&mut order, &mut stones, charge);
             drop(stones);
-            let key: Arc<str> = Arc::from(key);
-            let node = order.push_front(Arc::clone(&key));
-            self.shared.index.insert(
-                key,
-                Entry {
-                    tensor,
-                    charge,
-                    node,
-                    referenced: AtomicBool::new(false),
-                    digest: Arc::default(),
-                },
-            );
-            self.shared.memory_used.fetch_add(charge, Ordering::Relaxed);
+            self.admit_entry(&mut order, Arc::from(key), tensor, charge);
         }
         // Payloads are freed here, outside the lock.
         drop(evicted);
         Ok(())
+    }
+
+    /// Adds an entry at the front of the order (under the eviction lock,
+    /// room made).
+    fn admit_entry(&self, order: &mut ClockList, key: Arc<str>, tensor: Tensor, charge: u64) {
+        let node = order.push_front(Arc::clone(&key));
+        self.shared.index.insert(
+            key,
+            Entry {
+                tensor,
+                charge,
+                node,
+                referenced: AtomicBool::new(false),
+                digest: Arc::default(),
+            },
+        );
+        self.shared.memory_used.fetch_add(charge, Ordering::Relaxed);
     }
 
     /// Removes `key`; returns whether it was cached.
@@ -381,13 +584,19 @@ impl Engine {
     /// that a conditional put begun before it is refused.
     pub fn delete(&self, key: &str) -> Result<bool, Error> {
         validate_key(key)?;
-        Ok(self.bury(key, Some(&|_: &Entry| true)))
+        Ok(self.bury(key, Some(&|_: &Entry| true), None))
     }
 
-    /// Removes `key`'s entry if `remove` accepts it (`None`: only if the
-    /// key is absent), then remembers the delete with a tombstone unless
-    /// another entry stays. Returns whether an entry was removed.
-    fn bury(&self, key: &str, remove: Option<&dyn Fn(&Entry) -> bool>) -> bool {
+    /// Removes `key`'s RAM entry if `remove` accepts it (`None`: none), and
+    /// its disk copy if its digest is `disk_digest` (`None`: any), then
+    /// remembers the delete with a tombstone unless another entry stays.
+    /// Returns whether an entry was removed.
+    fn bury(
+        &self,
+        key: &str,
+        remove: Option<&dyn Fn(&Entry) -> bool>,
+        disk_digest: Option<u64>,
+    ) -> bool {
         let now = unix_micros();
         let (removed, evicted) = {
             let mut order = self.lock_order();
@@ -399,10 +608,16 @@ impl Engine {
                 order.remove(entry.node);
                 self.release(entry.charge);
             }
+            // Under the eviction lock, which a promotion from disk holds too.
+            let removed_from_disk = self
+                .shared
+                .disk
+                .as_ref()
+                .is_some_and(|d| d.remove(key, disk_digest));
             let mut evicted = Vec::new();
             let mut stones = self.lock_tombstones();
             self.release(stones.expire(now));
-            if !self.shared.index.contains_key(key) && stones.can_bury(key) {
+            if !self.contains(key) && stones.can_bury(key) {
                 // Stones make room among themselves first; within their
                 // share of the budget, tensors give way like for any put.
                 self.release(stones.make_room_for(key));
@@ -415,11 +630,11 @@ impl Engine {
                     .memory_used
                     .fetch_add(stones.bury(&key, now), Ordering::Relaxed);
             }
-            (removed, evicted)
+            (removed.is_some() || removed_from_disk, evicted)
         };
         // Payloads are freed here, outside the lock.
         drop(evicted);
-        removed.is_some()
+        removed
     }
 
     /// Gives back `bytes` of charge (under the eviction lock).
@@ -465,10 +680,14 @@ impl Engine {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Evicts until `charge` more bytes fit; returns the evicted entries so
-    /// that the caller frees them after releasing the lock.
-    /// Tensors go first; once none is left, the oldest tombstones.
-    fn make_room(&self, order: &mut ClockList, stones: &mut Tombstones, charge: u64) -> Vec<Entry> {
+    /// Evicts until `charge` more bytes fit; returns the evicted tensors
+    /// the disk tier did not take, so that the caller frees them after
+    /// releasing the lock. Tensors go first; once none is left, the oldest
+    /// tombstones.
+    ///
+    /// An evicted tensor is handed to the disk tier here, under the lock,
+    /// so that no put of its key can slip in between the two tiers.
+    fn make_room(&self, order: &mut ClockList, stones: &mut Tombstones, charge: u64) -> Vec<Tensor> {
         let s = &self.shared;
         let mut evicted = Vec::new();
         // Second chances granted in this call; past one full pass the oldest
@@ -497,10 +716,14 @@ impl Engine {
                 continue;
             }
             order.remove(id);
-            if let Some((_, entry)) = s.index.remove(&key) {
+            if let Some((key, entry)) = s.index.remove(&key) {
                 s.memory_used.fetch_sub(entry.charge, Ordering::Relaxed);
                 s.evictions.fetch_add(1, Ordering::Relaxed);
-                evicted.push(entry);
+                let refused = match &s.disk {
+                    Some(disk) => disk.offer(key, entry.tensor),
+                    None => Some(entry.tensor),
+                };
+                evicted.extend(refused);
             }
         }
         evicted

@@ -1,0 +1,545 @@
+//! The disk tier: where tensors evicted from RAM go, and what a restart
+//! comes back to.
+//!
+//! An append-only log of segment files ([`log`]) in one directory, with an
+//! index in memory from key to record. The engine hands each tensor it
+//! evicts to [`DiskTier::offer`], which queues it for a writer thread and
+//! returns at once: eviction and puts never wait on the disk, and a tensor
+//! that does not fit in the bounded queue is dropped (and counted). A
+//! queued tensor is served from the queue until it is written.
+//!
+//! Every record carries checksums ([`record`]): a read verifies the whole
+//! record (head, key, metadata, payload) before a byte of it is served, and
+//! a record that fails is dropped from the index and counted as corrupt,
+//! never returned. Recovery ([`recover`]) rebuilds the index from the
+//! records' heads, stopping at the first bad head of a segment (the torn
+//! tail a crash leaves).
+//!
+//! Deletes are logged too (a delete record), so that a restart does not
+//! bring a deleted tensor back; a delete that cannot be logged (the disk
+//! failed) deletes the whole segment that holds the tensor instead.
+//!
+//! The directory holds a `LOCK` file, locked while a server uses it; a
+//! second server on the same directory is refused.
+
+mod index;
+mod log;
+mod record;
+mod recover;
+mod writer;
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::striped::StripedCounter;
+use crate::tensor::Tensor;
+use index::{Index, Slot, Where};
+use writer::{Job, Queue};
+
+pub use index::PROMOTE_WINDOW;
+
+/// The default bound of the write queue, in bytes (see
+/// [`DiskConfig::queue`]).
+pub const DEFAULT_QUEUE: u64 = 64 << 20;
+
+/// Bytes of payload being read from disk at once, across all readers; a
+/// larger tensor is read alone.
+const READING_LIMIT: u64 = 128 << 20;
+
+/// The disk tier's settings.
+///
+/// ```
+/// use redstone::disk::DiskConfig;
+/// let cfg = DiskConfig::new("/var/cache/redstone", 100 << 30);
+/// assert_eq!(cfg.queue, redstone::disk::DEFAULT_QUEUE);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiskConfig {
+    /// The directory holding the segment files (created if missing).
+    pub dir: PathBuf,
+    /// The most bytes the segment files occupy, counted in whole 4 KiB
+    /// blocks as the file system allocates them.
+    pub size: u64,
+    /// The most bytes of evicted tensors waiting to be written. Carved out
+    /// of the RAM budget: the engine's own limit is the budget minus this,
+    /// so RAM-resident and queued tensors together stay within it.
+    pub queue: u64,
+}
+
+impl DiskConfig {
+    /// A tier of `size` bytes in `dir`, with the default queue.
+    pub fn new(dir: impl Into<PathBuf>, size: u64) -> DiskConfig {
+        DiskConfig {
+            dir: dir.into(),
+            size,
+            queue: DEFAULT_QUEUE,
+        }
+    }
+}
+
+/// Why a disk tier could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum DiskError {
+    /// The directory cannot be created or written.
+    #[error("the disk directory {path} is not usable: {source}")]
+    Unusable {
+        /// The directory.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+    /// Another process holds the directory's lock.
+    #[error("the disk directory {0} is in use by another server (its LOCK file is locked)")]
+    InUse(PathBuf),
+    /// Reading the segments back failed.
+    #[error("recovering the disk directory {path} failed: {source}")]
+    Recovery {
+        /// The directory.
+        path: PathBuf,
+        /// What the file system said.
+        source: std::io::Error,
+    },
+}
+
+/// A snapshot of the disk tier's counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    /// Tensors on disk or queued for it.
+    pub entries: u64,
+    /// Bytes the segment files occupy.
+    pub bytes: u64,
+    /// The tier's size limit.
+    pub limit: u64,
+    /// Bytes of tensors queued for writing.
+    pub queued_bytes: u64,
+    /// Gets that RAM missed and the disk tier answered.
+    pub hits: u64,
+    /// Gets that RAM missed and the disk tier did not have (or had only a
+    /// corrupt record of).
+    pub misses: u64,
+    /// Tensors read from disk back into RAM.
+    pub promotions: u64,
+    /// Tensor records written.
+    pub writes: u64,
+    /// Tensors RAM evicted that were not written: the queue was full, the
+    /// tensor was larger than the tier, or the tier had stopped writing.
+    pub dropped_writes: u64,
+    /// Records found corrupt or torn, at recovery or on a read.
+    pub corrupt: u64,
+    /// Tensors removed from disk to make room.
+    pub evictions: u64,
+    /// Whether the tier still writes (false after a write failed).
+    pub writable: bool,
+    /// Microseconds the last start spent recovering the index.
+    pub recovery_micros: u64,
+}
+
+/// What the disk tier has under a key.
+#[derive(Debug)]
+pub(crate) enum Found {
+    /// Still queued for writing: served from memory.
+    Queued(Tensor),
+    /// On disk: [`DiskTier::read`] fetches it.
+    Stored(StoredRef),
+}
+
+/// A tensor record on disk, located but not yet read.
+#[derive(Debug, Clone)]
+pub struct StoredRef {
+    key: Arc<str>,
+    slot: Slot,
+}
+
+impl StoredRef {
+    pub(crate) fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The payload length.
+    pub fn len(&self) -> u64 {
+        self.slot.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.slot.len == 0
+    }
+}
+
+/// The disk tier; see the module docs. Dropping it writes what is queued,
+/// stops the writer thread and releases the directory.
+#[derive(Debug)]
+pub struct DiskTier {
+    shared: Arc<Shared>,
+    writer: Option<JoinHandle<()>>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    dir: PathBuf,
+    limit: u64,
+    queue_limit: u64,
+    index: Index,
+    log: Mutex<log::Log>,
+    queue: Mutex<Queue>,
+    /// Signalled when a job is queued or the writer should stop.
+    work: Condvar,
+    /// Signalled when the writer finished a job.
+    progress: Condvar,
+    reading: Mutex<u64>,
+    read_done: Condvar,
+    writable: AtomicBool,
+    hits: StripedCounter,
+    misses: StripedCounter,
+    promotions: AtomicU64,
+    writes: AtomicU64,
+    dropped: AtomicU64,
+    corrupt: AtomicU64,
+    evictions: AtomicU64,
+    recovery_micros: u64,
+    /// Held (locked) for the tier's lifetime.
+    _lock: File,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+impl DiskTier {
+    /// Opens (creating if needed) the tier in `cfg.dir`, recovering what
+    /// an earlier server left there, and starts its writer thread.
+    pub fn open(cfg: &DiskConfig) -> Result<DiskTier, DiskError> {
+        let dir = cfg.dir.clone();
+        let unusable = |source| DiskError::Unusable {
+            path: dir.clone(),
+            source,
+        };
+        std::fs::create_dir_all(&dir).map_err(unusable)?;
+        let lock_file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(dir.join("LOCK"))
+            .map_err(unusable)?;
+        match lock_file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => return Err(DiskError::InUse(dir)),
+            Err(std::fs::TryLockError::Error(e)) => return Err(unusable(e)),
+        }
+        let started = Instant::now();
+        let index = Index::default();
+        let recovered = recover::recover(&dir, &index).map_err(|source| DiskError::Recovery {
+            path: dir.clone(),
+            source,
+        })?;
+        let recovery_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let segment_size = (cfg.size / 16).clamp(1 << 20, 256 << 20);
+        let log = log::Log::new(&dir, cfg.size, segment_size, recovered.segments);
+        tracing::info!(
+            dir = %dir.display(),
+            tensors = index.len(),
+            bytes = log.allocated(),
+            corrupt = recovered.corrupt,
+            ms = recovery_micros / 1000,
+            "disk tier recovered"
+        );
+        let shared = Arc::new(Shared {
+            dir,
+            limit: cfg.size,
+            queue_limit: cfg.queue,
+            index,
+            log: Mutex::new(log),
+            queue: Mutex::new(Queue::default()),
+            work: Condvar::new(),
+            progress: Condvar::new(),
+            reading: Mutex::new(0),
+            read_done: Condvar::new(),
+            writable: AtomicBool::new(true),
+            hits: StripedCounter::default(),
+            misses: StripedCounter::default(),
+            promotions: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            corrupt: AtomicU64::new(recovered.corrupt),
+            evictions: AtomicU64::new(0),
+            recovery_micros,
+            _lock: lock_file,
+        });
+        let writer = {
+            let shared = Arc::clone(&shared);
+            std::thread::Builder::new()
+                .name("redstone-disk".into())
+                .spawn(move || writer::run(&shared))
+                .map_err(|source| DiskError::Unusable {
+                    path: cfg.dir.clone(),
+                    source,
+                })?
+        };
+        Ok(DiskTier {
+            shared,
+            writer: Some(writer),
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// The write queue's bound (carved out of the RAM budget).
+    pub fn queue_limit(&self) -> u64 {
+        self.shared.queue_limit
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> DiskStats {
+        let s = &self.shared;
+        DiskStats {
+            entries: s.index.len() as u64,
+            bytes: lock(&s.log).allocated(),
+            limit: s.limit,
+            queued_bytes: lock(&s.queue).bytes,
+            hits: s.hits.get(),
+            misses: s.misses.get(),
+            promotions: s.promotions.load(Ordering::Relaxed),
+            writes: s.writes.load(Ordering::Relaxed),
+            dropped_writes: s.dropped.load(Ordering::Relaxed),
+            corrupt: s.corrupt.load(Ordering::Relaxed),
+            evictions: s.evictions.load(Ordering::Relaxed),
+            writable: s.writable.load(Ordering::Relaxed),
+            recovery_micros: s.recovery_micros,
+        }
+    }
+
+    /// Whether the tier has `key` (queued or on disk).
+    pub(crate) fn contains(&self, key: &str) -> bool {
+        self.shared.index.contains(key)
+    }
+
+    /// The payload length under `key`, if the tier has it.
+    pub(crate) fn len_of(&self, key: &str) -> Option<u64> {
+        self.shared.index.get(key).map(|s| s.len)
+    }
+
+    /// Takes a tensor RAM evicted. Returns it back (for the caller to drop
+    /// outside its locks) if the tier already has the key, has stopped
+    /// writing, or its queue is full.
+    pub(crate) fn offer(&self, key: Arc<str>, tensor: Tensor) -> Option<Tensor> {
+        let s = &self.shared;
+        if s.index.contains(&key) {
+            // Already on disk (it was promoted from there): nothing to write.
+            return Some(tensor);
+        }
+        let len = tensor.data().len() as u64;
+        if !s.writable.load(Ordering::Relaxed) {
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+            return Some(tensor);
+        }
+        let mut queue = lock(&s.queue);
+        if queue.bytes.saturating_add(len) > s.queue_limit {
+            drop(queue);
+            s.dropped.fetch_add(1, Ordering::Relaxed);
+            return Some(tensor);
+        }
+        let slot = s.index.insert_queued(&key, tensor.clone());
+        queue.push(Job::Write {
+            key,
+            serial: slot.serial,
+            tensor,
+        });
+        drop(queue);
+        s.work.notify_one();
+        None
+    }
+
+    /// Writes `tensor` under `key` unless the tier has it, waiting (until
+    /// `deadline`) for room in the queue: for a shutdown that persists
+    /// RAM. Returns whether it was queued.
+    pub(crate) fn persist(&self, key: Arc<str>, tensor: Tensor, deadline: Instant) -> bool {
+        let s = &self.shared;
+        if s.index.contains(&key) {
+            return true;
+        }
+        let len = tensor.data().len() as u64;
+        let mut queue = lock(&s.queue);
+        while queue.bytes > 0 && queue.bytes.saturating_add(len) > s.queue_limit {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() || !s.writable.load(Ordering::Relaxed) {
+                return false;
+            }
+            queue = s
+                .progress
+                .wait_timeout(queue, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        let slot = s.index.insert_queued(&key, tensor.clone());
+        queue.push(Job::Write {
+            key,
+            serial: slot.serial,
+            tensor,
+        });
+        drop(queue);
+        s.work.notify_one();
+        true
+    }
+
+    /// Waits until everything queued before this call is written and the
+    /// segments are on stable storage, or `timeout` passes. Returns whether
+    /// it finished.
+    pub fn flush(&self, timeout: Duration) -> bool {
+        let s = &self.shared;
+        let deadline = Instant::now() + timeout;
+        let mut queue = lock(&s.queue);
+        let target = queue.pushed;
+        while queue.finished < target {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            queue = s
+                .progress
+                .wait_timeout(queue, left)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+        drop(queue);
+        if let Err(e) = lock(&s.log).sync() {
+            tracing::warn!(error = %e, "could not sync the disk tier");
+            return false;
+        }
+        true
+    }
+
+    /// What the tier has under `key`; counts a disk miss if nothing.
+    pub(crate) fn lookup(&self, key: &str) -> Option<Found> {
+        let s = &self.shared;
+        let Some((key, slot)) = s.index.get_with_key(key) else {
+            s.misses.incr();
+            return None;
+        };
+        match &slot.at {
+            Where::Queued(tensor) => {
+                s.hits.incr();
+                Some(Found::Queued(tensor.clone()))
+            }
+            Where::Stored { .. } => Some(Found::Stored(StoredRef { key, slot })),
+        }
+    }
+
+    /// Reads a located record from disk, blocking, and verifies it. `None`
+    /// (counted as corrupt, and the record dropped from the index) if any
+    /// check fails or the read does; also returns whether this read should
+    /// promote the tensor to RAM ([`PROMOTE_WINDOW`]).
+    pub(crate) fn read(&self, stored: &StoredRef) -> (Option<Tensor>, bool) {
+        let s = &self.shared;
+        let Where::Stored { loc, head_len } = &stored.slot.at else {
+            return (None, false);
+        };
+        let len = stored.slot.len;
+        let _reading = self.reading(len);
+        match record::read(loc, *head_len, &stored.key, len, stored.slot.digest) {
+            Ok(tensor) => {
+                s.hits.incr();
+                let promote = stored.slot.hit(crate::engine::unix_micros());
+                if promote {
+                    s.promotions.fetch_add(1, Ordering::Relaxed);
+                }
+                (Some(tensor), promote)
+            }
+            Err(why) => {
+                tracing::warn!(key = %stored.key, segment = loc.segment, offset = loc.offset, %why, "a disk record failed its checks; dropped");
+                s.corrupt.fetch_add(1, Ordering::Relaxed);
+                s.misses.incr();
+                s.index.remove_if_same(&stored.key, stored.slot.serial);
+                (None, false)
+            }
+        }
+    }
+
+    /// Whether the record `stored` names is still the key's (it was not
+    /// deleted or replaced meanwhile).
+    pub(crate) fn still(&self, stored: &StoredRef) -> bool {
+        self.shared
+            .index
+            .get(&stored.key)
+            .is_some_and(|s| s.serial == stored.slot.serial)
+    }
+
+    /// The digest of the tensor under `key`, if the tier has it.
+    pub(crate) fn digest(&self, key: &str) -> Option<u64> {
+        let slot = self.shared.index.get(key)?;
+        Some(match &slot.at {
+            Where::Queued(t) => t.digest(),
+            Where::Stored { .. } => slot.digest,
+        })
+    }
+
+    /// Removes `key` (only if its digest is `digest`, when given); returns
+    /// whether it did. A removed record is voided on disk by a delete
+    /// record, written after everything queued before.
+    pub(crate) fn remove(&self, key: &str, digest: Option<u64>) -> bool {
+        let s = &self.shared;
+        let Some((key, slot)) = s.index.remove_matching(key, digest) else {
+            return false;
+        };
+        if let Where::Stored { loc, .. } = &slot.at {
+            let mut queue = lock(&s.queue);
+            queue.push(Job::Delete {
+                key,
+                segment: loc.segment,
+            });
+            drop(queue);
+            s.work.notify_one();
+        }
+        true
+    }
+
+    /// Holds `len` bytes of the read budget until dropped.
+    fn reading(&self, len: u64) -> Reading<'_> {
+        let s = &self.shared;
+        let len = len.min(READING_LIMIT);
+        let mut reading = lock(&s.reading);
+        while *reading > 0 && *reading + len > READING_LIMIT {
+            reading = s
+                .read_done
+                .wait(reading)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        *reading += len;
+        Reading { shared: s, len }
+    }
+}
+
+struct Reading<'a> {
+    shared: &'a Shared,
+    len: u64,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        *lock(&self.shared.reading) -= self.len;
+        self.shared.read_done.notify_all();
+    }
+}
+
+impl Drop for DiskTier {
+    fn drop(&mut self) {
+        lock(&self.shared.queue).stop = true;
+        self.shared.work.notify_all();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+        if let Err(e) = lock(&self.shared.log).sync() {
+            tracing::warn!(error = %e, "could not sync the disk tier");
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests;
