@@ -92,14 +92,28 @@ impl Index {
     }
 
     /// Enters a record found on disk by recovery, replacing an older one.
-    pub(crate) fn insert_stored(&self, key: Arc<str>, loc: Loc, head_len: u32, len: u64, digest: u64) {
+    pub(crate) fn insert_stored(
+        &self,
+        key: Arc<str>,
+        loc: Loc,
+        head_len: u32,
+        len: u64,
+        digest: u64,
+    ) {
         let slot = self.slot(Where::Stored { loc, head_len }, len, digest);
         self.map.insert(key, slot);
     }
 
     /// Marks the queued entry `serial` written at `loc`; false if the key
     /// was removed or replaced meanwhile.
-    pub(crate) fn written(&self, key: &str, serial: u64, loc: Loc, head_len: u32, digest: u64) -> bool {
+    pub(crate) fn written(
+        &self,
+        key: &str,
+        serial: u64,
+        loc: Loc,
+        head_len: u32,
+        digest: u64,
+    ) -> bool {
         match self.map.get_mut(key) {
             Some(mut slot) if slot.serial == serial => {
                 slot.at = Where::Stored { loc, head_len };
@@ -117,7 +131,11 @@ impl Index {
 
     /// Removes `key` if its tensor's digest is `digest` (any tensor, when
     /// `None`); returns the removed entry.
-    pub(crate) fn remove_matching(&self, key: &str, digest: Option<u64>) -> Option<(Arc<str>, Slot)> {
+    pub(crate) fn remove_matching(
+        &self,
+        key: &str,
+        digest: Option<u64>,
+    ) -> Option<(Arc<str>, Slot)> {
         let Some(digest) = digest else {
             return self.map.remove(key);
         };

@@ -121,7 +121,10 @@ impl Log {
         if blocks(len) > self.budget {
             return Ok(None);
         }
-        let active = match self.active.and_then(|id| Some((id, self.segments.get(&id)?))) {
+        let active = match self
+            .active
+            .and_then(|id| Some((id, self.segments.get(&id)?)))
+        {
             Some((id, s)) if s.len == 0 || s.len + len <= self.segment_size => id,
             _ => self.start_segment()?,
         };
@@ -240,7 +243,10 @@ mod tests {
             assert_eq!(back, payload);
         }
         assert!(!gone.is_empty());
-        assert!(gone.windows(2).all(|w| w[0] < w[1]), "oldest first: {gone:?}");
+        assert!(
+            gone.windows(2).all(|w| w[0] < w[1]),
+            "oldest first: {gone:?}"
+        );
         let on_disk: u64 = std::fs::read_dir(&dir)
             .unwrap()
             .map(|e| blocks(e.unwrap().metadata().unwrap().len()))

@@ -260,7 +260,10 @@ mod tests {
         assert_eq!(got.kind, Kind::Tensor);
         assert_eq!(got.key, "layer.0");
         assert_eq!(got.meta.as_ref(), Some(t.meta()));
-        assert_eq!((got.payload_len, got.digest, got.len), (24, t.digest(), head.len()));
+        assert_eq!(
+            (got.payload_len, got.digest, got.len),
+            (24, t.digest(), head.len())
+        );
         let del = decode(&delete_head("layer.0")).unwrap();
         assert_eq!((del.kind, del.key.as_str()), (Kind::Delete, "layer.0"));
     }

@@ -70,7 +70,13 @@ pub(crate) fn recover(dir: &Path, index: &Index) -> io::Result<Recovered> {
                         file: Arc::clone(&file),
                         offset,
                     };
-                    index.insert_stored(Arc::clone(&key), loc, head.len as u32, head.payload_len, head.digest);
+                    index.insert_stored(
+                        Arc::clone(&key),
+                        loc,
+                        head.len as u32,
+                        head.payload_len,
+                        head.digest,
+                    );
                     keys.push((key, offset));
                 }
                 Kind::Delete => index.remove(&key),

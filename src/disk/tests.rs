@@ -13,7 +13,9 @@ pub(crate) fn scratch_dir(name: &str) -> PathBuf {
 }
 
 fn tensor(fill: u8, len: usize) -> Tensor {
-    let data: Vec<u8> = (0..len).map(|i| fill.wrapping_add((i % 251) as u8)).collect();
+    let data: Vec<u8> = (0..len)
+        .map(|i| fill.wrapping_add((i % 251) as u8))
+        .collect();
     Tensor::from_slice::<u8>(vec![len as u64], &data).unwrap()
 }
 
@@ -48,17 +50,28 @@ fn evicted_tensors_are_read_back_from_disk_and_after_a_restart() {
         assert!(disk.writes >= 8, "{disk:?}");
         assert_eq!(disk.dropped_writes, 0);
         for i in 0..12 {
-            assert_eq!(e.get(&format!("t{i}")).unwrap(), Some(tensor(i, 256 << 10)), "t{i}");
+            assert_eq!(
+                e.get(&format!("t{i}")).unwrap(),
+                Some(tensor(i, 256 << 10)),
+                "t{i}"
+            );
         }
         assert!(e.disk_stats().unwrap().hits >= 8);
         // Put-once holds across tiers.
-        assert!(matches!(e.put("t0", tensor(0, 16)), Err(crate::Error::AlreadyExists(_))));
+        assert!(matches!(
+            e.put("t0", tensor(0, 16)),
+            Err(crate::Error::AlreadyExists(_))
+        ));
         e.persist(std::time::Instant::now() + FLUSH);
     }
     let e = engine(&dir, 2 << 20, 64 << 20);
     assert_eq!(e.disk_stats().unwrap().entries, 12);
     for i in 0..12 {
-        assert_eq!(e.get(&format!("t{i}")).unwrap(), Some(tensor(i, 256 << 10)), "t{i}");
+        assert_eq!(
+            e.get(&format!("t{i}")).unwrap(),
+            Some(tensor(i, 256 << 10)),
+            "t{i}"
+        );
     }
     std::fs::remove_dir_all(dir).unwrap();
 }
@@ -169,7 +182,11 @@ fn a_second_read_within_the_window_promotes_to_ram() {
     put_all(&e, 12, 256 << 10);
     let before = e.stats().entries;
     assert!(e.get("t0").unwrap().is_some());
-    assert_eq!(e.disk_stats().unwrap().promotions, 0, "one read does not promote");
+    assert_eq!(
+        e.disk_stats().unwrap().promotions,
+        0,
+        "one read does not promote"
+    );
     assert!(e.get("t0").unwrap().is_some());
     assert_eq!(e.disk_stats().unwrap().promotions, 1);
     let hits = e.disk_stats().unwrap().hits;

@@ -687,7 +687,12 @@ impl Engine {
     ///
     /// An evicted tensor is handed to the disk tier here, under the lock,
     /// so that no put of its key can slip in between the two tiers.
-    fn make_room(&self, order: &mut ClockList, stones: &mut Tombstones, charge: u64) -> Vec<Tensor> {
+    fn make_room(
+        &self,
+        order: &mut ClockList,
+        stones: &mut Tombstones,
+        charge: u64,
+    ) -> Vec<Tensor> {
         let s = &self.shared;
         let mut evicted = Vec::new();
         // Second chances granted in this call; past one full pass the oldest

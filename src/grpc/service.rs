@@ -1,9 +1,11 @@
 //! The gRPC service: decode a request, call the engine, encode the reply.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use super::convert::{meta_from_proto, CODE_NAMES};
 use super::proto::red_stone_server::{RedStone, RedStoneServer};
@@ -12,7 +14,7 @@ use super::proto::{
     StatsResponse,
 };
 use super::{MAX_GRPC_MESSAGE, MESSAGE_SLACK};
-use crate::engine::Engine;
+use crate::engine::{Engine, Lookup};
 use crate::metrics::{Door, DoorRecorder, ServerMetrics};
 use crate::tensor::Tensor;
 use crate::Error;
@@ -47,17 +49,17 @@ impl GrpcService {
 
     /// Runs one request's `work`, counting and (at debug level) logging
     /// it.
-    fn observe<T>(
+    async fn observe<T>(
         &self,
         op: usize,
         key: &str,
         size: usize,
-        work: impl FnOnce() -> Result<T, Status>,
+        work: impl Future<Output = Result<T, Status>>,
     ) -> Result<Response<T>, Status> {
         let started = Instant::now();
         let span = tracing::debug_span!("request", door = "grpc", op = OPS[op], key, size);
+        let result = work.instrument(span.clone()).await;
         let _entered = span.enter();
-        let result = work();
         let elapsed = started.elapsed();
         let code = match &result {
             Ok(_) => tonic::Code::Ok,
@@ -88,22 +90,28 @@ impl GrpcService {
 impl RedStone for GrpcService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
         let key = request.into_inner().key;
-        self.observe(GET, &key, 0, || {
-            let tensor = self
-                .engine
-                .get(&key)?
-                .ok_or_else(|| Error::NotFound(key.clone()))?;
+        self.observe(GET, &key, 0, async {
+            let found = match self.engine.lookup(&key)? {
+                Lookup::Found(tensor) => Some(tensor),
+                // A disk read blocks: off the runtime's workers.
+                Lookup::OnDisk(read) => tokio::task::spawn_blocking(move || read.read())
+                    .await
+                    .map_err(|e| Status::internal(format!("a server task failed: {e}")))?,
+                Lookup::Missing => None,
+            };
+            let tensor = found.ok_or_else(|| Error::NotFound(key.clone()))?;
             let (meta, data) = tensor.into_parts();
             Ok(GetResponse {
                 meta: Some((&meta).into()),
                 data,
             })
         })
+        .await
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {
         let PutRequest { key, meta, data } = request.into_inner();
-        self.observe(PUT, &key, data.len(), || {
+        self.observe(PUT, &key, data.len(), async {
             let meta = meta_from_proto(meta)?;
             // Refuse what the engine would refuse before copying anything.
             self.engine.admit(&key, &meta, data.len() as u64)?;
@@ -114,6 +122,7 @@ impl RedStone for GrpcService {
             self.engine.put(&key, tensor)?;
             Ok(PutResponse {})
         })
+        .await
     }
 
     async fn delete(
@@ -121,16 +130,18 @@ impl RedStone for GrpcService {
         request: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
         let key = request.into_inner().key;
-        self.observe(DELETE, &key, 0, || {
+        self.observe(DELETE, &key, 0, async {
             let deleted = self.engine.delete(&key)?;
             Ok(DeleteResponse { deleted })
         })
+        .await
     }
 
     async fn get_stats(
         &self,
         _request: Request<StatsRequest>,
     ) -> Result<Response<StatsResponse>, Status> {
-        self.observe(STATS, "", 0, || Ok(self.engine.stats().into()))
+        self.observe(STATS, "", 0, async { Ok(self.engine.stats().into()) })
+            .await
     }
 }

@@ -9,6 +9,7 @@ use prometheus_client::registry::Unit;
 
 use std::sync::{Arc, OnceLock};
 
+use crate::disk::DiskStats;
 use crate::engine::Engine;
 
 /// Reads the fast path's server-wide budgets: bytes of responses queued,
@@ -95,14 +96,79 @@ impl Collector for EngineCollector {
             ),
         ];
         for (name, help, unit, value) in gauges.into_iter().chain(budgets) {
-            let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-            metric.encode(encoder.encode_descriptor(
-                name,
-                help,
-                unit.as_ref(),
-                metric.metric_type(),
-            )?)?;
+            gauge(&mut encoder, name, help, unit, value)?;
+        }
+        if let Some(d) = self.engine.disk_stats() {
+            encode_disk(&mut encoder, &d)?;
         }
         Ok(())
     }
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    unit: Option<Unit>,
+    value: u64,
+) -> Result<(), std::fmt::Error> {
+    let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
+    metric.encode(encoder.encode_descriptor(name, help, unit.as_ref(), metric.metric_type())?)
+}
+
+/// The disk tier's counters, `redstone_disk_*`; only when there is one.
+fn encode_disk(encoder: &mut DescriptorEncoder, d: &DiskStats) -> Result<(), std::fmt::Error> {
+    let counters = [
+        ("disk_hits", "Gets RAM missed that the disk tier answered", d.hits),
+        ("disk_misses", "Gets RAM missed that the disk tier did not answer", d.misses),
+        ("disk_promotions", "Tensors read from disk back into RAM", d.promotions),
+        ("disk_writes", "Tensor records written to the disk tier", d.writes),
+        (
+            "disk_dropped_writes",
+            "Evicted tensors not written to disk (queue full, too large, or the tier stopped writing)",
+            d.dropped_writes,
+        ),
+        ("disk_corrupt", "Disk records found torn or corrupt (skipped, never served)", d.corrupt),
+        ("disk_evictions", "Tensors removed from the disk tier to make room", d.evictions),
+    ];
+    for (name, help, value) in counters {
+        let metric = ConstCounter::new(value);
+        metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
+    }
+    let gauges = [
+        (
+            "disk_entries",
+            "Tensors in the disk tier (written or queued)",
+            None,
+            d.entries,
+        ),
+        (
+            "disk_used",
+            "Bytes the disk tier's files occupy",
+            Some(Unit::Bytes),
+            d.bytes,
+        ),
+        (
+            "disk_budget",
+            "The disk tier's size limit (--disk-size)",
+            Some(Unit::Bytes),
+            d.limit,
+        ),
+        (
+            "disk_queued",
+            "Bytes of evicted tensors waiting to be written",
+            Some(Unit::Bytes),
+            d.queued_bytes,
+        ),
+        (
+            "disk_writable",
+            "1 while the disk tier accepts writes, 0 after a write failed",
+            None,
+            u64::from(d.writable),
+        ),
+    ];
+    for (name, help, unit, value) in gauges {
+        gauge(encoder, name, help, unit, value)?;
+    }
+    Ok(())
 }

@@ -22,6 +22,7 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::disk::{DiskConfig, DiskError, DiskTier};
 use crate::engine::Engine;
 use crate::fast::FastConfig;
 use crate::grpc::{GrpcConfig, GrpcService, H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
@@ -52,6 +53,14 @@ pub struct Config {
     pub tombstone_ttl: Duration,
     /// How long a shutdown waits for in-flight requests before giving up.
     pub shutdown_grace: Duration,
+    /// The disk tier, if any: tensors evicted from RAM are written there,
+    /// and a server started on a directory an earlier one used serves what
+    /// it left.
+    pub disk: Option<DiskConfig>,
+    /// On a graceful shutdown, write the tensors in RAM to the disk tier
+    /// (taking up to another `shutdown_grace`), so that a restart comes
+    /// back with them too.
+    pub persist_on_shutdown: bool,
 }
 
 impl Default for Config {
@@ -65,6 +74,8 @@ impl Default for Config {
             grpc: GrpcConfig::default(),
             tombstone_ttl: crate::engine::TOMBSTONE_TTL,
             shutdown_grace: Duration::from_secs(10),
+            disk: None,
+            persist_on_shutdown: false,
         }
     }
 }
@@ -88,6 +99,9 @@ pub enum ServerError {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// The disk tier could not be opened.
+    #[error("{0} (see --disk-dir)")]
+    Disk(#[from] DiskError),
     /// The gRPC transport failed.
     #[error("gRPC transport: {0}")]
     Grpc(#[from] tonic::transport::Error),
@@ -125,11 +139,23 @@ impl Server {
             })?),
             None => None,
         };
-        let engine = Engine::with_tombstones(
+        let (limit, ttl, max) = (
             config.memory_limit,
             config.tombstone_ttl,
             crate::engine::MAX_TOMBSTONES,
         );
+        let engine = match &config.disk {
+            Some(disk) => {
+                let disk = DiskConfig {
+                    // At most a quarter of the budget waits for the disk.
+                    queue: disk.queue.min(limit / 4),
+                    ..disk.clone()
+                };
+                let tier = tokio::task::spawn_blocking(move || DiskTier::open(&disk)).await??;
+                Engine::with_disk(limit, ttl, max, tier)
+            }
+            None => Engine::with_tombstones(limit, ttl, max),
+        };
         Ok(Server {
             metrics: ServerMetrics::new(engine.clone()),
             engine,
@@ -171,6 +197,7 @@ impl Server {
     /// Serves until `shutdown` completes, then stops accepting, lets
     /// in-flight requests finish for up to `shutdown_grace`, and returns.
     pub async fn run(self, shutdown: impl Future<Output = ()> + Send) -> Result<(), ServerError> {
+        let engine = self.engine.clone();
         let fast_stop = CancellationToken::new();
         // If this future is dropped (aborted, lost a select), the fast path
         // stops with it instead of serving on from a detached task.
@@ -237,6 +264,11 @@ impl Server {
         };
         // The fast path bounds its own wait by the same grace period.
         fast.await?;
+        let grace = self.config.shutdown_grace;
+        let persist = self.config.persist_on_shutdown;
+        if engine.disk_stats().is_some() {
+            tokio::task::spawn_blocking(move || settle_disk(&engine, persist, grace)).await?;
+        }
         tracing::info!("stopped");
         grpc_result
     }
@@ -302,6 +334,27 @@ impl ServerHandle {
             trigger.send(()).ok();
         }
         (&mut self.task).await?
+    }
+}
+
+/// Writes what the disk tier has queued (and, with `persist`, every tensor
+/// in RAM), within `grace`.
+fn settle_disk(engine: &Engine, persist: bool, grace: Duration) {
+    let started = std::time::Instant::now();
+    if persist {
+        let queued = engine.persist(started + grace);
+        let held = engine.stats().entries;
+        tracing::info!(
+            tensors = queued,
+            of = held,
+            ms = started.elapsed().as_millis() as u64,
+            "wrote RAM to the disk tier"
+        );
+    } else if !engine.flush_disk(grace) {
+        tracing::warn!(
+            ?grace,
+            "the disk tier's queue was not written within the grace period"
+        );
     }
 }
 

@@ -34,6 +34,10 @@ struct ServerFile {
     grpc_max_streams: Option<u32>,
     tombstone_ttl: Option<u64>,
     shutdown_grace: Option<u64>,
+    disk_dir: Option<std::path::PathBuf>,
+    disk_size: Option<Size>,
+    disk_queue: Option<Size>,
+    persist_on_shutdown: Option<bool>,
 }
 
 /// A byte size: a number of bytes, or a string such as `"512MiB"`,
@@ -106,6 +110,16 @@ pub(super) fn apply(path: &Path, args: &mut Args, matches: &ArgMatches) -> Resul
         grpc_max_streams => Ok,
         tombstone_ttl => Ok,
         shutdown_grace => Ok,
+        disk_dir => |d| Ok(Some(d)),
+        disk_size => |s: Size| s.bytes().map(Some),
+        disk_queue => Size::bytes,
+        persist_on_shutdown => Ok,
     );
+    if args.disk_dir.is_some() != args.disk_size.is_some() {
+        return Err(format!(
+            "--config {}: disk-dir and disk-size go together",
+            path.display()
+        ));
+    }
     Ok(())
 }

@@ -12,6 +12,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
+use redstone::disk::DiskConfig;
 use redstone::fast::FastConfig;
 use redstone::grpc::GrpcConfig;
 use redstone::server::{Config, Server};
@@ -113,9 +114,32 @@ struct Args {
     #[arg(long, value_name = "SECS", default_value_t = 60)]
     tombstone_ttl: u64,
 
-    /// Seconds a shutdown (SIGINT, SIGTERM) waits for in-flight requests.
+    /// Seconds a shutdown (SIGINT, SIGTERM) waits for in-flight requests
+    /// (and then as long again for `--persist-on-shutdown`).
     #[arg(long, value_name = "SECS", default_value_t = 10)]
     shutdown_grace: u64,
+
+    /// A directory for the disk tier: tensors evicted from RAM are written
+    /// there instead of dropped, and a server started on it again serves
+    /// what it holds. Off by default. Needs --disk-size.
+    #[arg(long, value_name = "DIR", requires = "disk_size")]
+    disk_dir: Option<std::path::PathBuf>,
+
+    /// The most the disk tier's files occupy (as the file system counts
+    /// them): e.g. 100GiB.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size, requires = "disk_dir")]
+    disk_size: Option<u64>,
+
+    /// Bytes of evicted tensors waiting to be written to disk; more are
+    /// dropped (and counted). Taken out of CACHE_SIZE, at most a quarter
+    /// of it.
+    #[arg(long, value_name = "SIZE", default_value = "64MiB", value_parser = parse_size)]
+    disk_queue: u64,
+
+    /// On SIGINT/SIGTERM, write the tensors in RAM to the disk tier before
+    /// exiting, so that a restart comes back with them.
+    #[arg(long, requires = "disk_dir")]
+    persist_on_shutdown: bool,
 }
 
 /// An address to listen on, or none (`off`).
@@ -216,6 +240,15 @@ async fn serve(args: Args) -> ExitCode {
         },
         tombstone_ttl: Duration::from_secs(args.tombstone_ttl),
         shutdown_grace: Duration::from_secs(args.shutdown_grace),
+        disk: args
+            .disk_dir
+            .clone()
+            .zip(args.disk_size)
+            .map(|(dir, size)| DiskConfig {
+                queue: args.disk_queue,
+                ..DiskConfig::new(dir, size)
+            }),
+        persist_on_shutdown: args.persist_on_shutdown,
     };
     let server = match Server::bind(config).await {
         Ok(server) => server,
@@ -238,6 +271,8 @@ async fn serve(args: Args) -> ExitCode {
         max_queued_total_bytes = args.max_queued_total,
         max_ingress_bytes = args.max_ingress.unwrap_or(args.cache_size),
         idle_timeout_s = args.idle_timeout,
+        disk_dir = args.disk_dir.as_ref().map(|d| d.display().to_string()),
+        disk_size_bytes = args.disk_size,
         "Redstone is listening"
     );
     match server.run(shutdown_signal()).await {

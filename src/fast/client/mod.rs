@@ -26,6 +26,7 @@ use super::wire::{
     encode_frame, Body, ConditionalPut, Limits, Request, Status, WireMeta, PREFIX_LEN,
 };
 use crate::client::{ClientError, TensorStore};
+use crate::disk::DiskStats;
 use crate::stats::{Counters, Stats};
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
@@ -436,6 +437,23 @@ impl FastClient {
         }
     }
 
+    /// The server's disk tier counters; `None` if it runs without one.
+    ///
+    /// ```no_run
+    /// # async fn f(client: redstone::client::FastClient) -> Result<(), redstone::client::ClientError> {
+    /// if let Some(disk) = client.disk_stats().await? {
+    ///     println!("{} tensors, {} bytes on disk", disk.entries, disk.bytes);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub async fn disk_stats(&self) -> Result<Option<DiskStats>, ClientError> {
+        let reply = self.call(Request::DiskStats, Bytes::new()).await?;
+        match reply.response.body {
+            Body::DiskStats(stats) => Ok(stats.map(|s| DiskStats::from(*s))),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// One request, one reply; a `NotFound` reply is `Ok(None)`.
     async fn call_allow_missing(&self, request: Request) -> Result<Option<Reply>, ClientError> {
         let reply = self.round_trip(request, Bytes::new()).await?;
@@ -581,7 +599,7 @@ fn check_keys(request: &Request) -> Result<(), ClientError> {
         | Request::DeleteIf { key, .. } => validate_key(key)?,
         Request::PutIf(put) => validate_key(&put.key)?,
         Request::GetMany { keys } => keys.iter().try_for_each(|k| validate_key(k))?,
-        Request::Ping | Request::Stats => {}
+        Request::Ping | Request::Stats | Request::DiskStats => {}
     }
     Ok(())
 }

@@ -21,7 +21,7 @@ use tracing::Instrument;
 
 use super::budget::{Closed, Queue, Shared};
 use super::FastConfig;
-use crate::engine::Engine;
+use crate::engine::{Engine, Lookup};
 use crate::fast::stream::{write_loop, FrameReader, OutFrame, ReadError};
 use crate::fast::wire::{
     encode_frame, AlignedHeader, ArchivedRequest, ArchivedWireMeta, Body, EncodeError, Limits,
@@ -210,7 +210,7 @@ fn request_key(request: &ArchivedRequest) -> &str {
         | ArchivedRequest::DeleteIf { key, .. } => key.as_str(),
         ArchivedRequest::PutIf(args) => args.key.as_str(),
         ArchivedRequest::GetMany { keys } => keys.first().map_or("", |k| k.as_str()),
-        ArchivedRequest::Ping | ArchivedRequest::Stats => "",
+        ArchivedRequest::Ping | ArchivedRequest::Stats | ArchivedRequest::DiskStats => "",
     }
 }
 
@@ -422,6 +422,9 @@ impl Conn<'_> {
             ArchivedRequest::Stats => {
                 reply(Response::ok(Body::Stats(engine.stats().counters().into())))?
             }
+            ArchivedRequest::DiskStats => reply(Response::ok(Body::DiskStats(
+                engine.disk_stats().map(|d| Box::new(d.into())),
+            )))?,
             ArchivedRequest::GetMany { keys } => {
                 let Some((last, rest)) = keys.split_last() else {
                     queue.push(reply(Response::ok(Body::Empty))?.0).await?;
@@ -504,7 +507,8 @@ impl Conn<'_> {
             self.engine.peek_len(key).unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
         loop {
             let reservation = self.queue.reserve(estimate).await?;
-            let (frame, status) = get_frame(self.engine, key, opcode, flags, id, index)?;
+            let found = self.find(key).await?;
+            let (frame, status) = get_frame(found, key, opcode, flags, id, index)?;
             if frame.len() <= estimate {
                 self.queue.send(frame, reservation).await?;
                 return Ok(status);
@@ -514,22 +518,35 @@ impl Conn<'_> {
             estimate = frame.len();
         }
     }
+
+    /// The tensor under `key`, from RAM, or read from the disk tier on the
+    /// blocking pool (a whole record is read and checked before a byte of
+    /// it is sent: a payload streamed from the file could not be taken back
+    /// once its checksum failed).
+    async fn find(&self, key: &str) -> Result<Result<Option<Tensor>, Error>, Fatal> {
+        Ok(match self.engine.lookup(key) {
+            Ok(Lookup::Found(tensor)) => Ok(Some(tensor)),
+            Ok(Lookup::Missing) => Ok(None),
+            Ok(Lookup::OnDisk(read)) => Ok(tokio::task::spawn_blocking(move || read.read())
+                .await
+                .map_err(|e| Fatal::Task(e.to_string()))?),
+            Err(e) => Err(e),
+        })
+    }
 }
 
-/// The frame answering a GET of `key` (or one key of a batch), and its
-/// status: the stored payload is attached as is, a reference to the
-/// engine's own buffer.
+/// The frame answering a GET of `key` (or one key of a batch) with what
+/// was `found`, and its status: the stored payload is attached as is, a
+/// reference to the engine's own buffer.
 fn get_frame(
-    engine: &Engine,
+    found: Result<Option<Tensor>, Error>,
     key: &str,
     opcode: Opcode,
     flags: u8,
     id: u64,
     index: u32,
 ) -> Result<(OutFrame, Status), EncodeError> {
-    let found = engine
-        .get(key)
-        .and_then(|found| found.ok_or_else(|| Error::NotFound(key.to_owned())));
+    let found = found.and_then(|found| found.ok_or_else(|| Error::NotFound(key.to_owned())));
     let (mut response, payload) = match found {
         Ok(tensor) => {
             let (meta, data) = tensor.into_parts();
@@ -582,7 +599,7 @@ mod tests {
         let tensor = Tensor::from_slice::<u8>(vec![4096], &[3u8; 4096]).unwrap();
         let stored_ptr = tensor.data().as_ptr();
         engine.put("k", tensor).unwrap();
-        let (frame, status) = get_frame(&engine, "k", Opcode::Get, FLAG_END, 1, 0).unwrap();
+        let (frame, status) = get_frame(engine.get("k"), "k", Opcode::Get, FLAG_END, 1, 0).unwrap();
         assert_eq!(status, Status::Ok);
         // Zero copy: the payload chunk handed to writev is the very
         // allocation the engine holds.

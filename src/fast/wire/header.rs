@@ -12,6 +12,7 @@ use rkyv::rancor;
 use rkyv::util::AlignedVec;
 
 use super::{ProtocolError, Status};
+use crate::disk::DiskStats;
 use crate::stats::Counters;
 use crate::tensor::meta::TensorMeta;
 use crate::Error;
@@ -103,6 +104,8 @@ pub enum Request {
     /// the archived `Request` keeps its size and every other request's
     /// bytes stay as they were.
     PutIf(Box<ConditionalPut>),
+    /// `DISK_STATS`: the disk tier's counters.
+    DiskStats,
 }
 
 /// The header of a `PUT_IF`.
@@ -130,6 +133,7 @@ impl Request {
             Request::Digest { .. } => Opcode::Digest,
             Request::DeleteIf { .. } => Opcode::DeleteIf,
             Request::PutIf(_) => Opcode::PutIf,
+            Request::DiskStats => Opcode::DiskStats,
         }
     }
 }
@@ -148,6 +152,7 @@ impl ArchivedRequest {
             ArchivedRequest::Digest { .. } => Opcode::Digest,
             ArchivedRequest::DeleteIf { .. } => Opcode::DeleteIf,
             ArchivedRequest::PutIf(_) => Opcode::PutIf,
+            ArchivedRequest::DiskStats => Opcode::DiskStats,
         }
     }
 }
@@ -208,6 +213,99 @@ pub enum Body {
     Stats(WireStats),
     /// DIGEST's answer.
     Digest(u64),
+    /// DISK_STATS' answer: `None` from a server without a disk tier.
+    /// Boxed, so that the archived `Body` keeps its size.
+    DiskStats(Option<Box<WireDiskStats>>),
+}
+
+/// The disk tier's counters, as `DISK_STATS` returns them; see
+/// [`DiskStats`](crate::disk::DiskStats).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
+#[allow(missing_docs)]
+pub struct WireDiskStats {
+    pub entries: u64,
+    pub bytes: u64,
+    pub limit: u64,
+    pub queued_bytes: u64,
+    pub hits: u64,
+    pub misses: u64,
+    pub promotions: u64,
+    pub writes: u64,
+    pub dropped_writes: u64,
+    pub corrupt: u64,
+    pub evictions: u64,
+    pub writable: bool,
+    pub recovery_micros: u64,
+}
+
+impl From<DiskStats> for WireDiskStats {
+    fn from(d: DiskStats) -> WireDiskStats {
+        let DiskStats {
+            entries,
+            bytes,
+            limit,
+            queued_bytes,
+            hits,
+            misses,
+            promotions,
+            writes,
+            dropped_writes,
+            corrupt,
+            evictions,
+            writable,
+            recovery_micros,
+        } = d;
+        WireDiskStats {
+            entries,
+            bytes,
+            limit,
+            queued_bytes,
+            hits,
+            misses,
+            promotions,
+            writes,
+            dropped_writes,
+            corrupt,
+            evictions,
+            writable,
+            recovery_micros,
+        }
+    }
+}
+
+impl From<WireDiskStats> for DiskStats {
+    fn from(d: WireDiskStats) -> DiskStats {
+        let WireDiskStats {
+            entries,
+            bytes,
+            limit,
+            queued_bytes,
+            hits,
+            misses,
+            promotions,
+            writes,
+            dropped_writes,
+            corrupt,
+            evictions,
+            writable,
+            recovery_micros,
+        } = d;
+        DiskStats {
+            entries,
+            bytes,
+            limit,
+            queued_bytes,
+            hits,
+            misses,
+            promotions,
+            writes,
+            dropped_writes,
+            corrupt,
+            evictions,
+            writable,
+            recovery_micros,
+        }
+    }
 }
 
 /// A response header.
@@ -408,6 +506,7 @@ mod tests {
                 key: "x".repeat(4096),
             },
             Request::Stats,
+            Request::DiskStats,
             Request::GetMany {
                 keys: vec!["a".into(), "b".into()],
             },

@@ -16,7 +16,7 @@ mod status;
 pub use header::{
     decode_request, decode_response, encode, AlignedHeader, ArchivedBody, ArchivedRequest,
     ArchivedResponse, ArchivedWireMeta, Body, ConditionalPut, EncodeError, Header, Request,
-    Response, WireMeta, WireStats,
+    Response, WireDiskStats, WireMeta, WireStats,
 };
 pub use prefix::{Opcode, Prefix, FLAG_END, FLAG_RESPONSE, MAGIC, PREFIX_LEN, VERSION};
 pub use status::{ProtocolError, Status};

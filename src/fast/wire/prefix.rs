@@ -52,6 +52,8 @@ pub enum Opcode {
     DeleteIf = 8,
     /// Store one tensor unless its key was deleted after a given time.
     PutIf = 9,
+    /// Read the disk tier's counters.
+    DiskStats = 10,
 }
 
 impl Opcode {
@@ -67,6 +69,7 @@ impl Opcode {
             Opcode::Digest => "digest",
             Opcode::DeleteIf => "delete_if",
             Opcode::PutIf => "put_if",
+            Opcode::DiskStats => "disk_stats",
         }
     }
 
@@ -82,6 +85,7 @@ impl Opcode {
             7 => Opcode::Digest,
             8 => Opcode::DeleteIf,
             9 => Opcode::PutIf,
+            10 => Opcode::DiskStats,
             _ => return None,
         })
     }
@@ -208,7 +212,7 @@ mod tests {
     fn opcodes_are_contiguous_from_one() {
         // The metrics index ops by `opcode - 1`.
         let all: Vec<Opcode> = (1..=u8::MAX).map_while(Opcode::from_u8).collect();
-        assert_eq!(all.len(), 9);
+        assert_eq!(all.len(), 10);
         assert!(all.iter().enumerate().all(|(i, op)| *op as usize == i + 1));
         assert_eq!(Opcode::from_u8(all.len() as u8 + 1), None);
     }
