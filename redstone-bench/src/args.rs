@@ -27,6 +27,11 @@ pub(crate) enum Op {
     Fill,
     /// One pass: read keys 0..K once each and verify them against `fill`.
     Check,
+    /// One pass: read keys 0..K once each, checking only their length:
+    /// one-pass read throughput (e.g. from a disk tier, which promotes a
+    /// tensor to RAM on its second read), without `check`'s cost of
+    /// regenerating the expected bytes.
+    Scan,
 }
 
 /// Closed-loop load generator: N workers, each with D requests in flight,

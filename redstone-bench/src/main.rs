@@ -107,14 +107,14 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         Some(nodes) => Some(cluster_from(&args, nodes)?),
         None => None,
     };
-    if matches!(args.op, Op::Fill | Op::Check) {
+    if matches!(args.op, Op::Fill | Op::Check | Op::Scan) {
         let conn = match (&cluster, args.target) {
             (Some(c), _) => Conn::Cluster(c.clone()),
             (None, Target::Fast) => Conn::Fast(FastClient::connect(addr.as_str()).await?),
             (None, Target::Grpc) => Conn::Grpc(RemoteCacheClient::connect(addr.as_str()).await?),
             (None, Target::Redis) => {
                 return Err(
-                    "fill and check drive Redstone (fast, grpc or --nodes), not Redis".into(),
+                    "fill, check and scan drive Redstone (fast, grpc or --nodes), not Redis".into(),
                 )
             }
         };

@@ -1,7 +1,8 @@
 //! `--op fill` and `--op check`: one pass over keys `PREFIX:0 … PREFIX:K-1`,
 //! to load a deployment and later verify it (after a restart, a failover,
 //! an upgrade). The content of each key is derived from the key itself, so
-//! `check` needs nothing but the same arguments.
+//! `check` needs nothing but the same arguments. `--op scan` reads the same
+//! keys once each and checks only their length.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -53,16 +54,19 @@ pub async fn run(
     let mut workers = Vec::new();
     for w in 0..concurrency as u64 {
         let (conn, meta, counts) = (conn.clone(), meta.clone(), Arc::clone(&counts));
-        let (prefix, fill) = (args.key_prefix.clone(), args.op == Op::Fill);
+        let (prefix, op) = (args.key_prefix.clone(), args.op);
         workers.push(tokio::spawn(async move {
             let mut latencies = Vec::new();
             let mut first_error = None;
             let mut i = w;
             while i < keys {
                 let key = format!("{prefix}:{i}");
-                let expected = content(&key, size);
+                let expected = match op {
+                    Op::Scan => Bytes::new(),
+                    _ => content(&key, size),
+                };
                 let t0 = Instant::now();
-                let outcome = if fill {
+                let outcome = if op == Op::Fill {
                     let tensor = Tensor::new(meta.clone(), expected).expect("sized to meta");
                     match conn.put(&key, tensor).await {
                         // A key already there counts as written; `check`
@@ -72,6 +76,7 @@ pub async fn run(
                     }
                 } else {
                     match conn.get(&key).await {
+                        Ok(Some(t)) if op == Op::Scan && t.meta() == &meta => Ok(&counts.found),
                         Ok(Some(t)) if t.data() == &expected && t.meta() == &meta => {
                             Ok(&counts.found)
                         }
@@ -115,7 +120,11 @@ pub async fn run(
     let (p50, p99, p999) = percentiles(&mut latencies);
     let ops_per_sec = ops / elapsed;
     let mb_per_sec = ops_per_sec * size as f64 / 1e6;
-    let op = if args.op == Op::Fill { "fill" } else { "check" };
+    let op = match args.op {
+        Op::Fill => "fill",
+        Op::Scan => "scan",
+        _ => "check",
+    };
     // The target's counters after the pass (summed over a cluster's nodes).
     let server = match conn.stats().await {
         Ok(s) => format!(

@@ -23,6 +23,8 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use memmap2::{Mmap, MmapOptions};
+
 /// The file system's allocation unit assumed for the budget.
 const BLOCK: u64 = 4096;
 
@@ -31,6 +33,8 @@ const BLOCK: u64 = 4096;
 pub(crate) struct Loc {
     pub(crate) segment: u64,
     pub(crate) file: Arc<File>,
+    /// A read-only map of the segment, if it has one.
+    pub(crate) map: Option<Arc<Mmap>>,
     pub(crate) offset: u64,
 }
 
@@ -38,6 +42,11 @@ pub(crate) struct Loc {
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) file: Arc<File>,
+    /// The segment mapped read-only: records are served from it without a
+    /// copy. A new segment is mapped at the segment size before anything is
+    /// written; records are read only once written, so no page past the
+    /// end of the file is ever touched.
+    pub(crate) map: Option<Arc<Mmap>>,
     pub(crate) len: u64,
     /// The keys of the tensor records in this segment, with their offsets.
     pub(crate) keys: Vec<(Arc<str>, u64)>,
@@ -161,6 +170,7 @@ impl Log {
         Ok(Some(Loc {
             segment: active,
             file: Arc::clone(&s.file),
+            map: s.map.clone(),
             offset,
         }))
     }
@@ -192,11 +202,13 @@ impl Log {
             .write(true)
             .create_new(true)
             .open(self.dir.join(segment_name(id)))?;
+        let map = map(&file, self.segment_size);
         self.active = Some(id);
         self.segments.insert(
             id,
             Segment {
                 file: Arc::new(file),
+                map,
                 len: 0,
                 keys: Vec::new(),
             },
@@ -210,6 +222,27 @@ impl Log {
             s.file.sync_data()?;
         }
         Ok(())
+    }
+}
+
+/// Maps the first `len` bytes of a segment read-only; `None` (reads then
+/// copy with `pread`) if that fails or `len` is 0.
+pub(crate) fn map(file: &File, len: u64) -> Option<Arc<Mmap>> {
+    let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
+    // SAFETY: the map is read-only, and the bytes behind it never change
+    // while it exists: segments are only appended to, by this process,
+    // records are never rewritten, and no segment is ever truncated (a
+    // reclaimed one is unlinked, which leaves existing maps intact). The
+    // directory's LOCK keeps other servers out. Pages past the end of the
+    // file (a new segment is mapped at its full size) are never touched:
+    // only written records are read.
+    let mapped = unsafe { MmapOptions::new().len(len).map(file) };
+    match mapped {
+        Ok(map) => Some(Arc::new(map)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot map a disk segment; reading it with copies");
+            None
+        }
     }
 }
 

@@ -26,6 +26,10 @@
 //! the first (reading only heads), every read checks both.
 
 use std::os::unix::fs::FileExt;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use memmap2::Mmap;
 
 use super::log::Loc;
 use crate::engine::MAX_KEY_LEN;
@@ -207,10 +211,27 @@ pub(crate) enum ReadFailure {
     Digest,
 }
 
+/// A record's payload inside a segment's map: what a `Bytes` read from
+/// disk points into.
+struct Mapped {
+    map: Arc<Mmap>,
+    start: usize,
+    end: usize,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map[self.start..self.end]
+    }
+}
+
 /// Reads the tensor record at `loc` (head `head_len` bytes, payload `len`)
 /// and checks all of it against what the index says: the head's checksum,
-/// the key, the length, and the payload against the digest. The payload
-/// gets an allocation of its own, exactly `len` bytes.
+/// the key, the length, and the payload against the digest.
+///
+/// The payload is a view of the segment's map (no copy; it keeps the map,
+/// and the segment's disk space, alive while held), or, for a segment
+/// without one, a copy read into an allocation of exactly `len` bytes.
 pub(crate) fn read(
     loc: &Loc,
     head_len: u32,
@@ -218,9 +239,24 @@ pub(crate) fn read(
     len: u64,
     digest: u64,
 ) -> Result<Tensor, ReadFailure> {
-    let mut head = vec![0; head_len as usize];
-    loc.file.read_exact_at(&mut head, loc.offset)?;
-    let head = decode(&head)?;
+    let total = u64::from(head_len) + len;
+    let mapped = loc.map.as_ref().filter(|m| loc.offset + total <= m.len() as u64);
+    let mut copy = Vec::new();
+    let head = match mapped {
+        Some(map) => {
+            let start = loc.offset as usize;
+            // One read-ahead for the whole record (a cold one would
+            // otherwise be faulted in a few pages at a time).
+            let _ = map.advise_range(memmap2::Advice::WillNeed, start, total as usize);
+            &map[start..start + head_len as usize]
+        }
+        None => {
+            copy.resize(head_len as usize, 0);
+            loc.file.read_exact_at(&mut copy, loc.offset)?;
+            &copy[..]
+        }
+    };
+    let head = decode(head)?;
     let meta = match head.meta {
         Some(meta)
             if head.kind == Kind::Tensor
@@ -233,10 +269,20 @@ pub(crate) fn read(
         }
         _ => return Err(ReadFailure::Mismatch),
     };
-    let len = usize::try_from(len).map_err(|_| ReadFailure::Mismatch)?;
-    let mut payload = vec![0; len];
-    loc.file
-        .read_exact_at(&mut payload, loc.offset + u64::from(head_len))?;
+    let start = loc.offset + u64::from(head_len);
+    let payload = match mapped {
+        Some(map) => Bytes::from_owner(Mapped {
+            map: Arc::clone(map),
+            start: start as usize,
+            end: (start + len) as usize,
+        }),
+        None => {
+            let len = usize::try_from(len).map_err(|_| ReadFailure::Mismatch)?;
+            let mut payload = vec![0; len];
+            loc.file.read_exact_at(&mut payload, start)?;
+            Bytes::from(payload)
+        }
+    };
     let tensor = Tensor::new(meta, payload).map_err(|_| ReadFailure::Mismatch)?;
     if tensor.digest() != digest {
         return Err(ReadFailure::Digest);

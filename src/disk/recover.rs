@@ -43,6 +43,7 @@ pub(crate) fn recover(dir: &Path, index: &Index) -> io::Result<Recovered> {
         let path = dir.join(super::log::segment_name(id));
         let file = Arc::new(OpenOptions::new().read(true).write(true).open(&path)?);
         let len = file.metadata()?.len();
+        let map = super::log::map(&file, len);
         let mut keys = Vec::new();
         let mut offset = 0;
         while offset < len {
@@ -68,6 +69,7 @@ pub(crate) fn recover(dir: &Path, index: &Index) -> io::Result<Recovered> {
                     let loc = Loc {
                         segment: id,
                         file: Arc::clone(&file),
+                        map: map.clone(),
                         offset,
                     };
                     index.insert_stored(
@@ -83,7 +85,7 @@ pub(crate) fn recover(dir: &Path, index: &Index) -> io::Result<Recovered> {
             }
             offset = end;
         }
-        segments.insert(id, Segment { file, len, keys });
+        segments.insert(id, Segment { file, map, len, keys });
     }
     Ok(Recovered { segments, corrupt })
 }

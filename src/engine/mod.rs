@@ -179,7 +179,9 @@ impl DiskRead {
         let (tensor, promote) = disk.read(&self.stored);
         let tensor = tensor?;
         if promote {
-            self.engine.promote(&self.stored, tensor.clone());
+            // RAM gets a copy of its own: the tensor read is a view of the
+            // segment file, which must not outlive the segment in RAM.
+            self.engine.promote(&self.stored, tensor.clone().compacted());
         }
         Some(tensor)
     }
