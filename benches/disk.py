@@ -150,47 +150,64 @@ def main():
     a, b = (sum(v) / len(v) for v in spill.values())
     print(f"   ratio (disk / ram only): {b / a:.2f}")
 
-    keys = ["--keys", str(args.keys), "--size", "1MiB"]
-    print(f"2. one-pass reads of {args.keys} x 1 MiB, concurrency 4, plain get")
+    # Reads: three rounds, each over keys of its own (a second read of a
+    # key within a minute would promote it to RAM), alternating the sides
+    # compared, so that the machine's drift hits both alike.
+    rounds = 3
+    per_round = args.keys // rounds
+    def keys(r):
+        return ["--keys", str(per_round), "--size", "1MiB", "--key-prefix", f"r{r}"]
+    print(f"2. one-pass reads of 1 MiB tensors, {rounds} rounds of {per_round} keys, "
+          "concurrency 4, plain get")
     ram = Server(f"{args.keys + 512}MiB")
-    bench(ram, "--op", "fill", "--concurrency", "2", *keys)
-    ram_scan = bench(ram, "--op", "scan", "--concurrency", "4", *keys)
-    ram.stop()
-    print(f"   RAM tier                 {ram_scan['mb_per_sec'] / 1e3:.2f} GB/s")
-
     tier = os.path.join(args.dir, "tier")
     # RAM is written to disk at shutdown, so that the restart has every key.
-    s = Server("256MiB", tier, disk_size, ["--persist-on-shutdown"])
-    fill = bench(s, "--op", "fill", "--concurrency", "2", *keys)
-    # Let the writer finish before reading.
-    while s.metrics().get("redstone_disk_queued_bytes", 0) > 0:
-        time.sleep(0.1)
-    m0 = s.metrics()
-    warm = bench(s, "--op", "scan", "--concurrency", "4", *keys)
-    m1 = s.metrics()
-    s.stop()
-    disk_hits = m1["redstone_disk_hits_total"] - m0["redstone_disk_hits_total"]
-    print(f"   (fill {fill['mb_per_sec'] / 1e3:.2f} GB/s; disk writes "
-          f"{m0['redstone_disk_writes_total']:.0f}, dropped "
-          f"{m0['redstone_disk_dropped_writes_total']:.0f}; {disk_hits:.0f} of the reads "
-          f"came from disk, promotions {m1['redstone_disk_promotions_total']:.0f})")
-    print(f"   disk tier, warm cache    {warm['mb_per_sec'] / 1e3:.2f} GB/s"
-          f" = {warm['mb_per_sec'] / ram_scan['mb_per_sec']:.2f}x RAM"
-          f"  (found {warm['found']}, missing {warm['missing']})")
+    disk = Server("256MiB", tier, disk_size, ["--persist-on-shutdown"])
+    for r in range(rounds):
+        bench(ram, "--op", "fill", "--concurrency", "2", *keys(r))
+        fill = bench(disk, "--op", "fill", "--concurrency", "2", *keys(r))
+        while disk.metrics().get("redstone_disk_queued_bytes", 0) > 0:
+            time.sleep(0.1)
+    m = disk.metrics()
+    print(f"   (disk-tier fill {fill['mb_per_sec'] / 1e3:.2f} GB/s; disk writes "
+          f"{m['redstone_disk_writes_total']:.0f}, dropped "
+          f"{m['redstone_disk_dropped_writes_total']:.0f})")
+    warm_ratios = []
+    for r in range(rounds):
+        a = bench(ram, "--op", "scan", "--concurrency", "4", *keys(r))
+        b = bench(disk, "--op", "scan", "--concurrency", "4", *keys(r))
+        warm_ratios.append(b["mb_per_sec"] / a["mb_per_sec"])
+        print(f"   round {r}: RAM tier {a['mb_per_sec'] / 1e3:.2f} GB/s, disk tier (warm cache) "
+              f"{b['mb_per_sec'] / 1e3:.2f} GB/s = {warm_ratios[-1]:.2f}x  "
+              f"(found {b['found']}/{per_round})")
+    m = disk.metrics()
+    print(f"   disk hits {m['redstone_disk_hits_total']:.0f}, promotions "
+          f"{m['redstone_disk_promotions_total']:.0f}")
+    ram.stop()
+    disk.stop()
 
     drop_caches()
-    s = Server("256MiB", tier, disk_size)
-    recovered = s.logged(r"disk tier recovered.*tensors=(\d+).*ms=(\d+)")
-    cold = bench(s, "--op", "scan", "--concurrency", "4", *keys)
-    s.stop()
-    segments = sorted(os.path.join(tier, f) for f in os.listdir(tier) if f.endswith(".seg"))
-    dd = dd_read(segments)
-    print(f"   disk tier, cold cache    {cold['mb_per_sec'] / 1e3:.2f} GB/s"
-          f" = {cold['mb_per_sec'] / 1e3 / dd:.2f}x dd  (found {cold['found']})")
-    print(f"   dd bs=4M of the segment files, cold cache: {dd:.2f} GB/s")
+    disk = Server("256MiB", tier, disk_size)
+    recovered = disk.logged(r"disk tier recovered.*tensors=(\d+).*ms=(\d+)")
     if recovered:
-        print(f"3. recovery, cold cache: {recovered.group(1)} tensors in {recovered.group(2)} ms "
-              f"(server up in {s.start_s:.2f} s)")
+        print(f"3. recovery, cold cache: {recovered.group(1)} tensors in "
+              f"{recovered.group(2)} ms (server up in {disk.start_s:.2f} s)")
+    else:
+        print("3. no recovery line in the log:\n" + open(disk.log_path).read()[:2000])
+    segments = sorted(os.path.join(tier, f) for f in os.listdir(tier) if f.endswith(".seg"))
+    cold_ratios = []
+    print("4. cold page cache: dd bs=4M of all segment files, then one round of reads")
+    for r in range(rounds):
+        dd = dd_read(segments)
+        drop_caches()
+        b = bench(disk, "--op", "scan", "--concurrency", "4", *keys(r))
+        cold_ratios.append(b["mb_per_sec"] / 1e3 / dd)
+        print(f"   round {r}: dd {dd:.2f} GB/s, disk tier (cold cache) "
+              f"{b['mb_per_sec'] / 1e3:.2f} GB/s = {cold_ratios[-1]:.2f}x  "
+              f"(found {b['found']}/{per_round})")
+    disk.stop()
+    med = lambda v: sorted(v)[len(v) // 2]
+    print(f"median: warm {med(warm_ratios):.2f}x the RAM tier, cold {med(cold_ratios):.2f}x dd")
     shutil.rmtree(args.dir, ignore_errors=True)
 
 

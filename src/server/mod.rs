@@ -130,15 +130,8 @@ impl Server {
     pub async fn bind(mut config: Config) -> Result<Server, ServerError> {
         alloc::apply_policy();
         config.fast.max_payload = config.fast.max_payload.min(config.memory_limit);
-        let (grpc, grpc_addr) = listen(config.grpc_addr).await?;
-        let (fast, fast_addr) = listen(config.fast_addr).await?;
-        let http = match config.metrics_addr {
-            Some(addr) => Some(listen(addr).await.map_err(|e| match e {
-                ServerError::Bind { addr, source } => ServerError::BindMetrics { addr, source },
-                other => other,
-            })?),
-            None => None,
-        };
+        // The disk tier first: its recovery may take a while, and the ports
+        // should not accept connections before the server can answer them.
         let (limit, ttl, max) = (
             config.memory_limit,
             config.tombstone_ttl,
@@ -155,6 +148,15 @@ impl Server {
                 Engine::with_disk(limit, ttl, max, tier)
             }
             None => Engine::with_tombstones(limit, ttl, max),
+        };
+        let (grpc, grpc_addr) = listen(config.grpc_addr).await?;
+        let (fast, fast_addr) = listen(config.fast_addr).await?;
+        let http = match config.metrics_addr {
+            Some(addr) => Some(listen(addr).await.map_err(|e| match e {
+                ServerError::Bind { addr, source } => ServerError::BindMetrics { addr, source },
+                other => other,
+            })?),
+            None => None,
         };
         Ok(Server {
             metrics: ServerMetrics::new(engine.clone()),
