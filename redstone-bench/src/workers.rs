@@ -75,7 +75,9 @@ impl Ctx {
             Op::Get => false,
             Op::Put => true,
             Op::Mixed => rng.next().is_multiple_of(5),
-            Op::Fill | Op::Check | Op::Scan => unreachable!("one-shot operations have their own loop"),
+            Op::Fill | Op::Check | Op::Scan => {
+                unreachable!("one-shot operations have their own loop")
+            }
         }
     }
 }

@@ -34,16 +34,37 @@ pub(crate) struct Slot {
     /// Tells this entry from a later one under the same key.
     pub(crate) serial: u64,
     /// When this record was last read from disk (µs since the epoch; 0:
-    /// never). Shared by the slot's clones.
+    /// never; [`PROMOTED`]: a read has taken it to RAM). Shared by the
+    /// slot's clones.
     last_hit: Arc<AtomicU64>,
 }
 
+/// `last_hit` once one read has been chosen to promote the record.
+const PROMOTED: u64 = u64::MAX;
+
 impl Slot {
-    /// Notes a read from disk at `now`; whether it is the second within
-    /// [`PROMOTE_WINDOW`].
+    /// Notes a read from disk at `now`; whether this read should promote
+    /// the tensor: the second within [`PROMOTE_WINDOW`], and only one read
+    /// ever (readers racing for a hot key make one copy, not one each).
     pub(crate) fn hit(&self, now: u64) -> bool {
-        let before = self.last_hit.swap(now, Ordering::Relaxed);
-        before != 0 && now.saturating_sub(before) <= PROMOTE_WINDOW.as_micros() as u64
+        let window = PROMOTE_WINDOW.as_micros() as u64;
+        let mut before = self.last_hit.load(Ordering::Relaxed);
+        loop {
+            if before == PROMOTED {
+                return false;
+            }
+            let promote = before != 0 && now.saturating_sub(before) <= window;
+            let next = if promote { PROMOTED } else { now };
+            match self.last_hit.compare_exchange_weak(
+                before,
+                next,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return promote,
+                Err(seen) => before = seen,
+            }
+        }
     }
 }
 
@@ -129,26 +150,25 @@ impl Index {
         self.map.remove_if(key, |_, s| s.serial == serial).is_some()
     }
 
-    /// Removes `key` if its tensor's digest is `digest` (any tensor, when
-    /// `None`); returns the removed entry.
-    pub(crate) fn remove_matching(
-        &self,
-        key: &str,
-        digest: Option<u64>,
-    ) -> Option<(Arc<str>, Slot)> {
-        let Some(digest) = digest else {
-            return self.map.remove(key);
-        };
+    /// The digest of `key`'s tensor (computed for a queued one, outside
+    /// every lock) and its entry's serial.
+    pub(crate) fn digest(&self, key: &str) -> Option<(u64, u64)> {
         let slot = self.get(key)?;
-        // A queued tensor's digest is computed outside the shard's lock.
-        let theirs = match &slot.at {
+        let digest = match &slot.at {
             Where::Queued(t) => t.digest(),
             Where::Stored { .. } => slot.digest,
         };
-        if theirs != digest {
-            return None;
+        Some((digest, slot.serial))
+    }
+
+    /// Removes `key`'s entry if it is `serial` (any entry, when `None`);
+    /// returns it.
+    pub(crate) fn take(&self, key: &str, serial: Option<u64>) -> Option<Slot> {
+        match serial {
+            None => self.map.remove(key),
+            Some(serial) => self.map.remove_if(key, |_, s| s.serial == serial),
         }
-        self.map.remove_if(key, |_, s| s.serial == slot.serial)
+        .map(|(_, slot)| slot)
     }
 
     /// Removes `key` if its entry is the record at `segment`/`offset` (its

@@ -1,40 +1,39 @@
 //! The segment files: appended to in order, reclaimed whole, oldest first.
 //!
-//! A segment is a file `NNNNNNNNNNNNNNNN.seg` (its id, hex) in the tier's
-//! directory. Records are only ever appended to the newest one, the
-//! *active* segment; when it would pass the segment size a new one is
-//! started. When the next record would take the tier past its budget, the
-//! oldest segment is deleted, with every record in it. So the disk tier
-//! evicts first-in, first-out at the grain of a segment: a tensor read from
-//! disk often enough is promoted to RAM, and written again (to the newest
-//! segment) when RAM evicts it, which keeps what is read in the log's young
-//! end.
+//! A segment is a file `NNNNNNNNNNNNNNNN.seg` (its id, 16 lowercase hex
+//! digits) in the tier's directory. Records are only ever appended to the
+//! newest one, the *active* segment; when it would pass the segment size a
+//! new one is started. When the next record would take the tier past its
+//! budget, the oldest segment is deleted, with every record in it. So the
+//! disk tier evicts first-in, first-out at the grain of a segment, by the
+//! time a tensor was first written to disk: a tensor promoted back to RAM
+//! keeps its record, and RAM evicting it again writes nothing.
 //!
 //! # Budget
 //! A segment is counted as the file system allocates it: its length
 //! rounded up to whole 4 KiB blocks. The sum over all segments never
-//! passes the budget, before or after any write: room is made before the
-//! record is written.
+//! passes the budget after any write: room is made before the record is
+//! written, and a segment whose file cannot be deleted stays counted.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-
-use memmap2::{Mmap, MmapOptions};
 
 /// The file system's allocation unit assumed for the budget.
 const BLOCK: u64 = 4096;
+
+/// Segment ids stay below this, so that the next one never overflows.
+const MAX_SEGMENT_ID: u64 = 1 << 62;
 
 /// Where a record lives.
 #[derive(Debug, Clone)]
 pub(crate) struct Loc {
     pub(crate) segment: u64,
     pub(crate) file: Arc<File>,
-    /// A read-only map of the segment, if it has one.
-    pub(crate) map: Option<Arc<Mmap>>,
     pub(crate) offset: u64,
 }
 
@@ -42,11 +41,6 @@ pub(crate) struct Loc {
 #[derive(Debug)]
 pub(crate) struct Segment {
     pub(crate) file: Arc<File>,
-    /// The segment mapped read-only: records are served from it without a
-    /// copy. A new segment is mapped at the segment size before anything is
-    /// written; records are read only once written, so no page past the
-    /// end of the file is ever touched.
-    pub(crate) map: Option<Arc<Mmap>>,
     pub(crate) len: u64,
     /// The keys of the tensor records in this segment, with their offsets.
     pub(crate) keys: Vec<(Arc<str>, u64)>,
@@ -57,8 +51,10 @@ pub(crate) struct Segment {
 pub(crate) struct Log {
     dir: PathBuf,
     segments: BTreeMap<u64, Segment>,
-    /// Bytes allocated to all segments, in whole blocks.
-    allocated: u64,
+    /// Bytes allocated to all segments, in whole blocks (also those of
+    /// segments whose files could not be deleted). Written only under the
+    /// log's lock; read by stats without it.
+    allocated: Arc<AtomicU64>,
     budget: u64,
     segment_size: u64,
     next_id: u64,
@@ -77,12 +73,18 @@ pub(crate) fn segment_name(id: u64) -> String {
     format!("{id:016x}.seg")
 }
 
-/// The id of a segment's file name, if it is one.
+/// The id of a segment's file name, if it is one (exactly as
+/// [`segment_name`] writes it, and below [`MAX_SEGMENT_ID`]).
 pub(crate) fn segment_id(name: &str) -> Option<u64> {
     let hex = name.strip_suffix(".seg")?;
-    (hex.len() == 16)
-        .then(|| u64::from_str_radix(hex, 16).ok())
-        .flatten()
+    let lowercase_hex = hex.len() == 16
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let id = u64::from_str_radix(hex, 16)
+        .ok()
+        .filter(|_| lowercase_hex)?;
+    (id < MAX_SEGMENT_ID).then_some(id)
 }
 
 impl Log {
@@ -99,7 +101,7 @@ impl Log {
         Log {
             dir: dir.to_owned(),
             segments,
-            allocated,
+            allocated: Arc::new(AtomicU64::new(allocated)),
             budget,
             segment_size,
             next_id,
@@ -109,7 +111,28 @@ impl Log {
 
     /// Bytes allocated to segments now.
     pub(crate) fn allocated(&self) -> u64 {
-        self.allocated
+        self.allocated.load(Ordering::Relaxed)
+    }
+
+    /// The counter behind [`allocated`](Log::allocated), for readers that
+    /// must not wait for the log's lock.
+    pub(crate) fn allocated_counter(&self) -> Arc<AtomicU64> {
+        Arc::clone(&self.allocated)
+    }
+
+    fn add(&self, bytes: u64) {
+        self.allocated.fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// Deletes the oldest segments until the tier is within its budget
+    /// (a restart with a smaller `--disk-size`).
+    pub(crate) fn trim(&mut self, reclaimed: &mut dyn FnMut(u64, Segment)) {
+        while self.allocated() > self.budget {
+            let Some((&oldest, _)) = self.segments.first_key_value() else {
+                break;
+            };
+            self.reclaim(oldest, reclaimed);
+        }
     }
 
     /// Appends a record of `head` then `payload`; first deletes the oldest
@@ -121,7 +144,7 @@ impl Log {
     /// the caller stops writing (recovery skips the torn record).
     pub(crate) fn append(
         &mut self,
-        key: Option<&Arc<str>>,
+        key: &Arc<str>,
         head: &[u8],
         payload: &[u8],
         reclaimed: &mut dyn FnMut(u64, Segment),
@@ -140,75 +163,87 @@ impl Log {
         loop {
             let s = &self.segments[&active];
             let growth = blocks(s.len + len) - blocks(s.len);
-            if self.allocated + growth <= self.budget {
+            if self.allocated() + growth <= self.budget {
                 break;
             }
             match self.segments.first_key_value() {
                 Some((&oldest, _)) if oldest != active => self.reclaim(oldest, reclaimed),
-                // Only the active segment is left: start afresh in it.
+                // Only the active segment is left: delete it, start anew.
                 _ => {
-                    let s = self.segments.remove(&active).expect("the active segment");
-                    self.allocated -= blocks(s.len);
                     std::fs::remove_file(self.dir.join(segment_name(active)))?;
-                    reclaimed(active, s);
+                    if let Some(s) = self.segments.remove(&active) {
+                        self.allocated.fetch_sub(blocks(s.len), Ordering::Relaxed);
+                        reclaimed(active, s);
+                    }
                     return self.append(key, head, payload, reclaimed);
                 }
             }
         }
-        let s = self.segments.get_mut(&active).expect("the active segment");
-        let offset = s.len;
+        let offset = self.segments[&active].len;
         // Count the space before writing it: a write that fails half-way
         // still took it.
-        let grown = blocks(offset + len) - blocks(offset);
-        self.allocated += grown;
+        self.add(blocks(offset + len) - blocks(offset));
+        let s = self
+            .segments
+            .get_mut(&active)
+            .ok_or_else(|| io::Error::other("the active segment is gone"))?;
         s.len += len;
         s.file.write_all_at(head, offset)?;
         s.file.write_all_at(payload, offset + head.len() as u64)?;
-        if let Some(key) = key {
-            s.keys.push((Arc::clone(key), offset));
-        }
+        s.keys.push((Arc::clone(key), offset));
+        let file = Arc::clone(&s.file);
         Ok(Some(Loc {
             segment: active,
-            file: Arc::clone(&s.file),
-            map: s.map.clone(),
+            file,
             offset,
         }))
     }
 
-    /// Deletes the oldest segment (tensors first, to keep the newest).
+    /// Deletes segment `id` whole, forgetting its records. If its file
+    /// cannot be deleted, its space stays counted against the budget.
     fn reclaim(&mut self, id: u64, reclaimed: &mut dyn FnMut(u64, Segment)) {
-        if let Some(s) = self.segments.remove(&id) {
-            self.allocated -= blocks(s.len);
+        let Some(s) = self.segments.remove(&id) else {
+            return;
+        };
+        match std::fs::remove_file(self.dir.join(segment_name(id))) {
             // Readers holding the file keep reading it; the space returns
             // when the last one lets go.
-            if let Err(e) = std::fs::remove_file(self.dir.join(segment_name(id))) {
-                tracing::warn!(segment = id, error = %e, "could not delete a disk segment");
+            Ok(()) => {
+                self.allocated.fetch_sub(blocks(s.len), Ordering::Relaxed);
             }
-            reclaimed(id, s);
+            Err(e) => {
+                tracing::warn!(segment = id, error = %e, "could not delete a disk segment; its space stays counted");
+            }
         }
+        if self.active == Some(id) {
+            self.active = None;
+        }
+        reclaimed(id, s);
     }
 
-    /// Deletes segment `id` whole (a delete that could not be recorded
-    /// takes the segment holding the deleted tensor with it).
+    /// Deletes segment `id` whole: a delete that could not void its record
+    /// takes the segment with it, so that a restart cannot bring the
+    /// tensor back.
     pub(crate) fn drop_segment(&mut self, id: u64, reclaimed: &mut dyn FnMut(u64, Segment)) {
         self.reclaim(id, reclaimed);
     }
 
     fn start_segment(&mut self) -> io::Result<u64> {
         let id = self.next_id;
+        if id >= MAX_SEGMENT_ID {
+            return Err(io::Error::other("segment ids are exhausted"));
+        }
         self.next_id += 1;
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create_new(true)
             .open(self.dir.join(segment_name(id)))?;
-        let map = map(&file, self.segment_size);
         self.active = Some(id);
         self.segments.insert(
             id,
             Segment {
                 file: Arc::new(file),
-                map,
                 len: 0,
                 keys: Vec::new(),
             },
@@ -216,33 +251,13 @@ impl Log {
         Ok(id)
     }
 
-    /// Flushes every segment to stable storage.
+    /// Flushes every segment, and the directory (so that new segments'
+    /// names are durable too), to stable storage.
     pub(crate) fn sync(&self) -> io::Result<()> {
         for s in self.segments.values() {
             s.file.sync_data()?;
         }
-        Ok(())
-    }
-}
-
-/// Maps the first `len` bytes of a segment read-only; `None` (reads then
-/// copy with `pread`) if that fails or `len` is 0.
-pub(crate) fn map(file: &File, len: u64) -> Option<Arc<Mmap>> {
-    let len = usize::try_from(len).ok().filter(|&l| l > 0)?;
-    // SAFETY: the map is read-only, and the bytes behind it never change
-    // while it exists: segments are only appended to, by this process,
-    // records are never rewritten, and no segment is ever truncated (a
-    // reclaimed one is unlinked, which leaves existing maps intact). The
-    // directory's LOCK keeps other servers out. Pages past the end of the
-    // file (a new segment is mapped at its full size) are never touched:
-    // only written records are read.
-    let mapped = unsafe { MmapOptions::new().len(len).map(file) };
-    match mapped {
-        Ok(map) => Some(Arc::new(map)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot map a disk segment; reading it with copies");
-            None
-        }
+        File::open(&self.dir)?.sync_all()
     }
 }
 
@@ -256,6 +271,9 @@ mod tests {
         assert_eq!(segment_id("00000000000000ff.seg"), Some(255));
         assert_eq!(segment_id("ff.seg"), None);
         assert_eq!(segment_id("LOCK"), None);
+        assert_eq!(segment_id("00000000000000FF.seg"), None, "only as written");
+        assert_eq!(segment_id("+0000000000000ff.seg"), None);
+        assert_eq!(segment_id("ffffffffffffffff.seg"), None, "out of range");
     }
 
     #[test]
@@ -267,7 +285,7 @@ mod tests {
         for i in 0..40 {
             let key: Arc<str> = Arc::from(format!("k{i}"));
             let loc = log
-                .append(Some(&key), b"head", &payload, &mut |id, _| gone.push(id))
+                .append(&key, b"head", &payload, &mut |id, _| gone.push(id))
                 .unwrap()
                 .unwrap();
             assert!(log.allocated() <= 64 * 1024, "budget passed at {i}");
@@ -286,7 +304,7 @@ mod tests {
             .sum();
         assert_eq!(on_disk, log.allocated());
         assert!(log
-            .append(None, b"", &vec![0; 65 * 1024], &mut |_, _| ())
+            .append(&Arc::from("big"), b"", &vec![0; 65 * 1024], &mut |_, _| ())
             .unwrap()
             .is_none());
         std::fs::remove_dir_all(dir).unwrap();

@@ -8,22 +8,25 @@
 //! that does not fit in the bounded queue is dropped (and counted). A
 //! queued tensor is served from the queue until it is written.
 //!
-//! Every record carries checksums ([`record`]): a read verifies the whole
-//! record (head, key, metadata, payload) before a byte of it is served, and
-//! a record that fails is dropped from the index and counted as corrupt,
-//! never returned. Recovery ([`recover`]) rebuilds the index from the
-//! records' heads, stopping at the first bad head of a segment (the torn
-//! tail a crash leaves).
+//! Every record carries checksums ([`record`]): a read (`pread`, into a
+//! buffer of its own) verifies the whole record (head, key, metadata,
+//! payload) before a byte of it is served, and a record that fails is
+//! dropped from the index and counted as corrupt, never returned.
+//! Recovery ([`recover`]) rebuilds the index from the records' heads,
+//! stopping at the first bad head of a segment (the torn tail a crash
+//! leaves).
 //!
-//! Deletes are logged too (a delete record), so that a restart does not
-//! bring a deleted tensor back; a delete that cannot be logged (the disk
-//! failed) deletes the whole segment that holds the tensor instead.
+//! A delete voids the key's record in place before it returns (a 4-byte
+//! write into the page cache, so a SIGKILL right after cannot undo it), so
+//! that a restart does not bring the tensor back; a delete that cannot void
+//! it (the disk failed) deletes the whole segment that holds it instead.
 //!
 //! The directory holds a `LOCK` file, locked while a server uses it; a
 //! second server on the same directory is refused.
 
 mod index;
 mod log;
+mod pool;
 mod record;
 mod recover;
 mod writer;
@@ -38,6 +41,8 @@ use std::time::{Duration, Instant};
 use crate::striped::StripedCounter;
 use crate::tensor::Tensor;
 use index::{Index, Slot, Where};
+use log::Loc;
+use pool::Pool;
 use writer::{Job, Queue};
 
 pub use index::PROMOTE_WINDOW;
@@ -121,7 +126,7 @@ pub struct DiskStats {
     /// Gets that RAM missed and the disk tier did not have (or had only a
     /// corrupt record of).
     pub misses: u64,
-    /// Tensors read from disk back into RAM.
+    /// Tensors read from disk back into RAM (each keeps its disk copy).
     pub promotions: u64,
     /// Tensor records written.
     pub writes: u64,
@@ -185,6 +190,10 @@ pub(crate) struct Shared {
     queue_limit: u64,
     index: Index,
     log: Mutex<log::Log>,
+    /// [`log::Log::allocated`], readable without the log's lock (which a
+    /// write holds for its whole `pwrite`).
+    allocated: Arc<AtomicU64>,
+    pool: Arc<Pool>,
     queue: Mutex<Queue>,
     /// Signalled when a job is queued or the writer should stop.
     work: Condvar,
@@ -203,7 +212,13 @@ pub(crate) struct Shared {
     recovery_micros: u64,
     /// Held (locked) for the tier's lifetime.
     _lock: File,
+    /// Receives when the writer thread has returned.
+    writer_done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
+
+/// How long dropping the tier waits for the writer to finish the write at
+/// hand (a hung disk must not hang the process's exit).
+const WRITER_EXIT_WAIT: Duration = Duration::from_secs(10);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
@@ -239,7 +254,13 @@ impl DiskTier {
         })?;
         let recovery_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let segment_size = (cfg.size / 16).clamp(1 << 20, 256 << 20);
-        let log = log::Log::new(&dir, cfg.size, segment_size, recovered.segments);
+        let mut log = log::Log::new(&dir, cfg.size, segment_size, recovered.segments);
+        // Started with a smaller size than last time: the oldest go.
+        log.trim(&mut |id, segment| {
+            for (key, offset) in &segment.keys {
+                index.reclaim(key, id, *offset);
+            }
+        });
         tracing::info!(
             dir = %dir.display(),
             tensors = index.len(),
@@ -248,12 +269,15 @@ impl DiskTier {
             ms = recovery_micros / 1000,
             "disk tier recovered"
         );
+        let (done_tx, done_rx) = std::sync::mpsc::channel();
         let shared = Arc::new(Shared {
             dir,
             limit: cfg.size,
             queue_limit: cfg.queue,
             index,
+            allocated: log.allocated_counter(),
             log: Mutex::new(log),
+            pool: Arc::default(),
             queue: Mutex::new(Queue::default()),
             work: Condvar::new(),
             progress: Condvar::new(),
@@ -269,12 +293,16 @@ impl DiskTier {
             evictions: AtomicU64::new(0),
             recovery_micros,
             _lock: lock_file,
+            writer_done: Mutex::new(Some(done_rx)),
         });
         let writer = {
             let shared = Arc::clone(&shared);
             std::thread::Builder::new()
                 .name("redstone-disk".into())
-                .spawn(move || writer::run(&shared))
+                .spawn(move || {
+                    writer::run(&shared);
+                    let _ = done_tx.send(());
+                })
                 .map_err(|source| DiskError::Unusable {
                     path: cfg.dir.clone(),
                     source,
@@ -301,7 +329,7 @@ impl DiskTier {
         let s = &self.shared;
         DiskStats {
             entries: s.index.len() as u64,
-            bytes: lock(&s.log).allocated(),
+            bytes: s.allocated.load(Ordering::Relaxed),
             limit: s.limit,
             queued_bytes: lock(&s.queue).bytes,
             hits: s.hits.get(),
@@ -335,19 +363,19 @@ impl DiskTier {
             // Already on disk (it was promoted from there): nothing to write.
             return Some(tensor);
         }
-        let len = tensor.data().len() as u64;
+        let charge = Job::charge(&key, &tensor);
         if !s.writable.load(Ordering::Relaxed) {
             s.dropped.fetch_add(1, Ordering::Relaxed);
             return Some(tensor);
         }
         let mut queue = lock(&s.queue);
-        if queue.bytes.saturating_add(len) > s.queue_limit {
+        if queue.bytes.saturating_add(charge) > s.queue_limit {
             drop(queue);
             s.dropped.fetch_add(1, Ordering::Relaxed);
             return Some(tensor);
         }
         let slot = s.index.insert_queued(&key, tensor.clone());
-        queue.push(Job::Write {
+        queue.push(Job {
             key,
             serial: slot.serial,
             tensor,
@@ -365,9 +393,12 @@ impl DiskTier {
         if s.index.contains(&key) {
             return true;
         }
-        let len = tensor.data().len() as u64;
+        if !s.writable.load(Ordering::Relaxed) {
+            return false;
+        }
+        let charge = Job::charge(&key, &tensor);
         let mut queue = lock(&s.queue);
-        while queue.bytes > 0 && queue.bytes.saturating_add(len) > s.queue_limit {
+        while queue.bytes > 0 && queue.bytes.saturating_add(charge) > s.queue_limit {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() || !s.writable.load(Ordering::Relaxed) {
                 return false;
@@ -379,7 +410,7 @@ impl DiskTier {
                 .0;
         }
         let slot = s.index.insert_queued(&key, tensor.clone());
-        queue.push(Job::Write {
+        queue.push(Job {
             key,
             serial: slot.serial,
             tensor,
@@ -443,13 +474,18 @@ impl DiskTier {
         };
         let len = stored.slot.len;
         let _reading = self.reading(len);
-        match record::read(loc, *head_len, &stored.key, len, stored.slot.digest) {
+        let read = record::read(
+            loc,
+            *head_len,
+            &stored.key,
+            len,
+            stored.slot.digest,
+            &s.pool,
+        );
+        match read {
             Ok(tensor) => {
                 s.hits.incr();
                 let promote = stored.slot.hit(crate::engine::unix_micros());
-                if promote {
-                    s.promotions.fetch_add(1, Ordering::Relaxed);
-                }
                 (Some(tensor), promote)
             }
             Err(why) => {
@@ -462,6 +498,11 @@ impl DiskTier {
         }
     }
 
+    /// Counts a tensor read from disk and taken into RAM.
+    pub(crate) fn promoted(&self) {
+        self.shared.promotions.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Whether the record `stored` names is still the key's (it was not
     /// deleted or replaced meanwhile).
     pub(crate) fn still(&self, stored: &StoredRef) -> bool {
@@ -471,33 +512,30 @@ impl DiskTier {
             .is_some_and(|s| s.serial == stored.slot.serial)
     }
 
-    /// The digest of the tensor under `key`, if the tier has it.
-    pub(crate) fn digest(&self, key: &str) -> Option<u64> {
-        let slot = self.shared.index.get(key)?;
-        Some(match &slot.at {
-            Where::Queued(t) => t.digest(),
-            Where::Stored { .. } => slot.digest,
-        })
+    /// The digest of the tensor under `key` (computed for a queued one:
+    /// call it outside locks), and which entry it is, for
+    /// [`remove`](DiskTier::remove).
+    pub(crate) fn digest(&self, key: &str) -> Option<(u64, u64)> {
+        self.shared.index.digest(key)
     }
 
-    /// Removes `key` (only if its digest is `digest`, when given); returns
-    /// whether it did. A removed record is voided on disk by a delete
-    /// record, written after everything queued before.
-    pub(crate) fn remove(&self, key: &str, digest: Option<u64>) -> bool {
-        let s = &self.shared;
-        let Some((key, slot)) = s.index.remove_matching(key, digest) else {
-            return false;
-        };
-        if let Where::Stored { loc, .. } = &slot.at {
-            let mut queue = lock(&s.queue);
-            queue.push(Job::Delete {
-                key,
-                segment: loc.segment,
-            });
-            drop(queue);
-            s.work.notify_one();
+    /// Removes `key` (only its entry `serial`, when given); returns whether
+    /// it did, and the record to [`void`](DiskTier::void) if one was
+    /// written. Cheap: called under the engine's lock, which voids after.
+    pub(crate) fn remove(&self, key: &str, serial: Option<u64>) -> (bool, Option<Voiding>) {
+        match self.shared.index.take(key, serial) {
+            None => (false, None),
+            Some(slot) => match slot.at {
+                Where::Stored { loc, .. } => (true, Some(Voiding(loc))),
+                // Never written: the writer skips it.
+                Where::Queued(_) => (true, None),
+            },
         }
-        true
+    }
+
+    /// Voids a removed tensor's record on disk (see the module docs).
+    pub(crate) fn void(&self, voiding: Voiding) {
+        writer::void_record(&self.shared, &voiding.0);
     }
 
     /// Holds `len` bytes of the read budget until dropped.
@@ -528,18 +566,32 @@ impl Drop for Reading<'_> {
     }
 }
 
+/// A removed tensor's record, to be voided once the engine's lock is let go.
+#[derive(Debug)]
+pub(crate) struct Voiding(Loc);
+
 impl Drop for DiskTier {
     fn drop(&mut self) {
         lock(&self.shared.queue).stop = true;
         self.shared.work.notify_all();
-        if let Some(writer) = self.writer.take() {
-            let _ = writer.join();
-        }
-        if let Err(e) = lock(&self.shared.log).sync() {
-            tracing::warn!(error = %e, "could not sync the disk tier");
+        // The writer finishes the write at hand; what is still queued is
+        // dropped (a shutdown flushes first, within its grace period). A
+        // writer stuck on a hung disk is left behind after a while.
+        let done = lock(&self.shared.writer_done).take();
+        let exited = done.is_some_and(|rx| rx.recv_timeout(WRITER_EXIT_WAIT).is_ok());
+        match self.writer.take() {
+            Some(writer) if exited => {
+                let _ = writer.join();
+                if let Err(e) = lock(&self.shared.log).sync() {
+                    tracing::warn!(error = %e, "could not sync the disk tier");
+                }
+            }
+            _ => tracing::warn!("the disk writer did not stop; leaving it"),
         }
     }
 }
 
+#[cfg(test)]
+mod fault_tests;
 #[cfg(test)]
 pub(crate) mod tests;

@@ -2,18 +2,18 @@
 //!
 //! ```text
 //! offset  size  field
-//!      0     4  magic "RSR1"
-//!      4     1  kind: 1 = tensor, 2 = delete
-//!      5     1  dtype code (0 for a delete)
-//!      6     1  layout code (0 for a delete)
+//!      0     4  magic: "RSR1" for a live record, "RSV1" once voided
+//!      4     1  kind: 1 = tensor (the only kind)
+//!      5     1  dtype code
+//!      6     1  layout code
 //!      7     1  reserved, 0
 //!      8     4  key length, bytes (little-endian, as every integer here)
 //!     12     4  rank (number of dimensions)
 //!     16     8  payload length, bytes
 //!     24     8  the tensor's digest (`Tensor::digest`: dtype, layout,
-//!               shape and payload); 0 for a delete
-//!     32     8  head checksum: XXH3-64 of bytes 0..32, the dimensions and
-//!               the key
+//!               shape and payload)
+//!     32     8  head checksum: XXH3-64 of bytes 4..32, the dimensions and
+//!               the key (not of the magic)
 //!     40  8×rank dimensions, u64 each
 //!      …   key   the key, UTF-8
 //!      …   len   the payload
@@ -24,40 +24,39 @@
 //! checksum holds is a record this server wrote, and its payload is the
 //! tensor's only if the digest recomputed over it matches: recovery checks
 //! the first (reading only heads), every read checks both.
+//!
+//! A delete *voids* the key's record in place: it overwrites the magic
+//! (4 bytes, no new space, so it works on a full disk), and the checksum,
+//! which leaves the magic out, still holds. Recovery skips a voided record
+//! and forgets the key, as a delete at that point of the log.
 
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use memmap2::Mmap;
 
 use super::log::Loc;
+use super::pool::Pool;
 use crate::engine::MAX_KEY_LEN;
 use crate::tensor::meta::{DType, StorageLayout, TensorMeta, MAX_RANK};
 use crate::tensor::Tensor;
 
 pub(crate) const MAGIC: [u8; 4] = *b"RSR1";
+/// The magic of a voided (deleted) record.
+pub(crate) const VOID: [u8; 4] = *b"RSV1";
 /// The fixed part of a record's head.
 pub(crate) const FIXED: usize = 40;
 /// The largest head: the fixed part, [`MAX_RANK`] dimensions, the longest key.
 pub(crate) const MAX_HEAD: usize = FIXED + 8 * MAX_RANK + MAX_KEY_LEN;
 
-/// What a record says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Kind {
-    /// A tensor, its payload following the head.
-    Tensor,
-    /// The key was deleted: earlier records of it are void.
-    Delete,
-}
-
 /// A record's head, decoded and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Head {
-    pub(crate) kind: Kind,
+    /// Whether a delete voided the record.
+    pub(crate) voided: bool,
     pub(crate) key: String,
-    /// `None` for a delete.
-    pub(crate) meta: Option<TensorMeta>,
+    pub(crate) meta: TensorMeta,
     pub(crate) payload_len: u64,
     pub(crate) digest: u64,
     /// The head's length on disk: where the payload starts.
@@ -68,7 +67,7 @@ pub(crate) struct Head {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub(crate) enum BadHead {
     /// Fewer bytes than the head needs (the end of the file, or a head
-    /// longer than the bytes read so far: read `0` bytes and try again).
+    /// longer than the bytes read so far).
     #[error("the head needs {0} bytes")]
     Short(usize),
     /// Not a record this server wrote, or written only in part.
@@ -79,37 +78,13 @@ pub(crate) enum BadHead {
 /// Encodes the head of a tensor record.
 pub(crate) fn tensor_head(key: &str, tensor: &Tensor, digest: u64) -> Vec<u8> {
     let meta = tensor.meta();
-    encode(
-        1,
-        meta.dtype().code(),
-        meta.layout().code(),
-        key,
-        meta.shape(),
-        tensor.data().len() as u64,
-        digest,
-    )
-}
-
-/// Encodes a delete record (a head without payload).
-pub(crate) fn delete_head(key: &str) -> Vec<u8> {
-    encode(2, 0, 0, key, &[], 0, 0)
-}
-
-fn encode(
-    kind: u8,
-    dtype: u8,
-    layout: u8,
-    key: &str,
-    shape: &[u64],
-    payload_len: u64,
-    digest: u64,
-) -> Vec<u8> {
+    let shape = meta.shape();
     let mut head = Vec::with_capacity(FIXED + 8 * shape.len() + key.len());
     head.extend_from_slice(&MAGIC);
-    head.extend_from_slice(&[kind, dtype, layout, 0]);
+    head.extend_from_slice(&[1, meta.dtype().code(), meta.layout().code(), 0]);
     head.extend_from_slice(&(key.len() as u32).to_le_bytes());
     head.extend_from_slice(&(shape.len() as u32).to_le_bytes());
-    head.extend_from_slice(&payload_len.to_le_bytes());
+    head.extend_from_slice(&(tensor.data().len() as u64).to_le_bytes());
     head.extend_from_slice(&digest.to_le_bytes());
     head.extend_from_slice(&[0; 8]);
     for dim in shape {
@@ -121,10 +96,10 @@ fn encode(
     head
 }
 
-/// The checksum of a head: everything but its own 8 bytes.
+/// The checksum of a head: everything but the magic and its own 8 bytes.
 fn head_sum(head: &[u8]) -> u64 {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    hasher.update(&head[..32]);
+    hasher.update(&head[4..32]);
     hasher.update(&head[FIXED..]);
     hasher.digest()
 }
@@ -149,9 +124,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head, BadHead> {
     if bytes.len() < FIXED {
         return Err(BadHead::Short(FIXED));
     }
-    if bytes[..4] != MAGIC {
-        return Err(BadHead::Corrupt("no record starts here"));
-    }
+    let voided = match [bytes[0], bytes[1], bytes[2], bytes[3]] {
+        MAGIC => false,
+        VOID => true,
+        _ => return Err(BadHead::Corrupt("no record starts here")),
+    };
     let key_len = u32_at(bytes, 8) as usize;
     let rank = u32_at(bytes, 12) as usize;
     if key_len > MAX_KEY_LEN || rank > MAX_RANK {
@@ -165,37 +142,36 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head, BadHead> {
     if u64_at(head, 32) != head_sum(head) {
         return Err(BadHead::Corrupt("the head's checksum does not match"));
     }
+    if head[4] != 1 {
+        return Err(BadHead::Corrupt("unknown record kind"));
+    }
     let key = std::str::from_utf8(&head[len - key_len..])
         .map_err(|_| BadHead::Corrupt("the key is not UTF-8"))?
         .to_owned();
     let payload_len = u64_at(head, 16);
-    let digest = u64_at(head, 24);
-    let (kind, meta) = match head[4] {
-        1 => {
-            let shape: Vec<u64> = (0..rank).map(|i| u64_at(head, FIXED + 8 * i)).collect();
-            let meta = TensorMeta::new(
-                DType::from_code(i64::from(head[5])).map_err(|_| BadHead::Corrupt("bad dtype"))?,
-                shape,
-                StorageLayout::from_code(i64::from(head[6]))
-                    .map_err(|_| BadHead::Corrupt("bad layout"))?,
-            )
-            .map_err(|_| BadHead::Corrupt("bad shape"))?;
-            if meta.byte_size() != payload_len {
-                return Err(BadHead::Corrupt("the payload length is not the shape's"));
-            }
-            (Kind::Tensor, Some(meta))
-        }
-        2 if payload_len == 0 => (Kind::Delete, None),
-        _ => return Err(BadHead::Corrupt("unknown record kind")),
-    };
+    let shape: Vec<u64> = (0..rank).map(|i| u64_at(head, FIXED + 8 * i)).collect();
+    let meta = TensorMeta::new(
+        DType::from_code(i64::from(head[5])).map_err(|_| BadHead::Corrupt("bad dtype"))?,
+        shape,
+        StorageLayout::from_code(i64::from(head[6])).map_err(|_| BadHead::Corrupt("bad layout"))?,
+    )
+    .map_err(|_| BadHead::Corrupt("bad shape"))?;
+    if meta.byte_size() != payload_len {
+        return Err(BadHead::Corrupt("the payload length is not the shape's"));
+    }
     Ok(Head {
-        kind,
+        voided,
         key,
         meta,
         payload_len,
-        digest,
+        digest: u64_at(head, 24),
         len,
     })
+}
+
+/// Voids the record at `offset` of `file` (see the module docs).
+pub(crate) fn void(file: &File, offset: u64) -> std::io::Result<()> {
+    file.write_all_at(&VOID, offset)
 }
 
 /// Why a record read back is not served.
@@ -211,79 +187,36 @@ pub(crate) enum ReadFailure {
     Digest,
 }
 
-/// A record's payload inside a segment's map: what a `Bytes` read from
-/// disk points into.
-struct Mapped {
-    map: Arc<Mmap>,
-    start: usize,
-    end: usize,
-}
-
-impl AsRef<[u8]> for Mapped {
-    fn as_ref(&self) -> &[u8] {
-        &self.map[self.start..self.end]
-    }
-}
-
 /// Reads the tensor record at `loc` (head `head_len` bytes, payload `len`)
-/// and checks all of it against what the index says: the head's checksum,
-/// the key, the length, and the payload against the digest.
-///
-/// The payload is a view of the segment's map (no copy; it keeps the map,
-/// and the segment's disk space, alive while held), or, for a segment
-/// without one, a copy read into an allocation of exactly `len` bytes.
+/// with `pread`, and checks all of it against what the index says: the
+/// head's checksum, the key, the length, and the payload against the
+/// digest. The payload goes into a buffer from `pool`: the bytes checked
+/// are the bytes served, and a read error is an error, never a signal.
 pub(crate) fn read(
     loc: &Loc,
     head_len: u32,
     key: &str,
     len: u64,
     digest: u64,
+    pool: &Arc<Pool>,
 ) -> Result<Tensor, ReadFailure> {
-    let total = u64::from(head_len) + len;
-    let mapped = loc.map.as_ref().filter(|m| loc.offset + total <= m.len() as u64);
-    let mut copy = Vec::new();
-    let head = match mapped {
-        Some(map) => {
-            let start = loc.offset as usize;
-            // One read-ahead for the whole record (a cold one would
-            // otherwise be faulted in a few pages at a time).
-            let _ = map.advise_range(memmap2::Advice::WillNeed, start, total as usize);
-            &map[start..start + head_len as usize]
-        }
-        None => {
-            copy.resize(head_len as usize, 0);
-            loc.file.read_exact_at(&mut copy, loc.offset)?;
-            &copy[..]
-        }
-    };
-    let head = decode(head)?;
-    let meta = match head.meta {
-        Some(meta)
-            if head.kind == Kind::Tensor
-                && head.key == key
-                && head.payload_len == len
-                && head.digest == digest
-                && head.len == head_len as usize =>
-        {
-            meta
-        }
-        _ => return Err(ReadFailure::Mismatch),
-    };
-    let start = loc.offset + u64::from(head_len);
-    let payload = match mapped {
-        Some(map) => Bytes::from_owner(Mapped {
-            map: Arc::clone(map),
-            start: start as usize,
-            end: (start + len) as usize,
-        }),
-        None => {
-            let len = usize::try_from(len).map_err(|_| ReadFailure::Mismatch)?;
-            let mut payload = vec![0; len];
-            loc.file.read_exact_at(&mut payload, start)?;
-            Bytes::from(payload)
-        }
-    };
-    let tensor = Tensor::new(meta, payload).map_err(|_| ReadFailure::Mismatch)?;
+    let mut head = vec![0; head_len as usize];
+    loc.file.read_exact_at(&mut head, loc.offset)?;
+    let head = decode(&head)?;
+    if head.voided
+        || head.key != key
+        || head.payload_len != len
+        || head.digest != digest
+        || head.len != head_len as usize
+    {
+        return Err(ReadFailure::Mismatch);
+    }
+    let len = usize::try_from(len).map_err(|_| ReadFailure::Mismatch)?;
+    let mut payload = pool.take(len);
+    loc.file
+        .read_exact_at(payload.as_mut(), loc.offset + u64::from(head_len))?;
+    let tensor =
+        Tensor::new(head.meta, Bytes::from_owner(payload)).map_err(|_| ReadFailure::Mismatch)?;
     if tensor.digest() != digest {
         return Err(ReadFailure::Digest);
     }
@@ -303,15 +236,19 @@ mod tests {
         let t = tensor();
         let head = tensor_head("layer.0", &t, t.digest());
         let got = decode(&head).unwrap();
-        assert_eq!(got.kind, Kind::Tensor);
+        assert!(!got.voided);
         assert_eq!(got.key, "layer.0");
-        assert_eq!(got.meta.as_ref(), Some(t.meta()));
+        assert_eq!(&got.meta, t.meta());
         assert_eq!(
             (got.payload_len, got.digest, got.len),
             (24, t.digest(), head.len())
         );
-        let del = decode(&delete_head("layer.0")).unwrap();
-        assert_eq!((del.kind, del.key.as_str()), (Kind::Delete, "layer.0"));
+        let mut voided = head.clone();
+        voided[..4].copy_from_slice(&VOID);
+        assert!(
+            decode(&voided).unwrap().voided,
+            "voiding keeps the checksum"
+        );
     }
 
     #[test]
@@ -322,7 +259,12 @@ mod tests {
             for bit in 0..8 {
                 let mut bad = head.clone();
                 bad[i] ^= 1 << bit;
-                assert!(decode(&bad).is_err(), "byte {i} bit {bit} went unnoticed");
+                // A flip in the magic may only turn it into the other one.
+                let caught = match decode(&bad) {
+                    Err(_) => true,
+                    Ok(h) => i < 4 && h.voided,
+                };
+                assert!(caught, "byte {i} bit {bit} went unnoticed");
             }
         }
     }
@@ -337,7 +279,7 @@ mod tests {
 
     #[test]
     fn claimed_lengths_are_bounded_before_use() {
-        let mut head = delete_head("k");
+        let mut head = tensor_head("k", &tensor(), 0);
         head[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(matches!(decode(&head), Err(BadHead::Corrupt(_))));
     }

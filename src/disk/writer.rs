@@ -1,48 +1,51 @@
-//! The writer thread: takes queued jobs in order and appends their records.
-//!
-//! One thread, so records reach the log in the order their jobs were
-//! queued: a delete record always follows the record it voids, and
-//! precedes a later write of the same key.
+//! The writer thread: takes queued tensors in order and appends their
+//! records.
 
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use super::log::Segment;
+use super::log::{Loc, Segment};
 use super::{lock, record, Shared};
 use crate::tensor::Tensor;
 
-/// Something for the writer to do.
+/// What a queued write is charged against the queue's bound besides its
+/// payload: its key and the entries it holds in the queue and the index
+/// (the engine charges a RAM entry the same).
+pub(crate) const QUEUED_OVERHEAD: u64 = crate::engine::ENTRY_OVERHEAD;
+
+/// A tensor RAM evicted, to be written if the index still has entry
+/// `serial` for its key.
 #[derive(Debug)]
-pub(crate) enum Job {
-    /// Write the tensor RAM evicted, if the index still has entry `serial`.
-    Write {
-        key: Arc<str>,
-        serial: u64,
-        tensor: Tensor,
-    },
-    /// Record that `key`, whose record is in `segment`, was deleted.
-    Delete { key: Arc<str>, segment: u64 },
+pub(crate) struct Job {
+    pub(crate) key: Arc<str>,
+    pub(crate) serial: u64,
+    pub(crate) tensor: Tensor,
+}
+
+impl Job {
+    /// What the job holds, as counted against the queue's bound.
+    pub(crate) fn charge(key: &str, tensor: &Tensor) -> u64 {
+        tensor.data().len() as u64 + key.len() as u64 + QUEUED_OVERHEAD
+    }
 }
 
 /// The jobs waiting, and what flush waits on.
 #[derive(Debug, Default)]
 pub(crate) struct Queue {
     jobs: VecDeque<Job>,
-    /// Payload bytes of the queued writes.
+    /// The queued jobs' [`Job::charge`]s.
     pub(crate) bytes: u64,
     /// Jobs ever queued, and finished.
     pub(crate) pushed: u64,
     pub(crate) finished: u64,
-    /// Set when the tier is dropped: finish the queue, then exit.
+    /// Set when the tier is dropped: stop after the job at hand.
     pub(crate) stop: bool,
 }
 
 impl Queue {
     pub(crate) fn push(&mut self, job: Job) {
-        if let Job::Write { tensor, .. } = &job {
-            self.bytes += tensor.data().len() as u64;
-        }
+        self.bytes += Job::charge(&job.key, &job.tensor);
         self.jobs.push_back(job);
         self.pushed += 1;
     }
@@ -54,11 +57,11 @@ pub(crate) fn run(s: &Shared) {
         let job = {
             let mut queue = lock(&s.queue);
             loop {
-                if let Some(job) = queue.jobs.pop_front() {
-                    break job;
-                }
                 if queue.stop {
                     return;
+                }
+                if let Some(job) = queue.jobs.pop_front() {
+                    break job;
                 }
                 queue = s
                     .work
@@ -66,25 +69,13 @@ pub(crate) fn run(s: &Shared) {
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
             }
         };
-        let written = match &job {
-            Job::Write {
-                key,
-                serial,
-                tensor,
-            } => {
-                write(s, key, *serial, tensor);
-                tensor.data().len() as u64
-            }
-            Job::Delete { key, segment } => {
-                delete(s, key, *segment);
-                0
-            }
-        };
+        let charge = Job::charge(&job.key, &job.tensor);
+        write(s, &job.key, job.serial, &job.tensor);
         // The job's tensor is let go of before its bytes leave the queue's
         // count, so the count bounds what the queue really holds.
         drop(job);
         let mut queue = lock(&s.queue);
-        queue.bytes -= written;
+        queue.bytes -= charge;
         queue.finished += 1;
         drop(queue);
         s.progress.notify_all();
@@ -92,7 +83,7 @@ pub(crate) fn run(s: &Shared) {
 }
 
 /// Forgets the index entries of a segment being deleted.
-fn reclaimed(s: &Shared) -> impl FnMut(u64, Segment) + '_ {
+pub(crate) fn reclaimed(s: &Shared) -> impl FnMut(u64, Segment) + '_ {
     move |id, segment| {
         for (key, offset) in &segment.keys {
             if s.index.reclaim(key, id, *offset) {
@@ -103,7 +94,7 @@ fn reclaimed(s: &Shared) -> impl FnMut(u64, Segment) + '_ {
 }
 
 /// Stops all further writes after a failure, saying so once.
-fn fail(s: &Shared, e: &std::io::Error) {
+pub(crate) fn fail(s: &Shared, e: &std::io::Error) {
     if s.writable.swap(false, Ordering::Relaxed) {
         tracing::error!(dir = %s.dir.display(), error = %e, "the disk tier stopped writing; serving from RAM and what is on disk");
     }
@@ -122,14 +113,14 @@ fn write(s: &Shared, key: &Arc<str>, serial: u64, tensor: &Tensor) {
     }
     let digest = tensor.digest();
     let head = record::tensor_head(key, tensor, digest);
-    let appended = lock(&s.log).append(Some(key), &head, tensor.data(), &mut reclaimed(s));
+    let appended = lock(&s.log).append(key, &head, tensor.data(), &mut reclaimed(s));
     match appended {
         Ok(Some(loc)) => {
             s.writes.fetch_add(1, Ordering::Relaxed);
-            let segment = loc.segment;
+            let void = loc.clone();
             if !s.index.written(key, serial, loc, head.len() as u32, digest) {
                 // Deleted while it was being written: void the record.
-                delete(s, key, segment);
+                void_record(s, &void);
             }
         }
         Ok(None) => {
@@ -144,16 +135,11 @@ fn write(s: &Shared, key: &Arc<str>, serial: u64, tensor: &Tensor) {
     }
 }
 
-/// Appends a delete record for `key`; if that fails, deletes the segment
-/// holding its tensor, so that a restart cannot bring the tensor back.
-fn delete(s: &Shared, key: &Arc<str>, segment: u64) {
-    let mut log = lock(&s.log);
-    if s.writable.load(Ordering::Relaxed) {
-        match log.append(None, &record::delete_head(key), &[], &mut reclaimed(s)) {
-            Ok(Some(_)) => return,
-            Ok(None) => {}
-            Err(e) => fail(s, &e),
-        }
+/// Voids the record at `loc` (a delete); if that fails, deletes its whole
+/// segment, so that a restart cannot bring the tensor back.
+pub(crate) fn void_record(s: &Shared, loc: &Loc) {
+    if let Err(e) = record::void(&loc.file, loc.offset) {
+        tracing::error!(segment = loc.segment, error = %e, "cannot void a deleted tensor's disk record; deleting its segment");
+        lock(&s.log).drop_segment(loc.segment, &mut reclaimed(s));
     }
-    log.drop_segment(segment, &mut reclaimed(s));
 }

@@ -138,6 +138,17 @@ struct Shared {
     disk: Option<DiskTier>,
 }
 
+/// Which disk entry a delete removes.
+#[derive(Debug, Clone, Copy)]
+enum DiskVictim {
+    /// Whatever the disk tier has under the key.
+    Any,
+    /// Only this entry (its serial), whose digest was checked.
+    Entry(u64),
+    /// None.
+    None,
+}
+
 /// What a [`lookup`](Engine::lookup) found.
 #[derive(Debug)]
 pub enum Lookup {
@@ -179,9 +190,7 @@ impl DiskRead {
         let (tensor, promote) = disk.read(&self.stored);
         let tensor = tensor?;
         if promote {
-            // RAM gets a copy of its own: the tensor read is a view of the
-            // segment file, which must not outlive the segment in RAM.
-            self.engine.promote(&self.stored, tensor.clone().compacted());
+            self.engine.promote(&self.stored, &tensor);
         }
         Some(tensor)
     }
@@ -391,10 +400,12 @@ impl Engine {
         Ok(found)
     }
 
-    /// Brings a tensor read from disk back into RAM, unless its record was
-    /// deleted or replaced meanwhile (checked under the eviction lock, which
-    /// deletes also hold) or RAM has the key already.
-    fn promote(&self, stored: &StoredRef, tensor: Tensor) {
+    /// Brings a copy of a tensor read from disk into RAM (the read's own
+    /// buffer goes back to the disk tier's pool), unless RAM cannot hold it,
+    /// has the key already, or its record was deleted or replaced meanwhile
+    /// (checked again under the eviction lock, which deletes also hold).
+    /// The record stays on disk.
+    fn promote(&self, stored: &StoredRef, tensor: &Tensor) {
         let Some(disk) = &self.shared.disk else {
             return;
         };
@@ -402,6 +413,11 @@ impl Engine {
         let Ok(charge) = self.admissible(key, tensor.meta(), tensor.data().len() as u64) else {
             return;
         };
+        if self.shared.index.contains_key(key) || !disk.still(stored) {
+            return;
+        }
+        // Copied only once it may go in, outside the lock.
+        let copy = tensor.clone().compacted();
         let evicted;
         {
             let mut order = self.lock_order();
@@ -411,8 +427,9 @@ impl Engine {
             let mut stones = self.lock_tombstones();
             evicted = self.make_room(&mut order, &mut stones, charge);
             drop(stones);
-            self.admit_entry(&mut order, Arc::from(key), tensor, charge);
+            self.admit_entry(&mut order, Arc::from(key), copy, charge);
         }
+        disk.promoted();
         drop(evicted);
     }
 
@@ -471,7 +488,12 @@ impl Engine {
         validate_key(key)?;
         Ok(match self.digest_of(key) {
             Some((digest, _)) => Some(digest),
-            None => self.shared.disk.as_ref().and_then(|d| d.digest(key)),
+            None => self
+                .shared
+                .disk
+                .as_ref()
+                .and_then(|d| d.digest(key))
+                .map(|(digest, _)| digest),
         })
     }
 
@@ -495,17 +517,24 @@ impl Engine {
     /// in flight cannot land after it; not when another value is there.
     pub fn delete_if(&self, key: &str, digest: u64) -> Result<bool, Error> {
         validate_key(key)?;
-        match self.digest_of(key) {
-            None => Ok(self.bury(key, None, Some(digest))),
-            Some((theirs, _)) if theirs != digest => Ok(false),
-            // The digest was computed outside the lock: remove only the very
-            // entry it was computed for.
-            Some((_, cell)) => Ok(self.bury(
-                key,
-                Some(&|e: &Entry| Arc::ptr_eq(&e.digest, &cell)),
-                Some(digest),
-            )),
+        // Digests are computed outside the lock: remove only the very
+        // entries they were computed for.
+        let ram = self.digest_of(key);
+        let disk = self.shared.disk.as_ref().and_then(|d| d.digest(key));
+        if ram.as_ref().is_some_and(|(d, _)| *d != digest) || disk.is_some_and(|(d, _)| d != digest)
+        {
+            return Ok(false);
         }
+        let disk = match disk {
+            Some((_, serial)) => DiskVictim::Entry(serial),
+            None => DiskVictim::None,
+        };
+        Ok(match ram {
+            None => self.bury(key, None, disk),
+            Some((_, cell)) => {
+                self.bury(key, Some(&|e: &Entry| Arc::ptr_eq(&e.digest, &cell)), disk)
+            }
+        })
     }
 
     /// Whether `key` is cached (in RAM or on disk), without counting a hit
@@ -586,21 +615,17 @@ impl Engine {
     /// that a conditional put begun before it is refused.
     pub fn delete(&self, key: &str) -> Result<bool, Error> {
         validate_key(key)?;
-        Ok(self.bury(key, Some(&|_: &Entry| true), None))
+        Ok(self.bury(key, Some(&|_: &Entry| true), DiskVictim::Any))
     }
 
     /// Removes `key`'s RAM entry if `remove` accepts it (`None`: none), and
-    /// its disk copy if its digest is `disk_digest` (`None`: any), then
-    /// remembers the delete with a tombstone unless another entry stays.
-    /// Returns whether an entry was removed.
-    fn bury(
-        &self,
-        key: &str,
-        remove: Option<&dyn Fn(&Entry) -> bool>,
-        disk_digest: Option<u64>,
-    ) -> bool {
+    /// its disk copy as `disk` says, then remembers the delete with a
+    /// tombstone unless another entry stays. Returns whether an entry was
+    /// removed. A disk record removed is voided on disk before this
+    /// returns, outside the lock.
+    fn bury(&self, key: &str, remove: Option<&dyn Fn(&Entry) -> bool>, disk: DiskVictim) -> bool {
         let now = unix_micros();
-        let (removed, evicted) = {
+        let (removed, evicted, voiding) = {
             let mut order = self.lock_order();
             let removed = match remove {
                 Some(remove) => self.shared.index.remove_if(key, |_, e| remove(e)),
@@ -611,11 +636,11 @@ impl Engine {
                 self.release(entry.charge);
             }
             // Under the eviction lock, which a promotion from disk holds too.
-            let removed_from_disk = self
-                .shared
-                .disk
-                .as_ref()
-                .is_some_and(|d| d.remove(key, disk_digest));
+            let (removed_from_disk, voiding) = match (&self.shared.disk, disk) {
+                (Some(tier), DiskVictim::Any) => tier.remove(key, None),
+                (Some(tier), DiskVictim::Entry(serial)) => tier.remove(key, Some(serial)),
+                _ => (false, None),
+            };
             let mut evicted = Vec::new();
             let mut stones = self.lock_tombstones();
             self.release(stones.expire(now));
@@ -632,8 +657,11 @@ impl Engine {
                     .memory_used
                     .fetch_add(stones.bury(&key, now), Ordering::Relaxed);
             }
-            (removed.is_some() || removed_from_disk, evicted)
+            (removed.is_some() || removed_from_disk, evicted, voiding)
         };
+        if let (Some(tier), Some(voiding)) = (&self.shared.disk, voiding) {
+            tier.void(voiding);
+        }
         // Payloads are freed here, outside the lock.
         drop(evicted);
         removed

@@ -490,14 +490,6 @@ mod tests {
     }
 
     #[test]
-    fn archived_layouts_keep_their_sizes() {
-        // Every response's bytes depend on these sizes: a variant that grows
-        // them (instead of being boxed) breaks every client already out.
-        assert_eq!(std::mem::size_of::<ArchivedBody>(), 56);
-        assert_eq!(std::mem::size_of::<ArchivedRequest>(), 20);
-    }
-
-    #[test]
     fn requests_round_trip() {
         let requests = [
             Request::Ping,
