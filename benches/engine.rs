@@ -1,5 +1,7 @@
 //! The engine in-process: put and get latency by size, get throughput on
-//! one and two threads, and put throughput while evicting.
+//! one and two threads, and put throughput while evicting; the last three
+//! also over a disk tier (`…/disk`: the same RAM tier, its evictions
+//! written to a directory under the system's temp dir).
 //!
 //! `cargo bench --bench engine`
 
@@ -9,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use redstone::engine::Engine;
+use redstone::disk::{DiskConfig, DiskTier};
+use redstone::engine::{Engine, MAX_TOMBSTONES, TOMBSTONE_TTL};
 use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use redstone::tensor::Tensor;
 
@@ -43,9 +46,25 @@ fn put_latency(c: &mut Criterion) {
     group.finish();
 }
 
-fn filled(size: usize, keys: usize) -> (Engine, Vec<String>) {
+/// An engine with a RAM tier of `budget` bytes, over a disk tier if `disk`.
+fn engine(budget: u64, disk: bool) -> Engine {
+    if !disk {
+        return Engine::new(budget);
+    }
+    let dir = std::env::temp_dir().join(format!("redstone-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let cfg = DiskConfig {
+        queue: 16 << 20,
+        ..DiskConfig::new(&dir, 8 << 30)
+    };
+    let tier = DiskTier::open(&cfg).expect("a disk tier in the temp dir");
+    Engine::with_disk(budget + cfg.queue, TOMBSTONE_TTL, MAX_TOMBSTONES, tier)
+}
+
+fn filled_over(size: usize, keys: usize, disk: bool) -> (Engine, Vec<String>) {
     let t = tensor(size);
-    let engine = Engine::new((keys as u64 + 1) * Engine::charge("key-0000000", t.meta()));
+    let budget = (keys as u64 + 1) * Engine::charge("key-0000000", t.meta());
+    let engine = engine(budget, disk);
     let names: Vec<String> = (0..keys).map(|i| format!("key-{i:07}")).collect();
     for k in &names {
         engine.put(k, t.clone()).unwrap();
@@ -55,8 +74,12 @@ fn filled(size: usize, keys: usize) -> (Engine, Vec<String>) {
 
 fn get_latency(c: &mut Criterion) {
     let mut group = c.benchmark_group("engine/get");
-    for (name, size) in [("3KiB", 3 << 10), ("1MiB", 1 << 20)] {
-        let (engine, keys) = filled(size, 1000);
+    for (name, size, disk) in [
+        ("3KiB", 3 << 10, false),
+        ("1MiB", 1 << 20, false),
+        ("3KiB/disk", 3 << 10, true),
+    ] {
+        let (engine, keys) = filled_over(size, 1000, disk);
         let mut i = 0;
         group.throughput(Throughput::Elements(1));
         group.bench_function(BenchmarkId::from_parameter(name), |b| {
@@ -73,11 +96,12 @@ fn get_latency(c: &mut Criterion) {
 /// get must not serialize readers. Each thread reads its own sequence of
 /// 10,000 keys in a 3 KiB cache of 100,000.
 fn get_throughput(c: &mut Criterion) {
-    let (engine, keys) = filled(3 << 10, 100_000);
     let mut group = c.benchmark_group("engine/get_throughput");
-    for threads in [1usize, 2] {
+    for (threads, disk) in [(1usize, false), (2, false), (2, true)] {
+        let (engine, keys) = filled_over(3 << 10, 100_000, disk);
+        let name = if disk { "threads/disk" } else { "threads" };
         group.throughput(Throughput::Elements(threads as u64));
-        group.bench_function(BenchmarkId::new("threads", threads), |b| {
+        group.bench_function(BenchmarkId::new(name, threads), |b| {
             b.iter_custom(|iters| {
                 let start = Instant::now();
                 std::thread::scope(|s| {
@@ -99,21 +123,24 @@ fn get_throughput(c: &mut Criterion) {
     group.finish();
 }
 
-/// Puts into a full cache: every put evicts.
+/// Puts into a full cache: every put evicts (over a disk tier: and hands
+/// the evicted tensor to its writer, or drops it when the queue is full).
 fn put_while_evicting(c: &mut Criterion) {
-    let (engine, _) = filled(3 << 10, 10_000);
-    let t = tensor(3 << 10);
-    let n = AtomicU64::new(0);
     let mut group = c.benchmark_group("engine/put_full");
-    group.throughput(Throughput::Elements(1));
-    group.bench_function("3KiB", |b| {
-        b.iter(|| {
-            let key = format!("new-{:08}", n.fetch_add(1, Ordering::Relaxed));
-            engine.put(&key, t.clone()).unwrap();
-        })
-    });
+    for (name, disk) in [("3KiB", false), ("3KiB/disk", true)] {
+        let (engine, _) = filled_over(3 << 10, 10_000, disk);
+        let t = tensor(3 << 10);
+        let n = AtomicU64::new(0);
+        group.throughput(Throughput::Elements(1));
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                let key = format!("new-{:08}", n.fetch_add(1, Ordering::Relaxed));
+                engine.put(&key, t.clone()).unwrap();
+            })
+        });
+        assert!(engine.stats().evictions > 0);
+    }
     group.finish();
-    assert!(engine.stats().evictions > 0);
 }
 
 criterion_group! {

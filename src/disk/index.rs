@@ -73,6 +73,9 @@ impl Slot {
 pub(crate) struct Index {
     map: DashMap<Arc<str>, Slot>,
     serials: AtomicU64,
+    /// The `last_hit` of every queued slot (never read: a queued tensor is
+    /// served from memory), so that queueing allocates no counter.
+    unread: Arc<AtomicU64>,
 }
 
 impl Index {
@@ -94,22 +97,32 @@ impl Index {
             .map(|s| (Arc::clone(s.key()), s.value().clone()))
     }
 
-    fn slot(&self, at: Where, len: u64, digest: u64) -> Slot {
-        Slot {
-            at,
-            len,
-            digest,
-            serial: self.serials.fetch_add(1, Ordering::Relaxed) + 1,
-            last_hit: Arc::default(),
-        }
+    fn serial(&self) -> u64 {
+        self.serials.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Enters a tensor queued for writing, replacing whatever was there.
-    pub(crate) fn insert_queued(&self, key: &Arc<str>, tensor: Tensor) -> Slot {
-        let len = tensor.data().len() as u64;
-        let slot = self.slot(Where::Queued(tensor), len, 0);
-        self.map.insert(Arc::clone(key), slot.clone());
-        slot
+    /// Enters a tensor queued for writing, replacing whatever was there;
+    /// returns its entry's serial.
+    pub(crate) fn insert_queued(&self, key: &Arc<str>, tensor: Tensor) -> u64 {
+        let serial = self.serial();
+        let slot = Slot {
+            len: tensor.data().len() as u64,
+            at: Where::Queued(tensor),
+            digest: 0,
+            serial,
+            last_hit: Arc::clone(&self.unread),
+        };
+        self.map.insert(Arc::clone(key), slot);
+        serial
+    }
+
+    /// The tensor queued as entry `serial` of `key`, if it still is.
+    pub(crate) fn queued(&self, key: &str, serial: u64) -> Option<Tensor> {
+        let slot = self.map.get(key)?;
+        match &slot.at {
+            Where::Queued(tensor) if slot.serial == serial => Some(tensor.clone()),
+            _ => None,
+        }
     }
 
     /// Enters a record found on disk by recovery, replacing an older one.
@@ -121,7 +134,13 @@ impl Index {
         len: u64,
         digest: u64,
     ) {
-        let slot = self.slot(Where::Stored { loc, head_len }, len, digest);
+        let slot = Slot {
+            at: Where::Stored { loc, head_len },
+            len,
+            digest,
+            serial: self.serial(),
+            last_hit: Arc::default(),
+        };
         self.map.insert(key, slot);
     }
 
@@ -139,6 +158,7 @@ impl Index {
             Some(mut slot) if slot.serial == serial => {
                 slot.at = Where::Stored { loc, head_len };
                 slot.digest = digest;
+                slot.last_hit = Arc::default();
                 true
             }
             _ => false,

@@ -374,14 +374,16 @@ impl DiskTier {
             s.dropped.fetch_add(1, Ordering::Relaxed);
             return Some(tensor);
         }
-        let slot = s.index.insert_queued(&key, tensor.clone());
-        queue.push(Job {
+        let serial = s.index.insert_queued(&key, tensor);
+        let wake = queue.push(Job {
             key,
-            serial: slot.serial,
-            tensor,
+            serial,
+            charge,
         });
         drop(queue);
-        s.work.notify_one();
+        if wake {
+            s.work.notify_one();
+        }
         None
     }
 
@@ -403,20 +405,24 @@ impl DiskTier {
             if left.is_zero() || !s.writable.load(Ordering::Relaxed) {
                 return false;
             }
+            queue.watchers += 1;
             queue = s
                 .progress
                 .wait_timeout(queue, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            queue.watchers -= 1;
         }
-        let slot = s.index.insert_queued(&key, tensor.clone());
-        queue.push(Job {
+        let serial = s.index.insert_queued(&key, tensor);
+        let wake = queue.push(Job {
             key,
-            serial: slot.serial,
-            tensor,
+            serial,
+            charge,
         });
         drop(queue);
-        s.work.notify_one();
+        if wake {
+            s.work.notify_one();
+        }
         true
     }
 
@@ -433,11 +439,13 @@ impl DiskTier {
             if left.is_zero() {
                 return false;
             }
+            queue.watchers += 1;
             queue = s
                 .progress
                 .wait_timeout(queue, left)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
+            queue.watchers -= 1;
         }
         drop(queue);
         if let Err(e) = lock(&s.log).sync() {

@@ -14,21 +14,27 @@ use crate::tensor::Tensor;
 /// (the engine charges a RAM entry the same).
 pub(crate) const QUEUED_OVERHEAD: u64 = crate::engine::ENTRY_OVERHEAD;
 
-/// A tensor RAM evicted, to be written if the index still has entry
-/// `serial` for its key.
+/// A tensor RAM evicted, to be written if the index still has it queued
+/// as entry `serial` of `key` (the tensor itself waits in the index, where
+/// gets find it).
 #[derive(Debug)]
 pub(crate) struct Job {
     pub(crate) key: Arc<str>,
     pub(crate) serial: u64,
-    pub(crate) tensor: Tensor,
+    /// What it holds, as counted against the queue's bound.
+    pub(crate) charge: u64,
 }
 
 impl Job {
-    /// What the job holds, as counted against the queue's bound.
+    /// What queueing `tensor` under `key` holds: its payload, its key, and
+    /// its entries.
     pub(crate) fn charge(key: &str, tensor: &Tensor) -> u64 {
         tensor.data().len() as u64 + key.len() as u64 + QUEUED_OVERHEAD
     }
 }
+
+/// Payloads up to this size are written with their head in one `pwrite`.
+const SMALL: usize = 64 << 10;
 
 /// The jobs waiting, and what flush waits on.
 #[derive(Debug, Default)]
@@ -41,13 +47,21 @@ pub(crate) struct Queue {
     pub(crate) finished: u64,
     /// Set when the tier is dropped: stop after the job at hand.
     pub(crate) stop: bool,
+    /// The writer is waiting for work (and has not been woken since).
+    idle: bool,
+    /// Threads waiting for the writer's progress (flush, persist).
+    pub(crate) watchers: usize,
 }
 
 impl Queue {
-    pub(crate) fn push(&mut self, job: Job) {
-        self.bytes += Job::charge(&job.key, &job.tensor);
+    /// Queues `job`; returns whether the writer must be woken (it was
+    /// idle), so that a busy writer costs the caller no system call.
+    #[must_use]
+    pub(crate) fn push(&mut self, job: Job) -> bool {
+        self.bytes += job.charge;
         self.jobs.push_back(job);
         self.pushed += 1;
+        std::mem::take(&mut self.idle)
     }
 }
 
@@ -63,22 +77,25 @@ pub(crate) fn run(s: &Shared) {
                 if let Some(job) = queue.jobs.pop_front() {
                     break job;
                 }
+                queue.idle = true;
                 queue = s
                     .work
                     .wait(queue)
                     .unwrap_or_else(std::sync::PoisonError::into_inner);
+                queue.idle = false;
             }
         };
-        let charge = Job::charge(&job.key, &job.tensor);
-        write(s, &job.key, job.serial, &job.tensor);
-        // The job's tensor is let go of before its bytes leave the queue's
-        // count, so the count bounds what the queue really holds.
-        drop(job);
+        // The tensor leaves the index (written, or dropped) before its bytes
+        // leave the queue's count, so the count bounds what is really held.
+        write(s, &job.key, job.serial);
         let mut queue = lock(&s.queue);
-        queue.bytes -= charge;
+        queue.bytes -= job.charge;
         queue.finished += 1;
+        let watched = queue.watchers > 0;
         drop(queue);
-        s.progress.notify_all();
+        if watched {
+            s.progress.notify_all();
+        }
     }
 }
 
@@ -100,25 +117,32 @@ pub(crate) fn fail(s: &Shared, e: &std::io::Error) {
     }
 }
 
-fn write(s: &Shared, key: &Arc<str>, serial: u64, tensor: &Tensor) {
-    let wanted = s.index.get(key).is_some_and(|slot| slot.serial == serial);
-    if !wanted {
+fn write(s: &Shared, key: &Arc<str>, serial: u64) {
+    let Some(tensor) = s.index.queued(key, serial) else {
         // Deleted while queued: nothing was written, nothing to void.
         return;
-    }
+    };
+    let tensor = &tensor;
     if !s.writable.load(Ordering::Relaxed) {
         s.index.remove_if_same(key, serial);
         s.dropped.fetch_add(1, Ordering::Relaxed);
         return;
     }
     let digest = tensor.digest();
-    let head = record::tensor_head(key, tensor, digest);
-    let appended = lock(&s.log).append(key, &head, tensor.data(), &mut reclaimed(s));
+    let mut head = record::tensor_head(key, tensor, digest);
+    let head_len = head.len() as u32;
+    let mut payload: &[u8] = tensor.data();
+    if payload.len() <= SMALL {
+        // One write instead of two.
+        head.extend_from_slice(payload);
+        payload = &[];
+    }
+    let appended = lock(&s.log).append(key, &head, payload, &mut reclaimed(s));
     match appended {
         Ok(Some(loc)) => {
             s.writes.fetch_add(1, Ordering::Relaxed);
             let void = loc.clone();
-            if !s.index.written(key, serial, loc, head.len() as u32, digest) {
+            if !s.index.written(key, serial, loc, head_len, digest) {
                 // Deleted while it was being written: void the record.
                 void_record(s, &void);
             }
