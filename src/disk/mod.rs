@@ -69,9 +69,12 @@ pub struct DiskConfig {
     /// The most bytes the segment files occupy, counted in whole 4 KiB
     /// blocks as the file system allocates them.
     pub size: u64,
-    /// The most bytes of evicted tensors waiting to be written. Carved out
-    /// of the RAM budget: the engine's own limit is the budget minus this,
-    /// so RAM-resident and queued tensors together stay within it.
+    /// The most bytes of evicted tensors waiting to be written (each
+    /// counted with its key and 320 bytes of entries). Carved out of the RAM
+    /// budget: the engine's own limit is the budget minus this, so
+    /// RAM-resident and queued tensors together stay within it. One tensor
+    /// larger than the whole queue may still wait alone in an empty queue
+    /// (the budget is then passed by its excess until it is written).
     pub queue: u64,
 }
 
@@ -369,7 +372,8 @@ impl DiskTier {
             return Some(tensor);
         }
         let mut queue = lock(&s.queue);
-        if queue.bytes.saturating_add(charge) > s.queue_limit {
+        // A tensor larger than the whole queue goes alone, into an empty one.
+        if queue.bytes > 0 && queue.bytes.saturating_add(charge) > s.queue_limit {
             drop(queue);
             s.dropped.fetch_add(1, Ordering::Relaxed);
             return Some(tensor);
