@@ -4,6 +4,7 @@ use std::fmt::Write;
 
 use redstone::client::TensorStore;
 use redstone::cluster::NodeStats;
+use redstone::disk::DiskStats;
 use redstone::stats::Stats;
 
 use crate::error::CliError;
@@ -37,6 +38,24 @@ fn row(name: &str, s: &Stats) -> [String; 8] {
     ]
 }
 
+/// One line about a disk tier.
+fn disk_line(d: &DiskStats) -> String {
+    format!(
+        "disk: {} tensors, {} of {}, hits/misses {}/{}, promotions {}, writes {} (dropped {}), corrupt {}, evictions {}, {}",
+        d.entries,
+        mib(d.bytes),
+        mib(d.limit),
+        d.hits,
+        d.misses,
+        d.promotions,
+        d.writes,
+        d.dropped_writes,
+        d.corrupt,
+        d.evictions,
+        if d.writable { "writable" } else { "NOT WRITABLE" }
+    )
+}
+
 /// Lays out rows under the header, columns aligned.
 fn table(rows: &[[String; 8]]) -> String {
     let mut widths = HEADER.map(str::len);
@@ -62,11 +81,20 @@ fn table(rows: &[[String; 8]]) -> String {
     out
 }
 
-/// The table for `store`: one row, or one per node plus their total.
+/// The table for `store`: one row, or one per node plus their total; and
+/// for one server's fast path with a disk tier, a line about it.
 pub async fn render(store: &Store, name: &str) -> Result<String, CliError> {
     let Some(nodes) = store.node_stats().await else {
         let stats = TensorStore::stats(store).await?;
-        return Ok(table(&[row(name, &stats)]));
+        let mut out = table(&[row(name, &stats)]);
+        if let Store::Fast(client) = store {
+            // A server without a disk tier says so; an older one without
+            // the opcode answers with an error: no line either way.
+            if let Ok(Some(d)) = client.disk_stats().await {
+                let _ = writeln!(out, "{}", disk_line(&d));
+            }
+        }
+        return Ok(out);
     };
     let mut rows = Vec::new();
     let mut down = Vec::new();

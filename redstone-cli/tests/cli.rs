@@ -17,11 +17,17 @@ struct TestServer {
 
 impl TestServer {
     fn start() -> TestServer {
+        TestServer::start_with(None)
+    }
+
+    /// A server over a disk tier in `disk`, if given.
+    fn start_with(disk: Option<redstone::disk::DiskConfig>) -> TestServer {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         let config = Config {
             grpc_addr: "127.0.0.1:0".parse().unwrap(),
             fast_addr: "127.0.0.1:0".parse().unwrap(),
             memory_limit: 256 << 20,
+            disk,
             ..Config::default()
         };
         let handle = runtime.block_on(async { Server::bind(config).await.unwrap().spawn() });
@@ -453,5 +459,28 @@ fn a_cluster_from_a_toml_file_loads_and_reports_per_node() {
         &["--nodes", dir.join("bad.toml").to_str().unwrap(), "stats"],
     );
     assert!(err.contains("line 2"), "{err}");
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
+fn stats_show_the_disk_tier_when_there_is_one() {
+    let dir = scratch("stats-disk");
+    let plain = TestServer::start();
+    let stats = expect(0, &["--addr", &plain.fast(), "stats"]);
+    assert!(!stats.contains("disk:"), "{stats}");
+    let server = TestServer::start_with(Some(redstone::disk::DiskConfig::new(
+        dir.join("tier"),
+        64 << 20,
+    )));
+    let stats = expect(0, &["--addr", &server.fast(), "stats"]);
+    let disk = stats
+        .lines()
+        .find(|l| l.starts_with("disk:"))
+        .unwrap_or_else(|| panic!("{stats}"));
+    assert!(
+        disk.contains("0 tensors") && disk.contains("writable"),
+        "{disk}"
+    );
+    drop(server);
     std::fs::remove_dir_all(&dir).ok();
 }

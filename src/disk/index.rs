@@ -29,8 +29,9 @@ pub(crate) struct Slot {
     pub(crate) at: Where,
     /// The payload length.
     pub(crate) len: u64,
-    /// The tensor's digest (for a stored record; a queued one computes it).
-    pub(crate) digest: u64,
+    /// The tensor's digest: always known for a stored record; for a queued
+    /// one, if RAM had computed it, or once [`Index::digest`] has.
+    pub(crate) digest: Option<u64>,
     /// Tells this entry from a later one under the same key.
     pub(crate) serial: u64,
     /// When this record was last read from disk (µs since the epoch; 0:
@@ -101,19 +102,39 @@ impl Index {
         self.serials.fetch_add(1, Ordering::Relaxed) + 1
     }
 
-    /// Enters a tensor queued for writing, replacing whatever was there;
-    /// returns its entry's serial.
-    pub(crate) fn insert_queued(&self, key: &Arc<str>, tensor: Tensor) -> u64 {
-        let serial = self.serial();
-        let slot = Slot {
-            len: tensor.data().len() as u64,
-            at: Where::Queued(tensor),
-            digest: 0,
-            serial,
-            last_hit: Arc::clone(&self.unread),
-        };
-        self.map.insert(Arc::clone(key), slot);
-        serial
+    /// Enters a tensor queued for writing (its digest, if known) unless the
+    /// key has an entry; returns the new entry's serial, or gives the
+    /// tensor back.
+    pub(crate) fn insert_queued(
+        &self,
+        key: &Arc<str>,
+        tensor: Tensor,
+        digest: Option<u64>,
+    ) -> Result<u64, Tensor> {
+        match self.map.entry(Arc::clone(key)) {
+            dashmap::Entry::Occupied(_) => Err(tensor),
+            dashmap::Entry::Vacant(vacant) => {
+                let serial = self.serial();
+                vacant.insert(Slot {
+                    len: tensor.data().len() as u64,
+                    at: Where::Queued(tensor),
+                    digest,
+                    serial,
+                    last_hit: Arc::clone(&self.unread),
+                });
+                Ok(serial)
+            }
+        }
+    }
+
+    /// Lets a record chosen for promotion be promoted again (its RAM copy
+    /// was refused, or evicted since).
+    pub(crate) fn unpromote(&self, key: &str) {
+        if let Some(slot) = self.map.get(key) {
+            if matches!(slot.at, Where::Stored { .. }) {
+                slot.last_hit.store(0, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The tensor queued as entry `serial` of `key`, if it still is.
@@ -137,7 +158,7 @@ impl Index {
         let slot = Slot {
             at: Where::Stored { loc, head_len },
             len,
-            digest,
+            digest: Some(digest),
             serial: self.serial(),
             last_hit: Arc::default(),
         };
@@ -157,7 +178,7 @@ impl Index {
         match self.map.get_mut(key) {
             Some(mut slot) if slot.serial == serial => {
                 slot.at = Where::Stored { loc, head_len };
-                slot.digest = digest;
+                slot.digest = Some(digest);
                 slot.last_hit = Arc::default();
                 true
             }
@@ -174,11 +195,29 @@ impl Index {
     /// every lock) and its entry's serial.
     pub(crate) fn digest(&self, key: &str) -> Option<(u64, u64)> {
         let slot = self.get(key)?;
-        let digest = match &slot.at {
-            Where::Queued(t) => t.digest(),
-            Where::Stored { .. } => slot.digest,
+        let digest = match (&slot.at, slot.digest) {
+            (_, Some(digest)) => digest,
+            (Where::Queued(t), None) => {
+                let digest = t.digest();
+                // Kept, so that a delete checking it under the engine's
+                // lock need not hash.
+                if let Some(mut entry) = self.map.get_mut(key) {
+                    if entry.serial == slot.serial {
+                        entry.digest = Some(digest);
+                    }
+                }
+                digest
+            }
+            (Where::Stored { .. }, None) => return None,
         };
         Some((digest, slot.serial))
+    }
+
+    /// Removes `key`'s entry if its digest is known to be `digest`.
+    pub(crate) fn take_if_digest(&self, key: &str, digest: u64) -> Option<Slot> {
+        self.map
+            .remove_if(key, |_, s| s.digest == Some(digest))
+            .map(|(_, slot)| slot)
     }
 
     /// Removes `key`'s entry if it is `serial` (any entry, when `None`);

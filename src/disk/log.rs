@@ -168,12 +168,17 @@ impl Log {
             }
             match self.segments.first_key_value() {
                 Some((&oldest, _)) if oldest != active => self.reclaim(oldest, reclaimed),
-                // Only the active segment is left: delete it, start anew.
+                // Only the active segment is left: delete it, and start
+                // anew if the record then fits (it may not, beside the
+                // space of segments that could not be deleted).
                 _ => {
                     std::fs::remove_file(self.dir.join(segment_name(active)))?;
                     if let Some(s) = self.segments.remove(&active) {
                         self.allocated.fetch_sub(blocks(s.len), Ordering::Relaxed);
                         reclaimed(active, s);
+                    }
+                    if self.allocated() + blocks(len) > self.budget {
+                        return Ok(None);
                     }
                     return self.append(key, head, payload, reclaimed);
                 }

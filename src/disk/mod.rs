@@ -167,6 +167,11 @@ impl StoredRef {
         &self.key
     }
 
+    /// The record's digest.
+    pub(crate) fn digest(&self) -> u64 {
+        self.slot.digest.unwrap_or_default()
+    }
+
     /// The payload length.
     pub fn len(&self) -> u64 {
         self.slot.len
@@ -251,10 +256,11 @@ impl DiskTier {
         }
         let started = Instant::now();
         let index = Index::default();
-        let recovered = recover::recover(&dir, &index).map_err(|source| DiskError::Recovery {
-            path: dir.clone(),
-            source,
-        })?;
+        let recovered =
+            recover::recover(&dir, &index, cfg.size).map_err(|source| DiskError::Recovery {
+                path: dir.clone(),
+                source,
+            })?;
         let recovery_micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
         let segment_size = (cfg.size / 16).clamp(1 << 20, 256 << 20);
         let mut log = log::Log::new(&dir, cfg.size, segment_size, recovered.segments);
@@ -357,28 +363,36 @@ impl DiskTier {
         self.shared.index.get(key).map(|s| s.len)
     }
 
-    /// Takes a tensor RAM evicted. Returns it back (for the caller to drop
-    /// outside its locks) if the tier already has the key, has stopped
-    /// writing, or its queue is full.
-    pub(crate) fn offer(&self, key: Arc<str>, tensor: Tensor) -> Option<Tensor> {
+    /// Takes a tensor RAM evicted (`digest`: its digest, if RAM had
+    /// computed it), without waiting; on refusal gives it back (for the
+    /// caller to drop outside its locks) with the reason. Called under the
+    /// engine's lock, which serializes everything that adds disk entries.
+    pub(crate) fn offer(
+        &self,
+        key: Arc<str>,
+        tensor: Tensor,
+        digest: Option<u64>,
+    ) -> Result<(), (Tensor, Refusal)> {
         let s = &self.shared;
         if s.index.contains(&key) {
-            // Already on disk (it was promoted from there): nothing to write.
-            return Some(tensor);
+            // Already on disk (it was promoted from there): nothing to
+            // write, and it may be promoted again.
+            s.index.unpromote(&key);
+            return Err((tensor, Refusal::OnDisk));
         }
         let charge = Job::charge(&key, &tensor);
         if !s.writable.load(Ordering::Relaxed) {
-            s.dropped.fetch_add(1, Ordering::Relaxed);
-            return Some(tensor);
+            return Err((tensor, Refusal::NotWritable));
         }
         let mut queue = lock(&s.queue);
         // A tensor larger than the whole queue goes alone, into an empty one.
         if queue.bytes > 0 && queue.bytes.saturating_add(charge) > s.queue_limit {
-            drop(queue);
-            s.dropped.fetch_add(1, Ordering::Relaxed);
-            return Some(tensor);
+            return Err((tensor, Refusal::Full));
         }
-        let serial = s.index.insert_queued(&key, tensor);
+        let serial = match s.index.insert_queued(&key, tensor, digest) {
+            Ok(serial) => serial,
+            Err(tensor) => return Err((tensor, Refusal::OnDisk)),
+        };
         let wake = queue.push(Job {
             key,
             serial,
@@ -388,21 +402,18 @@ impl DiskTier {
         if wake {
             s.work.notify_one();
         }
-        None
+        Ok(())
     }
 
-    /// Writes `tensor` under `key` unless the tier has it, waiting (until
-    /// `deadline`) for room in the queue: for a shutdown that persists
-    /// RAM. Returns whether it was queued.
-    pub(crate) fn persist(&self, key: Arc<str>, tensor: Tensor, deadline: Instant) -> bool {
+    /// Counts an evicted tensor the tier could not take.
+    pub(crate) fn dropped(&self) {
+        self.shared.dropped.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Waits (until `deadline`) until the queue has room for `charge`
+    /// bytes; false if the deadline passed or the tier stopped writing.
+    pub(crate) fn wait_for_room(&self, charge: u64, deadline: Instant) -> bool {
         let s = &self.shared;
-        if s.index.contains(&key) {
-            return true;
-        }
-        if !s.writable.load(Ordering::Relaxed) {
-            return false;
-        }
-        let charge = Job::charge(&key, &tensor);
         let mut queue = lock(&s.queue);
         while queue.bytes > 0 && queue.bytes.saturating_add(charge) > s.queue_limit {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -417,17 +428,7 @@ impl DiskTier {
                 .0;
             queue.watchers -= 1;
         }
-        let serial = s.index.insert_queued(&key, tensor);
-        let wake = queue.push(Job {
-            key,
-            serial,
-            charge,
-        });
-        drop(queue);
-        if wake {
-            s.work.notify_one();
-        }
-        true
+        s.writable.load(Ordering::Relaxed)
     }
 
     /// Waits until everything queued before this call is written and the
@@ -491,7 +492,7 @@ impl DiskTier {
             *head_len,
             &stored.key,
             len,
-            stored.slot.digest,
+            stored.slot.digest.unwrap_or_default(),
             &s.pool,
         );
         match read {
@@ -500,11 +501,20 @@ impl DiskTier {
                 let promote = stored.slot.hit(crate::engine::unix_micros());
                 (Some(tensor), promote)
             }
+            Err(_) if !self.still(stored) => {
+                // Deleted (voided) or replaced while it was read: a miss.
+                s.misses.incr();
+                (None, false)
+            }
             Err(why) => {
                 tracing::warn!(key = %stored.key, segment = loc.segment, offset = loc.offset, %why, "a disk record failed its checks; dropped");
                 s.corrupt.fetch_add(1, Ordering::Relaxed);
                 s.misses.incr();
-                s.index.remove_if_same(&stored.key, stored.slot.serial);
+                // Voided too, so that a restart does not bring it back
+                // under a key deleted since.
+                if s.index.remove_if_same(&stored.key, stored.slot.serial) {
+                    writer::void_record(s, loc);
+                }
                 (None, false)
             }
         }
@@ -531,23 +541,51 @@ impl DiskTier {
         self.shared.index.digest(key)
     }
 
-    /// Removes `key` (only its entry `serial`, when given); returns whether
-    /// it did, and the record to [`void`](DiskTier::void) if one was
-    /// written. Cheap: called under the engine's lock, which voids after.
-    pub(crate) fn remove(&self, key: &str, serial: Option<u64>) -> (bool, Option<Voiding>) {
-        match self.shared.index.take(key, serial) {
+    /// Lets a record chosen for promotion be promoted again (RAM refused it).
+    pub(crate) fn unpromote(&self, stored: &StoredRef) {
+        self.shared.index.unpromote(&stored.key);
+    }
+
+    /// Removes `key`: any entry, or only one whose digest is known to be
+    /// `digest`. Returns whether it did, and what [`void`](DiskTier::void)
+    /// must finish once the engine's lock is let go (it is called under it).
+    pub(crate) fn remove(&self, key: &str, digest: Option<u64>) -> (bool, Option<Voiding>) {
+        let taken = match digest {
+            None => self.shared.index.take(key, None),
+            Some(digest) => self.shared.index.take_if_digest(key, digest),
+        };
+        match taken {
             None => (false, None),
             Some(slot) => match slot.at {
-                Where::Stored { loc, .. } => (true, Some(Voiding(loc))),
-                // Never written: the writer skips it.
-                Where::Queued(_) => (true, None),
+                Where::Stored { loc, .. } => (true, Some(Voiding::Record(loc))),
+                // The writer may be writing it right now: it voids what it
+                // wrote for an entry gone meanwhile; the delete waits for
+                // that. The tensor is freed outside the engine's lock.
+                Where::Queued(tensor) => (true, Some(Voiding::Queued(slot.serial, tensor))),
             },
         }
     }
 
-    /// Voids a removed tensor's record on disk (see the module docs).
+    /// Finishes a removal (see the module docs): voids the record on disk,
+    /// or waits until the writer is done with the entry. Either way, when
+    /// this returns, no live record of the removed entry is on disk.
     pub(crate) fn void(&self, voiding: Voiding) {
-        writer::void_record(&self.shared, &voiding.0);
+        match voiding {
+            Voiding::Record(loc) => writer::void_record(&self.shared, &loc),
+            Voiding::Queued(serial, tensor) => {
+                drop(tensor);
+                let s = &self.shared;
+                let mut queue = lock(&s.queue);
+                while queue.writing == Some(serial) {
+                    queue.watchers += 1;
+                    queue = s
+                        .progress
+                        .wait(queue)
+                        .unwrap_or_else(PoisonError::into_inner);
+                    queue.watchers -= 1;
+                }
+            }
+        }
     }
 
     /// Holds `len` bytes of the read budget until dropped.
@@ -578,9 +616,32 @@ impl Drop for Reading<'_> {
     }
 }
 
-/// A removed tensor's record, to be voided once the engine's lock is let go.
+/// What queueing `tensor` under `key` counts against the write queue's
+/// bound.
+pub(crate) fn queue_charge(key: &str, tensor: &Tensor) -> u64 {
+    Job::charge(key, tensor)
+}
+
+/// What is left of a removal once the engine's lock is let go.
 #[derive(Debug)]
-pub(crate) struct Voiding(Loc);
+pub(crate) enum Voiding {
+    /// Void this record.
+    Record(Loc),
+    /// The entry was queued (its serial and tensor): wait for the writer if
+    /// it is writing it.
+    Queued(u64, Tensor),
+}
+
+/// Why the tier did not take an evicted tensor.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// It has the key already.
+    OnDisk,
+    /// The queue is full.
+    Full,
+    /// It stopped writing.
+    NotWritable,
+}
 
 impl Drop for DiskTier {
     fn drop(&mut self) {

@@ -28,7 +28,7 @@ pub(crate) struct Recovered {
 }
 
 /// Replays every segment in `dir` into `index`.
-pub(crate) fn recover(dir: &Path, index: &Index) -> io::Result<Recovered> {
+pub(crate) fn recover(dir: &Path, index: &Index, limit: u64) -> io::Result<Recovered> {
     let mut ids = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
@@ -45,7 +45,7 @@ pub(crate) fn recover(dir: &Path, index: &Index) -> io::Result<Recovered> {
             .read(true)
             .write(true)
             .open(&path)
-            .and_then(|file| replay(id, Arc::new(file), index, &mut corrupt));
+            .and_then(|file| replay(id, Arc::new(file), index, &mut corrupt, limit));
         match replayed {
             Ok(segment) => {
                 segments.insert(id, segment);
@@ -62,20 +62,34 @@ pub(crate) fn recover(dir: &Path, index: &Index) -> io::Result<Recovered> {
     Ok(Recovered { segments, corrupt })
 }
 
-/// Replays one segment's records into `index`.
-fn replay(id: u64, file: Arc<File>, index: &Index, corrupt: &mut u64) -> io::Result<Segment> {
+/// What one record does to the index.
+enum Op {
+    Put(Arc<str>, Loc, u32, u64, u64),
+    Forget(Arc<str>),
+}
+
+/// Replays one segment's records into `index`: read whole first, applied
+/// only if the segment could be read (an I/O error leaves no entry behind).
+fn replay(
+    id: u64,
+    file: Arc<File>,
+    index: &Index,
+    corrupt: &mut u64,
+    limit: u64,
+) -> io::Result<Segment> {
     let len = file.metadata()?.len();
     let mut buf = vec![0; MAX_HEAD];
-    let mut keys = Vec::new();
+    let mut ops = Vec::new();
     let mut offset = 0;
     while offset < len {
         let n = (len - offset).min(MAX_HEAD as u64) as usize;
         file.read_exact_at(&mut buf[..n], offset)?;
+        // A record longer than the whole tier is not one this server wrote.
         let end = decode(&buf[..n]).ok().and_then(|head| {
             let end = offset
                 .checked_add(head.len as u64)?
                 .checked_add(head.payload_len)?;
-            Some((head, end)).filter(|(_, end)| *end <= len)
+            Some((head, end)).filter(|(h, end)| *end <= len && h.payload_len <= limit)
         });
         let Some((head, end)) = end else {
             tracing::warn!(
@@ -87,24 +101,27 @@ fn replay(id: u64, file: Arc<File>, index: &Index, corrupt: &mut u64) -> io::Res
             break;
         };
         let key: Arc<str> = Arc::from(head.key);
-        if head.voided {
-            index.remove(&key);
+        ops.push(if head.voided {
+            Op::Forget(key)
         } else {
             let loc = Loc {
                 segment: id,
                 file: Arc::clone(&file),
                 offset,
             };
-            index.insert_stored(
-                Arc::clone(&key),
-                loc,
-                head.len as u32,
-                head.payload_len,
-                head.digest,
-            );
-            keys.push((key, offset));
-        }
+            Op::Put(key, loc, head.len as u32, head.payload_len, head.digest)
+        });
         offset = end;
+    }
+    let mut keys = Vec::new();
+    for op in ops {
+        match op {
+            Op::Put(key, loc, head_len, payload_len, digest) => {
+                keys.push((Arc::clone(&key), loc.offset));
+                index.insert_stored(key, loc, head_len, payload_len, digest);
+            }
+            Op::Forget(key) => index.remove(&key),
+        }
     }
     Ok(Segment { file, len, keys })
 }

@@ -49,8 +49,10 @@ pub(crate) struct Queue {
     pub(crate) stop: bool,
     /// The writer is waiting for work (and has not been woken since).
     idle: bool,
-    /// Threads waiting for the writer's progress (flush, persist).
+    /// Threads waiting for the writer's progress (flush, persist, deletes).
     pub(crate) watchers: usize,
+    /// The serial of the entry being written, if any.
+    pub(crate) writing: Option<u64>,
 }
 
 impl Queue {
@@ -75,6 +77,7 @@ pub(crate) fn run(s: &Shared) {
                     return;
                 }
                 if let Some(job) = queue.jobs.pop_front() {
+                    queue.writing = Some(job.serial);
                     break job;
                 }
                 queue.idle = true;
@@ -91,6 +94,7 @@ pub(crate) fn run(s: &Shared) {
         let mut queue = lock(&s.queue);
         queue.bytes -= job.charge;
         queue.finished += 1;
+        queue.writing = None;
         let watched = queue.watchers > 0;
         drop(queue);
         if watched {

@@ -36,7 +36,7 @@ use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
 
 use dashmap::DashMap;
 
-use crate::disk::{DiskStats, DiskTier, Found, StoredRef};
+use crate::disk::{DiskStats, DiskTier, Found, Refusal, StoredRef};
 use crate::stats::{Counters, Stats};
 use crate::striped::StripedCounter;
 use crate::tensor::meta::TensorMeta;
@@ -143,10 +143,8 @@ struct Shared {
 enum DiskVictim {
     /// Whatever the disk tier has under the key.
     Any,
-    /// Only this entry (its serial), whose digest was checked.
-    Entry(u64),
-    /// None.
-    None,
+    /// Only one whose digest is known to be this.
+    Digest(u64),
 }
 
 /// What a [`lookup`](Engine::lookup) found.
@@ -189,8 +187,8 @@ impl DiskRead {
         };
         let (tensor, promote) = disk.read(&self.stored);
         let tensor = tensor?;
-        if promote {
-            self.engine.promote(&self.stored, &tensor);
+        if promote && !self.engine.promote(&self.stored, &tensor) {
+            disk.unpromote(&self.stored);
         }
         Some(tensor)
     }
@@ -405,16 +403,17 @@ impl Engine {
     /// has the key already, or its record was deleted or replaced meanwhile
     /// (checked again under the eviction lock, which deletes also hold).
     /// The record stays on disk.
-    fn promote(&self, stored: &StoredRef, tensor: &Tensor) {
+    /// Returns whether it did.
+    fn promote(&self, stored: &StoredRef, tensor: &Tensor) -> bool {
         let Some(disk) = &self.shared.disk else {
-            return;
+            return false;
         };
         let key = stored.key();
         let Ok(charge) = self.admissible(key, tensor.meta(), tensor.data().len() as u64) else {
-            return;
+            return false;
         };
         if self.shared.index.contains_key(key) || !disk.still(stored) {
-            return;
+            return false;
         }
         // Copied only once it may go in, outside the lock.
         let copy = tensor.clone().compacted();
@@ -422,15 +421,18 @@ impl Engine {
         {
             let mut order = self.lock_order();
             if self.shared.index.contains_key(key) || !disk.still(stored) {
-                return;
+                return false;
             }
             let mut stones = self.lock_tombstones();
             evicted = self.make_room(&mut order, &mut stones, charge);
             drop(stones);
-            self.admit_entry(&mut order, Arc::from(key), copy, charge);
+            // Its digest is the record's: a delete_if can match it unhashed.
+            let digest = Arc::new(OnceLock::from(stored.digest()));
+            self.admit_entry(&mut order, Arc::from(key), copy, charge, digest);
         }
         disk.promoted();
         drop(evicted);
+        true
     }
 
     /// Counters of the disk tier, if there is one.
@@ -453,18 +455,40 @@ impl Engine {
         let Some(disk) = &self.shared.disk else {
             return 0;
         };
-        let entries: Vec<(Arc<str>, Tensor)> = self
+        type Held = (Arc<str>, Tensor, Arc<OnceLock<u64>>);
+        let entries: Vec<Held> = self
             .shared
             .index
             .iter()
-            .map(|e| (Arc::clone(e.key()), e.tensor.clone()))
+            .map(|e| (Arc::clone(e.key()), e.tensor.clone(), Arc::clone(&e.digest)))
             .collect();
         let mut queued = 0;
-        for (key, tensor) in entries {
-            if !disk.persist(key, tensor, deadline) {
-                break;
+        'entries: for (key, tensor, cell) in entries {
+            let room = crate::disk::queue_charge(&key, &tensor);
+            loop {
+                // Room first, without the lock; then queue it under the
+                // lock, if it is still the entry it was (not deleted since).
+                if !disk.wait_for_room(room, deadline) {
+                    break 'entries;
+                }
+                let _order = self.lock_order();
+                let same = self
+                    .shared
+                    .index
+                    .get(&key)
+                    .is_some_and(|e| Arc::ptr_eq(&e.digest, &cell));
+                if !same {
+                    continue 'entries;
+                }
+                match disk.offer(Arc::clone(&key), tensor.clone(), cell.get().copied()) {
+                    Ok(()) => queued += 1,
+                    // Another write took the room meanwhile: wait again.
+                    Err((_, Refusal::Full)) => continue,
+                    Err((_, Refusal::OnDisk)) => {}
+                    Err((_, Refusal::NotWritable)) => break 'entries,
+                }
+                continue 'entries;
             }
-            queued += 1;
         }
         disk.flush(deadline.saturating_duration_since(std::time::Instant::now()));
         queued
@@ -517,24 +541,26 @@ impl Engine {
     /// in flight cannot land after it; not when another value is there.
     pub fn delete_if(&self, key: &str, digest: u64) -> Result<bool, Error> {
         validate_key(key)?;
-        // Digests are computed outside the lock: remove only the very
-        // entries they were computed for.
-        let ram = self.digest_of(key);
-        let disk = self.shared.disk.as_ref().and_then(|d| d.digest(key));
-        if ram.as_ref().is_some_and(|(d, _)| *d != digest) || disk.is_some_and(|(d, _)| d != digest)
-        {
+        // Digests are computed outside the lock (and kept: a RAM entry's in
+        // its cell, a queued tensor's in its disk entry); under it, only
+        // entries whose digest is known to be `digest` are removed: the
+        // writer's own value, wherever an eviction or a promotion has moved
+        // it meanwhile.
+        let ram = self.digest_of(key).map(|(d, _)| d);
+        let disk = self
+            .shared
+            .disk
+            .as_ref()
+            .and_then(|d| d.digest(key))
+            .map(|(d, _)| d);
+        if ram.is_some_and(|d| d != digest) || disk.is_some_and(|d| d != digest) {
             return Ok(false);
         }
-        let disk = match disk {
-            Some((_, serial)) => DiskVictim::Entry(serial),
-            None => DiskVictim::None,
-        };
-        Ok(match ram {
-            None => self.bury(key, None, disk),
-            Some((_, cell)) => {
-                self.bury(key, Some(&|e: &Entry| Arc::ptr_eq(&e.digest, &cell)), disk)
-            }
-        })
+        Ok(self.bury(
+            key,
+            Some(&|e: &Entry| e.digest.get() == Some(&digest)),
+            DiskVictim::Digest(digest),
+        ))
     }
 
     /// Whether `key` is cached (in RAM or on disk), without counting a hit
@@ -584,7 +610,7 @@ impl Engine {
             self.release(freed);
             evicted = self.make_room(&mut order, &mut stones, charge);
             drop(stones);
-            self.admit_entry(&mut order, Arc::from(key), tensor, charge);
+            self.admit_entry(&mut order, Arc::from(key), tensor, charge, Arc::default());
         }
         // Payloads are freed here, outside the lock.
         drop(evicted);
@@ -593,7 +619,14 @@ impl Engine {
 
     /// Adds an entry at the front of the order (under the eviction lock,
     /// room made).
-    fn admit_entry(&self, order: &mut ClockList, key: Arc<str>, tensor: Tensor, charge: u64) {
+    fn admit_entry(
+        &self,
+        order: &mut ClockList,
+        key: Arc<str>,
+        tensor: Tensor,
+        charge: u64,
+        digest: Arc<OnceLock<u64>>,
+    ) {
         let node = order.push_front(Arc::clone(&key));
         self.shared.index.insert(
             key,
@@ -602,7 +635,7 @@ impl Engine {
                 charge,
                 node,
                 referenced: AtomicBool::new(false),
-                digest: Arc::default(),
+                digest,
             },
         );
         self.shared.memory_used.fetch_add(charge, Ordering::Relaxed);
@@ -638,8 +671,8 @@ impl Engine {
             // Under the eviction lock, which a promotion from disk holds too.
             let (removed_from_disk, voiding) = match (&self.shared.disk, disk) {
                 (Some(tier), DiskVictim::Any) => tier.remove(key, None),
-                (Some(tier), DiskVictim::Entry(serial)) => tier.remove(key, Some(serial)),
-                _ => (false, None),
+                (Some(tier), DiskVictim::Digest(digest)) => tier.remove(key, Some(digest)),
+                (None, _) => (false, None),
             };
             let mut evicted = Vec::new();
             let mut stones = self.lock_tombstones();
@@ -754,11 +787,18 @@ impl Engine {
             if let Some((key, entry)) = s.index.remove(&key) {
                 s.memory_used.fetch_sub(entry.charge, Ordering::Relaxed);
                 s.evictions.fetch_add(1, Ordering::Relaxed);
-                let refused = match &s.disk {
-                    Some(disk) => disk.offer(key, entry.tensor),
-                    None => Some(entry.tensor),
-                };
-                evicted.extend(refused);
+                match &s.disk {
+                    Some(disk) => {
+                        let digest = entry.digest.get().copied();
+                        if let Err((tensor, why)) = disk.offer(key, entry.tensor, digest) {
+                            if why != Refusal::OnDisk {
+                                disk.dropped();
+                            }
+                            evicted.push(tensor);
+                        }
+                    }
+                    None => evicted.push(entry.tensor),
+                }
             }
         }
         evicted
