@@ -118,6 +118,20 @@ fn server(dir: &Path, ram: &str, disk: &str, extra: &[&str]) -> Command {
 
 const TENSOR: usize = 256 << 10;
 
+/// `server` run so that files it writes may not pass 4 MiB (`ulimit -f`
+/// counts 512-byte blocks in sh): writes past it fail, as on a full disk.
+/// SIGXFSZ is ignored, so a write fails with an error instead of killing
+/// the process.
+fn with_file_limit(server: &Command) -> Command {
+    let mut command = Command::new("sh");
+    command
+        .arg("-c")
+        .arg(r#"ulimit -f 8192; trap "" XFSZ; exec "$@""#)
+        .arg("sh");
+    command.arg(server.get_program()).args(server.get_args());
+    command
+}
+
 /// Waits until the server's disk queue is empty, so that a test's puts are
 /// written rather than dropped for a full queue.
 async fn drained(client: &FastClient) {
@@ -247,13 +261,7 @@ async fn a_disk_that_fails_stops_the_tier_not_the_server() {
     // as on a full disk. SIGXFSZ is ignored, so the write fails with an
     // error instead of killing the process.
     let server = server(&dir, "8MiB", "256MiB", &[]);
-    let mut command = Command::new("sh");
-    command
-        .arg("-c")
-        .arg(r#"ulimit -f 8192; trap "" XFSZ; exec "$@""#)
-        .arg("sh");
-    command.arg(server.get_program()).args(server.get_args());
-    let running = Running::start(command);
+    let running = Running::start(with_file_limit(&server));
     let client = FastClient::connect(&running.fast).await.unwrap();
     let n = 64;
     for i in 0..n {
@@ -310,14 +318,7 @@ async fn a_delete_stays_deleted_across_a_disk_failure_and_restarts() {
     running.sigterm_and_wait();
 
     // Run 2: files may not pass 4 MiB (a disk that fills up).
-    let mut sh = Command::new("sh");
-    let srv = server(&dir, "8MiB", "256MiB", &[]);
-    sh.arg("-c")
-        .arg(r#"ulimit -f 8192; trap "" XFSZ; exec "$@""#)
-        .arg("sh")
-        .arg(srv.get_program())
-        .args(srv.get_args());
-    let running = Running::start(sh);
+    let running = Running::start(with_file_limit(&server(&dir, "8MiB", "256MiB", &[])));
     let client = FastClient::connect(&running.fast).await.unwrap();
     assert!(client.delete("B").await.unwrap(), "B deleted");
     assert!(client.get("B").await.unwrap().is_none());

@@ -414,11 +414,28 @@ impl DiskTier {
     /// bytes; false if the deadline passed or the tier stopped writing.
     pub(crate) fn wait_for_room(&self, charge: u64, deadline: Instant) -> bool {
         let s = &self.shared;
+        self.wait_until(deadline, |queue| {
+            if !s.writable.load(Ordering::Relaxed) {
+                return Some(false);
+            }
+            let full = queue.bytes > 0 && queue.bytes.saturating_add(charge) > s.queue_limit;
+            (!full).then_some(true)
+        })
+        .unwrap_or(false)
+    }
+
+    /// Waits for the writer's progress until `done` says how it ended, or
+    /// `deadline` passes (`None`).
+    fn wait_until<T>(&self, deadline: Instant, done: impl Fn(&Queue) -> Option<T>) -> Option<T> {
+        let s = &self.shared;
         let mut queue = lock(&s.queue);
-        while queue.bytes > 0 && queue.bytes.saturating_add(charge) > s.queue_limit {
+        loop {
+            if let Some(outcome) = done(&queue) {
+                return Some(outcome);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() || !s.writable.load(Ordering::Relaxed) {
-                return false;
+            if left.is_zero() {
+                return None;
             }
             queue.watchers += 1;
             queue = s
@@ -428,7 +445,6 @@ impl DiskTier {
                 .0;
             queue.watchers -= 1;
         }
-        s.writable.load(Ordering::Relaxed)
     }
 
     /// Waits until everything queued before this call is written and the
@@ -436,23 +452,13 @@ impl DiskTier {
     /// it finished.
     pub fn flush(&self, timeout: Duration) -> bool {
         let s = &self.shared;
-        let deadline = Instant::now() + timeout;
-        let mut queue = lock(&s.queue);
-        let target = queue.pushed;
-        while queue.finished < target {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return false;
-            }
-            queue.watchers += 1;
-            queue = s
-                .progress
-                .wait_timeout(queue, left)
-                .unwrap_or_else(PoisonError::into_inner)
-                .0;
-            queue.watchers -= 1;
+        let target = lock(&s.queue).pushed;
+        let written = self.wait_until(Instant::now() + timeout, |queue| {
+            (queue.finished >= target).then_some(())
+        });
+        if written.is_none() {
+            return false;
         }
-        drop(queue);
         if let Err(e) = lock(&s.log).sync() {
             tracing::warn!(error = %e, "could not sync the disk tier");
             return false;

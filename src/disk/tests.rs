@@ -1,4 +1,4 @@
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
@@ -95,18 +95,26 @@ fn a_delete_survives_a_restart() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-#[test]
-fn a_flipped_payload_byte_is_a_miss_never_a_wrong_tensor() {
-    let dir = scratch_dir("flip");
-    let e = engine(&dir, 2 << 20, 64 << 20);
+/// Puts 12 tensors of 256 KiB through a 1 MiB RAM tier, persists them all,
+/// closes the tier; returns its segment files, oldest first.
+fn written_out(dir: &Path) -> Vec<PathBuf> {
+    let e = engine(dir, 2 << 20, 64 << 20);
     put_all(&e, 12, 256 << 10);
     e.persist(std::time::Instant::now() + FLUSH);
     drop(e);
-    let seg = std::fs::read_dir(&dir)
+    let mut segments: Vec<PathBuf> = std::fs::read_dir(dir)
         .unwrap()
         .map(|d| d.unwrap().path())
-        .find(|p| p.extension().is_some_and(|x| x == "seg"))
-        .unwrap();
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    segments.sort();
+    segments
+}
+
+#[test]
+fn a_flipped_payload_byte_is_a_miss_never_a_wrong_tensor() {
+    let dir = scratch_dir("flip");
+    let seg = written_out(&dir).into_iter().next().unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
     // The first record's payload starts after its head (40 + 8 + 2 bytes).
     bytes[40 + 8 + 2 + 1000] ^= 0x40;
@@ -127,16 +135,7 @@ fn a_flipped_payload_byte_is_a_miss_never_a_wrong_tensor() {
 #[test]
 fn a_torn_tail_is_skipped_and_new_records_go_to_a_new_segment() {
     let dir = scratch_dir("torn");
-    let e = engine(&dir, 2 << 20, 64 << 20);
-    put_all(&e, 12, 256 << 10);
-    e.persist(std::time::Instant::now() + FLUSH);
-    drop(e);
-    let seg = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|d| d.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
-        .max()
-        .unwrap();
+    let seg = written_out(&dir).into_iter().next_back().unwrap();
     let len = std::fs::metadata(&seg).unwrap().len();
     let file = std::fs::OpenOptions::new().write(true).open(&seg).unwrap();
     file.set_len(len - 1000).unwrap();
