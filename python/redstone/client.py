@@ -170,7 +170,10 @@ class Client(_Connected):
         ``memory_limit``, ``hits``, ``misses``, ``evictions``, ``hit_rate``,
         ``memory_utilization``. A cluster's are summed over the nodes that
         answer, and ``nodes`` lists each node's (``addr``, ``up``, and its
-        counters or ``error``)."""
+        counters or ``error``). One server's also has ``disk``: ``None``, or
+        its disk tier's counters (``entries``, ``bytes``, ``limit``,
+        ``queued_bytes``, ``hits``, ``misses``, ``promotions``, ``writes``,
+        ``dropped_writes``, ``corrupt``, ``evictions``, ``writable``)."""
         return self._native.stats()
 
 

@@ -3,6 +3,7 @@
 use bytes::Bytes;
 use redstone::client::ClientError;
 use redstone::cluster::{ClusterClient, NodeStats};
+use redstone::disk::DiskStats;
 use redstone::fast::FastClient;
 use redstone::stats::Stats;
 use redstone::tensor::meta::TensorMeta;
@@ -29,11 +30,14 @@ fn sole(tensor: Tensor) -> Result<Tensor, ClientError> {
     Tensor::new(meta, data).map_err(ClientError::from)
 }
 
-/// A server's counters, or for a cluster their sum and each node's.
+/// A server's counters (and its disk tier's, if it has one), or for a
+/// cluster their sum and each node's.
 #[derive(Debug)]
 pub struct Report {
     pub total: Stats,
     pub nodes: Option<Vec<NodeStats>>,
+    /// One server's disk tier: `Some(None)` if it has none.
+    pub disk: Option<Option<DiskStats>>,
 }
 
 impl Backend {
@@ -140,6 +144,7 @@ impl Backend {
             Backend::Node(c) => Ok(Report {
                 total: c.stats().await?,
                 nodes: None,
+                disk: Some(c.disk_stats().await?),
             }),
             Backend::Cluster(c) => {
                 let nodes = c.node_stats().await;
@@ -157,6 +162,7 @@ impl Backend {
                 Ok(Report {
                     total,
                     nodes: Some(nodes),
+                    disk: None,
                 })
             }
         }

@@ -3,6 +3,7 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyTuple};
 use pyo3::IntoPyObjectExt;
+use redstone::disk::DiskStats;
 use redstone::stats::Stats;
 use redstone::tensor::Tensor;
 
@@ -65,9 +66,14 @@ impl<'py> IntoPyObject<'py> for Report {
     type Error = PyErr;
 
     /// The counters as a dict; a cluster's also has `nodes`, a list of
-    /// dicts with each node's `addr`, `up` and counters (or `error`).
+    /// dicts with each node's `addr`, `up` and counters (or `error`); one
+    /// server's has `disk`: its disk tier's counters, or `None`.
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let dict = stats_dict(py, &self.total)?;
+        if let Some(disk) = self.disk {
+            let disk = disk.map(|d| disk_dict(py, &d)).transpose()?;
+            dict.set_item("disk", disk)?;
+        }
         if let Some(nodes) = self.nodes {
             let mut list = Vec::with_capacity(nodes.len());
             for node in nodes {
@@ -87,6 +93,23 @@ impl<'py> IntoPyObject<'py> for Report {
         }
         Ok(dict.into_any())
     }
+}
+
+fn disk_dict<'py>(py: Python<'py>, d: &DiskStats) -> PyResult<Bound<'py, PyDict>> {
+    let dict = PyDict::new(py);
+    dict.set_item("entries", d.entries)?;
+    dict.set_item("bytes", d.bytes)?;
+    dict.set_item("limit", d.limit)?;
+    dict.set_item("queued_bytes", d.queued_bytes)?;
+    dict.set_item("hits", d.hits)?;
+    dict.set_item("misses", d.misses)?;
+    dict.set_item("promotions", d.promotions)?;
+    dict.set_item("writes", d.writes)?;
+    dict.set_item("dropped_writes", d.dropped_writes)?;
+    dict.set_item("corrupt", d.corrupt)?;
+    dict.set_item("evictions", d.evictions)?;
+    dict.set_item("writable", d.writable)?;
+    Ok(dict)
 }
 
 fn stats_dict<'py>(py: Python<'py>, s: &Stats) -> PyResult<Bound<'py, PyDict>> {

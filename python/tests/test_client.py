@@ -1,5 +1,7 @@
 """The calls' contracts: misses, refusals, sizes, counters."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -160,6 +162,26 @@ def test_stats_count_this_clients_traffic(fresh_server):
     assert s["memory_limit"] == 128 << 20
     assert s["memory_used"] >= 1000
     assert s["hit_rate"] == pytest.approx(2 / 3)
+
+
+def test_stats_report_the_disk_tier(fresh_server, tmp_path):
+    assert redstone.Client(fresh_server.fast).stats()["disk"] is None
+    tier = ["--disk-dir", str(tmp_path / "tier"), "--disk-size", "256MiB"]
+    with Server("64MiB", args=tier) as s:
+        client = redstone.Client(s.fast)
+        # 96 MiB through 48 MiB of RAM (16 MiB of 64 is the disk queue).
+        arrays = [np.full(1 << 20, i, np.uint8) for i in range(96)]
+        for i, a in enumerate(arrays):
+            client.put(f"t{i}", a)
+            deadline = time.monotonic() + 10
+            while client.stats()["disk"]["queued_bytes"] and time.monotonic() < deadline:
+                time.sleep(0.005)
+        disk = client.stats()["disk"]
+        assert disk["writable"] and disk["dropped_writes"] == 0, disk
+        assert disk["entries"] >= 40, disk
+        # The oldest live on disk now, and come back byte for byte.
+        np.testing.assert_array_equal(client.get("t0"), arrays[0])
+        assert client.stats()["disk"]["hits"] >= 1
 
 
 def test_large_tensors_round_trip():
