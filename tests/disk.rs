@@ -145,6 +145,15 @@ async fn drained(client: &FastClient) {
     panic!("the disk queue never drained");
 }
 
+/// Puts a 256 KiB tensor of `seed`'s pattern and waits until it is written.
+async fn put_one(client: &FastClient, key: &str, seed: u64) {
+    client
+        .put(key, u8_meta(TENSOR as u64), pattern(TENSOR, seed))
+        .await
+        .unwrap();
+    drained(client).await;
+}
+
 async fn read_all_back(fast: &str, grpc: &str, n: u64) {
     let client = FastClient::connect(fast).await.unwrap();
     for i in 0..n {
@@ -171,11 +180,7 @@ async fn four_times_the_ram_budget_reads_back_exactly_and_again_after_a_restart(
     let running = Running::start(server(&dir, "8MiB", "256MiB", &args));
     let client = FastClient::connect(&running.fast).await.unwrap();
     for i in 0..n {
-        client
-            .put(&format!("t{i}"), u8_meta(TENSOR as u64), pattern(TENSOR, i))
-            .await
-            .unwrap();
-        drained(&client).await;
+        put_one(&client, &format!("t{i}"), i).await;
     }
     let disk = client.disk_stats().await.unwrap().unwrap();
     assert_eq!(disk.dropped_writes, 0, "{disk:?}");
@@ -265,11 +270,7 @@ async fn a_disk_that_fails_stops_the_tier_not_the_server() {
     let client = FastClient::connect(&running.fast).await.unwrap();
     let n = 64;
     for i in 0..n {
-        client
-            .put(&format!("t{i}"), u8_meta(TENSOR as u64), pattern(TENSOR, i))
-            .await
-            .unwrap();
-        drained(&client).await;
+        put_one(&client, &format!("t{i}"), i).await;
     }
     let disk = client.disk_stats().await.unwrap().unwrap();
     assert!(!disk.writable, "{disk:?}");
@@ -294,14 +295,6 @@ async fn a_disk_that_fails_stops_the_tier_not_the_server() {
     assert_eq!(running.logged("stopped writing"), 1, "logged once");
     running.sigterm_and_wait();
     std::fs::remove_dir_all(dir).unwrap();
-}
-
-async fn put_one(client: &FastClient, key: &str, seed: u64) {
-    client
-        .put(key, u8_meta(TENSOR as u64), pattern(TENSOR, seed))
-        .await
-        .unwrap();
-    drained(client).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -183,12 +183,16 @@ impl StoredRef {
     }
 }
 
-/// The disk tier; see the module docs. Dropping it writes what is queued,
-/// stops the writer thread and releases the directory.
+/// The disk tier; see the module docs. Dropping it stops the writer thread
+/// after the write at hand (what is still queued is lost: call
+/// [`flush`](DiskTier::flush) first to keep it) and releases the directory.
 #[derive(Debug)]
 pub struct DiskTier {
     shared: Arc<Shared>,
     writer: Option<JoinHandle<()>>,
+    /// Receives when the writer thread has returned (in a mutex only to be
+    /// `Sync`; read once, by `drop`).
+    writer_done: Mutex<std::sync::mpsc::Receiver<()>>,
 }
 
 #[derive(Debug)]
@@ -220,8 +224,6 @@ pub(crate) struct Shared {
     recovery_micros: u64,
     /// Held (locked) for the tier's lifetime.
     _lock: File,
-    /// Receives when the writer thread has returned.
-    writer_done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
 }
 
 /// How long dropping the tier waits for the writer to finish the write at
@@ -302,7 +304,6 @@ impl DiskTier {
             evictions: AtomicU64::new(0),
             recovery_micros,
             _lock: lock_file,
-            writer_done: Mutex::new(Some(done_rx)),
         });
         let writer = {
             let shared = Arc::clone(&shared);
@@ -320,6 +321,7 @@ impl DiskTier {
         Ok(DiskTier {
             shared,
             writer: Some(writer),
+            writer_done: Mutex::new(done_rx),
         })
     }
 
@@ -656,8 +658,11 @@ impl Drop for DiskTier {
         // The writer finishes the write at hand; what is still queued is
         // dropped (a shutdown flushes first, within its grace period). A
         // writer stuck on a hung disk is left behind after a while.
-        let done = lock(&self.shared.writer_done).take();
-        let exited = done.is_some_and(|rx| rx.recv_timeout(WRITER_EXIT_WAIT).is_ok());
+        let done = self
+            .writer_done
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner);
+        let exited = done.recv_timeout(WRITER_EXIT_WAIT).is_ok();
         match self.writer.take() {
             Some(writer) if exited => {
                 let _ = writer.join();
