@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::pattern;
+use common::{cluster_metric as metric, pattern};
 use redstone::client::ClientError;
 use redstone::cluster::{ClusterClient, ClusterConfig};
 use redstone::server::{Config, Server, ServerHandle};
@@ -475,27 +475,6 @@ async fn a_delete_that_misses_a_replica_is_not_ok() {
             .unwrap();
         assert!(direct.get("gone").await.unwrap().is_none());
     }
-}
-
-/// The value of the cluster client's metric `name` with `labels`, read
-/// through a registry as an application would serve it (0 if absent).
-fn metric(cluster: &ClusterClient, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let mut registry = prometheus_client::registry::Registry::default();
-    cluster.register_metrics(&mut registry);
-    let mut text = String::new();
-    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
-    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
-    let values: Vec<f64> = scrape
-        .samples
-        .iter()
-        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
-        .map(|s| match s.value {
-            prometheus_parse::Value::Counter(v) | prometheus_parse::Value::Untyped(v) => v,
-            ref other => panic!("{name}: {other:?}"),
-        })
-        .collect();
-    assert!(values.len() <= 1, "{name} {labels:?}: {values:?}");
-    values.first().copied().unwrap_or(0.0)
 }
 
 /// What each of `servers` holds under `key`, read directly.

@@ -81,7 +81,8 @@ pub(crate) struct Args {
     #[arg(long)]
     pub(crate) json: bool,
     /// Cluster mode: the nodes' fast-path addresses, comma-separated
-    /// (`a:50052,b:50052,c:50052`), or the path of a cluster TOML file.
+    /// (`a:50052,b:50052,c:50052`), `dns:NAME:PORT` (every address NAME
+    /// resolves to), or the path of a cluster TOML file.
     #[arg(long)]
     pub(crate) nodes: Option<String>,
     /// Cluster mode: copies of each tensor (default min(3, nodes)).

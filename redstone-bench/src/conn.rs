@@ -23,11 +23,7 @@ pub(crate) fn cluster_from(
     args: &Args,
     nodes: &str,
 ) -> Result<ClusterClient, Box<dyn std::error::Error>> {
-    let mut config = if std::path::Path::new(nodes).is_file() {
-        ClusterConfig::load(std::path::Path::new(nodes))?
-    } else {
-        ClusterConfig::new(ClusterConfig::parse_nodes(nodes)?)
-    };
+    let mut config = ClusterConfig::from_arg(nodes)?;
     if let Some(r) = args.replicas {
         config.replicas = r;
         config.write_quorum = r;

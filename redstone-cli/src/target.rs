@@ -1,8 +1,6 @@
 //! Which server(s) a command talks to: one node over the fast path (the
 //! default) or gRPC, or a cluster.
 
-use std::path::Path;
-
 use clap::Args;
 use redstone::client::{ClientError, FastClient, RemoteCacheClient, TensorStore};
 use redstone::cluster::{ClusterClient, ClusterConfig, NodeStats};
@@ -23,9 +21,15 @@ pub struct TargetArgs {
     #[arg(long, global = true, conflicts_with = "nodes")]
     pub grpc: bool,
 
-    /// A cluster: a comma-separated list of fast-path addresses, or a
-    /// cluster TOML file (`nodes = [...]`, `replicas = 2`, …).
-    #[arg(long, global = true, value_name = "LIST|FILE", conflicts_with = "addr")]
+    /// A cluster: a comma-separated list of fast-path addresses,
+    /// `dns:NAME:PORT` (every address NAME resolves to, re-resolved every
+    /// 5 s), or a cluster TOML file (`nodes = [...]`, `replicas = 2`, …).
+    #[arg(
+        long,
+        global = true,
+        value_name = "LIST|dns:NAME:PORT|FILE",
+        conflicts_with = "addr"
+    )]
     pub nodes: Option<String>,
 }
 
@@ -44,12 +48,8 @@ impl TargetArgs {
     /// Connects (a cluster connects on first use).
     pub async fn connect(&self) -> Result<Store, CliError> {
         if let Some(nodes) = &self.nodes {
-            let config = if Path::new(nodes).is_file() {
-                ClusterConfig::load(Path::new(nodes))
-            } else {
-                ClusterConfig::parse_nodes(nodes).map(ClusterConfig::new)
-            }
-            .map_err(|e| CliError::Usage(e.to_string()))?;
+            let config =
+                ClusterConfig::from_arg(nodes).map_err(|e| CliError::Usage(e.to_string()))?;
             let cluster = ClusterClient::new(config).map_err(|e| CliError::Usage(e.to_string()))?;
             return Ok(Store::Cluster(cluster));
         }

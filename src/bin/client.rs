@@ -25,8 +25,9 @@ struct Args {
     #[arg(long, alias = "tcp")]
     fast: bool,
 
-    /// Use a cluster: the nodes' fast-path addresses, comma-separated, or
-    /// the path of a cluster TOML file.
+    /// Use a cluster: the nodes' fast-path addresses, comma-separated,
+    /// `dns:NAME:PORT` (every address NAME resolves to), or the path of a
+    /// cluster TOML file.
     #[arg(long, conflicts_with_all = ["fast", "addr"])]
     nodes: Option<String>,
 }
@@ -62,13 +63,7 @@ async fn main() -> ExitCode {
 }
 
 fn cluster(nodes: &str) -> Result<ClusterClient, Box<dyn std::error::Error>> {
-    let path = std::path::Path::new(nodes);
-    let config = if path.is_file() {
-        ClusterConfig::load(path)?
-    } else {
-        ClusterConfig::new(ClusterConfig::parse_nodes(nodes)?)
-    };
-    Ok(ClusterClient::new(config)?)
+    Ok(ClusterClient::new(ClusterConfig::from_arg(nodes)?)?)
 }
 
 fn not_running(e: redstone::client::ClientError) -> Box<dyn std::error::Error> {

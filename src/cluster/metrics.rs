@@ -1,10 +1,12 @@
 //! The cluster client's metrics, for the application to expose: per node
 //! requests, failures and marked-down events; read repairs; hedged reads;
-//! writes that missed their quorum.
+//! writes that missed their quorum; with a `dns:` name, membership changes,
+//! failed resolutions and reads served by a previous placement.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -22,6 +24,11 @@ struct OpLabels {
     op: &'static str,
 }
 
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+struct ChangeLabels {
+    change: &'static str,
+}
+
 /// The counters of one [`ClusterClient`](super::ClusterClient) (shared by
 /// its clones).
 #[derive(Debug, Clone, Default)]
@@ -32,6 +39,10 @@ pub(super) struct ClusterMetrics {
     repairs: Family<OutcomeLabels, Counter>,
     hedges: Counter,
     quorum_failures: Family<OpLabels, Counter>,
+    nodes: Gauge,
+    membership_changes: Family<ChangeLabels, Counter>,
+    resolve_failures: Counter,
+    previous_placement_reads: Counter,
 }
 
 /// One node's counters, resolved once so that a request pays an atomic
@@ -70,6 +81,32 @@ impl ClusterMetrics {
         self.quorum_failures.get_or_create(&OpLabels { op }).inc();
     }
 
+    /// The node set changed: `added` and `removed` nodes, `nodes` now.
+    pub(super) fn membership_change(&self, added: usize, removed: usize, nodes: usize) {
+        for (change, n) in [("added", added), ("removed", removed)] {
+            let counter = self
+                .membership_changes
+                .get_or_create(&ChangeLabels { change });
+            counter.inc_by(n as u64);
+        }
+        self.nodes.set(i64::try_from(nodes).unwrap_or(i64::MAX));
+    }
+
+    /// The number of nodes, for a fixed list.
+    pub(super) fn set_nodes(&self, nodes: usize) {
+        self.nodes.set(i64::try_from(nodes).unwrap_or(i64::MAX));
+    }
+
+    /// Resolving the cluster's name failed (the last good set is kept).
+    pub(super) fn resolve_failure(&self) {
+        self.resolve_failures.inc();
+    }
+
+    /// A get found its tensor on a replica of an earlier node set.
+    pub(super) fn previous_placement_read(&self) {
+        self.previous_placement_reads.inc();
+    }
+
     /// Registers every metric in `registry`, named `redstone_cluster_…`
     /// under the registry's own prefix.
     pub(super) fn register(&self, registry: &mut Registry) {
@@ -103,6 +140,22 @@ impl ClusterMetrics {
             "quorum_failures",
             "Puts and deletes that did not reach their quorum, by op",
             self.quorum_failures.clone(),
+        );
+        r.register("nodes", "Nodes in the cluster now", self.nodes.clone());
+        r.register(
+            "membership_changes",
+            "Nodes added to or removed from the cluster by resolving its dns: name, by change",
+            self.membership_changes.clone(),
+        );
+        r.register(
+            "resolve_failures",
+            "Resolutions of the cluster's dns: name that failed or found no address (the last node set is kept)",
+            self.resolve_failures.clone(),
+        );
+        r.register(
+            "previous_placement_reads",
+            "Gets that missed on a key's replicas and found it on its replicas under the node set before the last change",
+            self.previous_placement_reads.clone(),
         );
     }
 }

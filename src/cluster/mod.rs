@@ -3,7 +3,10 @@
 //!
 //! - `placement`: rendezvous hashing; a key's replica set is its top R
 //!   nodes.
-//! - `config`: [`ClusterConfig`], from a node list or a TOML file.
+//! - `config`: [`ClusterConfig`], from a node list, a `dns:` name or a
+//!   TOML file.
+//! - `membership`: the node set — fixed, or what a DNS name resolves to,
+//!   re-resolved while in use — and the earlier sets still read from.
 //! - `node`: one node's connection and health (backoff while down).
 //! - `read`: what the replicas asked during one get have answered.
 //! - `metrics`: per-node requests, failures and marked-down events, read
@@ -20,21 +23,30 @@
 //! client writes it back in the background (read repair). A node that fails
 //! is skipped for a backoff that doubles with each failure, then tried
 //! again: it rejoins by answering.
+//!
+//! With a `dns:NAME:PORT` node list, the set follows the name. Writes go to
+//! the new placement; for a grace period after a change, a get that misses
+//! on a key's new replicas asks its replicas under the earlier set and
+//! repairs the new ones from what it finds, and a delete reaches them too.
 
 mod config;
+mod membership;
 mod metrics;
 mod node;
 pub mod placement;
 mod read;
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use tokio::task::JoinSet;
 
+use config::NodeSource;
 pub use config::{ClusterConfig, ConfigError};
+pub use membership::{system_resolver, Resolver};
+use membership::{Current, Dns, Members};
 use metrics::ClusterMetrics;
-use node::{is_node_failure, Node, NodeState};
+use node::{is_node_failure, Node};
 use read::{ReadResult, Reads};
 
 use crate::client::{ClientError, TensorStore};
@@ -46,7 +58,9 @@ use crate::Error;
 
 #[derive(Debug)]
 struct Inner {
-    nodes: Vec<Node>,
+    members: Current,
+    /// `Some` for a `dns:` node list.
+    dns: Option<Dns>,
     config: ClusterConfig,
     metrics: ClusterMetrics,
 }
@@ -83,23 +97,46 @@ pub struct ClusterClient {
 }
 
 impl ClusterClient {
-    /// A client for the nodes of `config`. Connections are made on first
-    /// use, so this succeeds even while nodes are down.
+    /// A client for the nodes of `config`. Connections are made (and a
+    /// `dns:` name is resolved) on first use, so this succeeds even while
+    /// nodes are down.
     pub fn new(config: ClusterConfig) -> Result<ClusterClient, ConfigError> {
+        ClusterClient::with_resolver(config, system_resolver())
+    }
+
+    /// [`new`](Self::new), resolving a `dns:` name with `resolver` instead
+    /// of the system's.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use redstone::cluster::{ClusterClient, ClusterConfig, Resolver};
+    ///
+    /// // Service discovery of your own: the pods' addresses.
+    /// let pods: Resolver = Arc::new(|_name| Ok(vec![[10, 0, 0, 7].into(), [10, 0, 0, 9].into()]));
+    /// let config = ClusterConfig::from_arg("dns:redstone:50052")?;
+    /// let cluster = ClusterClient::with_resolver(config, pods)?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn with_resolver(
+        config: ClusterConfig,
+        resolver: Resolver,
+    ) -> Result<ClusterClient, ConfigError> {
         config.validate()?;
         let metrics = ClusterMetrics::default();
-        let nodes = config
-            .nodes
-            .iter()
-            .map(|addr| Node {
-                addr: addr.clone(),
-                state: Mutex::new(NodeState::default()),
-                counters: metrics.node(addr),
-            })
-            .collect();
+        let (members, dns) = match config.source()? {
+            NodeSource::List => {
+                metrics.set_nodes(config.nodes.len());
+                (Members::fixed(&config.nodes, &metrics), None)
+            }
+            NodeSource::Dns { name, port } => (
+                Members::default(),
+                Some(Dns::new(name, port, resolver, config.refresh)),
+            ),
+        };
         Ok(ClusterClient {
             inner: Arc::new(Inner {
-                nodes,
+                members: Current::new(members),
+                dns,
                 config,
                 metrics,
             }),
@@ -133,13 +170,22 @@ impl ClusterClient {
         &self.inner.config
     }
 
-    /// The addresses of `key`'s replicas, best first.
-    pub fn replicas_of(&self, key: &str) -> Vec<&str> {
+    /// The addresses of `key`'s replicas, best first, among the nodes
+    /// known now (none before a `dns:` name's first resolution).
+    pub fn replicas_of(&self, key: &str) -> Vec<String> {
+        let members = self.inner.members.get();
         self.inner
-            .replica_set(key)
-            .into_iter()
-            .map(|i| self.inner.nodes[i].addr.as_str())
+            .replica_set(&members, key)
+            .iter()
+            .map(|n| n.addr.clone())
             .collect()
+    }
+
+    /// The nodes' addresses now (a `dns:` name's, as last resolved; none
+    /// before its first resolution).
+    pub fn nodes(&self) -> Vec<String> {
+        let members = self.inner.members.get();
+        members.nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
     /// Stores `tensor` on all of `key`'s replicas at once and waits for
@@ -172,20 +218,20 @@ impl ClusterClient {
     /// the first has not answered by then, and the first answer wins.
     pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
         let inner = &self.inner;
-        let order = inner.read_order(key);
+        let members = inner.members().await?;
+        let order = inner.read_order(&members, key);
         let mut reads = Reads::new(unix_micros());
         let mut rest = &order[..];
         if let (Some(hedge), [first, second, ..]) = (inner.config.hedge_after, &order[..]) {
             rest = &order[2..];
-            let (first, second) = (*first, *second);
             let started = Instant::now();
             // The first read runs on a task of its own: when the hedge wins
             // it is left to finish, within the node's timeout, so that a
             // hung replica is still marked down rather than cancelled
             // before it can time out.
             let mut a = tokio::spawn({
-                let (inner, key) = (Arc::clone(inner), key.to_owned());
-                async move { inner.get_on(first, &key).await }
+                let (inner, key, first) = (Arc::clone(inner), key.to_owned(), Arc::clone(first));
+                async move { inner.get_on(&first, &key).await }
             });
             let joined = |r: Result<ReadResult, tokio::task::JoinError>| {
                 r.unwrap_or_else(|e| Err(ClientError::Protocol(format!("read task failed: {e}"))))
@@ -195,20 +241,21 @@ impl ClusterClient {
                 inner.metrics.hedge();
                 inner.get_on(second, key).await
             });
-            let (i, result) = tokio::select! {
-                r = &mut a => (first, joined(r)),
-                r = &mut b => (second, r),
+            let (hedge_first, result) = tokio::select! {
+                r = &mut a => (false, joined(r)),
+                r = &mut b => (true, r),
             };
-            match (i == second, &result) {
+            match (hedge_first, &result) {
                 // The hedge found the tensor first: the first replica lost.
-                (true, Ok(Some(_))) => inner.nodes[first].lost_race(&inner.config),
-                (false, Ok(_)) => inner.nodes[first].won_race(),
+                (true, Ok(Some(_))) => first.lost_race(&inner.config),
+                (false, Ok(_)) => first.won_race(),
                 _ => {}
             }
-            if let Some(tensor) = reads.absorb(i, result)? {
+            let node = if hedge_first { second } else { first };
+            if let Some(tensor) = reads.absorb(node, result)? {
                 return Ok(Some(inner.found(key, tensor, reads)));
             }
-            let (i, result) = if i == second {
+            let (node, result) = if hedge_first {
                 (first, joined(a.await))
             } else if started.elapsed() < hedge {
                 // The first replica answered before the hedge went out:
@@ -217,14 +264,17 @@ impl ClusterClient {
             } else {
                 (second, b.await)
             };
-            if let Some(tensor) = reads.absorb(i, result)? {
+            if let Some(tensor) = reads.absorb(node, result)? {
                 return Ok(Some(inner.found(key, tensor, reads)));
             }
         }
-        for &i in rest {
-            if let Some(tensor) = reads.absorb(i, inner.get_on(i, key).await)? {
+        for node in rest {
+            if let Some(tensor) = reads.absorb(node, inner.get_on(node, key).await)? {
                 return Ok(Some(inner.found(key, tensor, reads)));
             }
+        }
+        if let Some(tensor) = inner.read_previous(&members, key, &order).await? {
+            return Ok(Some(inner.found(key, tensor, reads)));
         }
         reads.finish()
     }
@@ -235,21 +285,36 @@ impl ClusterClient {
     /// reached may still hold the tensor and serve it later, so the delete
     /// is then [`ClientError::Quorum`], naming those replicas. The replicas
     /// that answered have removed the key; retry the delete to finish it.
+    ///
+    /// After a `dns:` name's node set changed, the key's replicas under
+    /// the earlier sets are asked too, during the grace period. One that
+    /// cannot be reached does not fail the delete (it left the cluster),
+    /// but gets stop falling back to it, so none can find the old value.
     pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
-        let replicas = self.inner.replica_set(key);
+        let members = self.inner.members().await?;
+        let replicas = self.inner.replica_set(&members, key);
+        let previous = self.inner.previous_replicas(&members, key, &replicas);
         let mut deletes = JoinSet::new();
-        for &i in &replicas {
-            let (inner, key) = (Arc::clone(&self.inner), key.to_owned());
-            deletes.spawn(async move { (i, inner.delete_on(i, &key).await) });
+        for (node, current) in replicas
+            .iter()
+            .map(|n| (n, true))
+            .chain(previous.iter().map(|n| (n, false)))
+        {
+            let (inner, key, node) = (Arc::clone(&self.inner), key.to_owned(), Arc::clone(node));
+            deletes.spawn(async move {
+                let result = inner.delete_on(&node, &key).await;
+                (node, current, result)
+            });
         }
         let mut any = false;
         let mut missed = Vec::new();
         while let Some(joined) = deletes.join_next().await {
             match joined {
-                Ok((_, Ok(deleted))) => any |= deleted,
+                Ok((_, _, Ok(deleted))) => any |= deleted,
                 // A refusal every node would give (a bad key) is the answer.
-                Ok((_, Err(e))) if !is_node_failure(&e) => return Err(e),
-                Ok((i, Err(e))) => missed.push(format!("{}: {e}", self.inner.nodes[i].addr)),
+                Ok((_, _, Err(e))) if !is_node_failure(&e) => return Err(e),
+                Ok((node, false, Err(_))) => node.strike(),
+                Ok((node, true, Err(e))) => missed.push(format!("{}: {e}", node.addr)),
                 Err(e) => missed.push(format!("delete task failed: {e}")),
             }
         }
@@ -269,7 +334,7 @@ impl ClusterClient {
     /// flight fail, and requests not yet written are dropped with their
     /// payloads; the next calls connect again.
     pub fn reset(&self) {
-        for node in &self.inner.nodes {
+        for node in self.inner.members.get().all() {
             if let Some(client) = node.state().client.take() {
                 client.reset();
             }
@@ -282,7 +347,7 @@ impl ClusterClient {
     /// payloads, rather than when the connection's write timeout ends it.
     /// The connections in use are not touched.
     pub fn reset_failed(&self) {
-        for node in &self.inner.nodes {
+        for node in self.inner.members.get().all() {
             let failed = std::mem::take(&mut node.state().failed);
             for client in failed {
                 client.reset();
@@ -290,12 +355,15 @@ impl ClusterClient {
         }
     }
 
-    /// The counters of every node, with whether the client sees it up.
+    /// The counters of every node, with whether the client sees it up
+    /// (none if a `dns:` name has never resolved).
     pub async fn node_stats(&self) -> Vec<NodeStats> {
+        let Ok(members) = self.inner.members().await else {
+            return Vec::new();
+        };
         let mut out = Vec::new();
-        for i in 0..self.inner.nodes.len() {
-            let stats = self.inner.stats_on(i).await;
-            let node = &self.inner.nodes[i];
+        for node in &members.nodes {
+            let stats = self.inner.stats_on(node).await;
             out.push(NodeStats {
                 addr: node.addr.clone(),
                 up: node.is_up(),
@@ -308,6 +376,7 @@ impl ClusterClient {
     /// The counters summed over the nodes that answer (replicas count once
     /// per node). Fails only if no node answers.
     pub async fn stats(&self) -> Result<Stats, ClientError> {
+        self.inner.members().await?;
         let nodes = self.node_stats().await;
         if let Some(sum) = NodeStats::sum(&nodes) {
             return Ok(sum);
@@ -358,26 +427,113 @@ impl TensorStore for ClusterClient {
 }
 
 impl Inner {
-    fn replica_set(&self, key: &str) -> Vec<usize> {
-        let mut ranked = placement::rank(&self.config.nodes, key);
-        ranked.truncate(self.config.replicas);
-        ranked
+    /// The node set to work on: a `dns:` name is resolved now if it never
+    /// was, and again in the background once its refresh period is over.
+    async fn members(self: &Arc<Self>) -> Result<Arc<Members>, ClientError> {
+        let current = self.members.get();
+        let Some(dns) = &self.dns else {
+            return Ok(current);
+        };
+        if !current.nodes.is_empty() {
+            if dns.due() {
+                let inner = Arc::clone(self);
+                tokio::spawn(async move {
+                    if let Some(dns) = &inner.dns {
+                        inner.resolve(dns).await.ok();
+                        dns.done();
+                    }
+                });
+            }
+            return Ok(current);
+        }
+        // Never resolved: every caller waits for one resolution at a time.
+        let _first = dns.first().await;
+        let current = self.members.get();
+        if !current.nodes.is_empty() {
+            return Ok(current);
+        }
+        self.resolve(dns).await.map_err(|e| {
+            ClientError::Unavailable(format!(
+                "no cluster nodes: cannot resolve {:?}: {e}",
+                dns.name()
+            ))
+        })?;
+        Ok(self.members.get())
+    }
+
+    /// Resolves the `dns:` name and makes what it finds the node set.
+    async fn resolve(&self, dns: &Dns) -> Result<(), String> {
+        let result = dns.resolve().await;
+        dns.outcome(&result, &self.metrics);
+        let addrs = result?;
+        self.members
+            .update(&addrs, self.config.grace, &self.metrics);
+        Ok(())
+    }
+
+    /// `key`'s replicas in `members`: its top R nodes (all of them when
+    /// a `dns:` name has fewer than R).
+    fn replica_set(&self, members: &Members, key: &str) -> Vec<Arc<Node>> {
+        Members::replica_set(&members.nodes, key, self.config.replicas)
+    }
+
+    /// `key`'s replicas under the earlier node sets still in their grace,
+    /// newest set first, without those in `asked` or struck.
+    fn previous_replicas(
+        &self,
+        members: &Members,
+        key: &str,
+        asked: &[Arc<Node>],
+    ) -> Vec<Arc<Node>> {
+        let mut out: Vec<Arc<Node>> = Vec::new();
+        for generation in members.previous() {
+            for node in Members::replica_set(&generation.nodes, key, self.config.replicas) {
+                let seen = |n: &Arc<Node>| Arc::ptr_eq(n, &node);
+                if !node.is_struck() && !asked.iter().any(seen) && !out.iter().any(seen) {
+                    out.push(node);
+                }
+            }
+        }
+        out
     }
 
     /// Replicas in placement order, those marked down or slow last (still
     /// tried: they may be back).
-    fn read_order(&self, key: &str) -> Vec<usize> {
-        let (first, last): (Vec<usize>, Vec<usize>) = self
-            .replica_set(key)
+    fn read_order(&self, members: &Members, key: &str) -> Vec<Arc<Node>> {
+        let (first, last): (Vec<_>, Vec<_>) = self
+            .replica_set(members, key)
             .into_iter()
-            .partition(|&i| self.nodes[i].is_up() && !self.nodes[i].is_slow());
+            .partition(|n| n.is_up() && !n.is_slow());
         first.into_iter().chain(last).collect()
+    }
+
+    /// A get that missed on every current replica asks the key's replicas
+    /// under the earlier node sets (see [`ClusterConfig::grace`]). Their
+    /// misses and failures are not the get's: it is a miss either way.
+    async fn read_previous(
+        &self,
+        members: &Members,
+        key: &str,
+        asked: &[Arc<Node>],
+    ) -> Result<Option<Tensor>, ClientError> {
+        for node in self.previous_replicas(members, key, asked) {
+            match self.get_on(&node, key).await {
+                Ok(Some(tensor)) => {
+                    self.metrics.previous_placement_read();
+                    tracing::debug!(node = %node.addr, key, "read from the previous placement");
+                    return Ok(Some(tensor));
+                }
+                Ok(None) => {}
+                Err(e) if is_node_failure(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
     }
 
     /// The node's connection, made if needed. A node inside its backoff is
     /// refused at once, without a connection attempt.
-    async fn client(&self, i: usize) -> Result<FastClient, ClientError> {
-        let node = &self.nodes[i];
+    async fn client(&self, node: &Node) -> Result<FastClient, ClientError> {
         {
             let s = node.state();
             if let Some(client) = &s.client {
@@ -390,13 +546,12 @@ impl Inner {
                 )));
             }
         }
-        self.connect(i).await
+        self.connect(node).await
     }
 
-    /// Node `i`'s connection, made now if there is none, even while the
+    /// The node's connection, made now if there is none, even while the
     /// node is marked down.
-    async fn connect(&self, i: usize) -> Result<FastClient, ClientError> {
-        let node = &self.nodes[i];
+    async fn connect(&self, node: &Node) -> Result<FastClient, ClientError> {
         if let Some(client) = &node.state().client {
             return Ok(client.clone());
         }
@@ -421,16 +576,15 @@ impl Inner {
         }
     }
 
-    /// Runs one request on node `i` within the timeout, keeping the node's
+    /// Runs one request on `node` within the timeout, keeping the node's
     /// health up to date.
-    async fn on<T, F, Fut>(&self, i: usize, call: F) -> Result<T, ClientError>
+    async fn on<T, F, Fut>(&self, node: &Node, call: F) -> Result<T, ClientError>
     where
         F: FnOnce(FastClient) -> Fut,
         Fut: std::future::Future<Output = Result<T, ClientError>>,
     {
-        let node = &self.nodes[i];
         // A node inside its backoff is not asked: neither counted.
-        let client = self.client(i).await?;
+        let client = self.client(node).await?;
         node.counters.requests.inc();
         let limit = self.config.timeout;
         let result = tokio::time::timeout(limit, call(client))
@@ -446,33 +600,41 @@ impl Inner {
         result
     }
 
-    /// A conditional put on node `i`: refused if the key was deleted there
+    /// A conditional put on `node`: refused if the key was deleted there
     /// after `since_us`, so neither a late write nor a read repair brings
     /// back a deleted tensor.
     async fn put_on(
         &self,
-        i: usize,
+        node: &Node,
         key: &str,
         tensor: Tensor,
         since_us: u64,
     ) -> Result<(), ClientError> {
-        self.on(i, |c| async move { c.put_if(key, tensor, since_us).await })
-            .await
+        self.on(
+            node,
+            |c| async move { c.put_if(key, tensor, since_us).await },
+        )
+        .await
     }
 
     /// [`ClusterClient::put_tensor`].
     async fn put(self: Arc<Self>, key: String, tensor: Tensor) -> Result<(), ClientError> {
         let key = key.as_str();
-        let needed = self.config.write_quorum;
+        let members = self.members().await?;
+        let replicas = self.replica_set(&members, key);
+        // Fewer replicas than R only while a `dns:` name has fewer nodes:
+        // then every node must acknowledge (W = R) or W of them.
+        let needed = self.config.write_quorum.min(replicas.len());
         let since_us = unix_micros();
         let digest = Arc::new(OnceLock::new());
         let mut writes = JoinSet::new();
-        for i in self.replica_set(key) {
+        for node in replicas {
             let (inner, key, tensor) = (Arc::clone(&self), key.to_owned(), tensor.clone());
             let digest = Arc::clone(&digest);
-            writes.spawn(
-                async move { (i, inner.write_on(i, &key, tensor, since_us, &digest).await) },
-            );
+            writes.spawn(async move {
+                let result = inner.write_on(&node, &key, tensor, since_us, &digest).await;
+                (node, result)
+            });
         }
         let (mut stored, mut held, mut conflicts) = (0, 0, 0);
         let mut errors = Vec::new();
@@ -530,25 +692,28 @@ impl Inner {
     /// tensor, or holding another.
     async fn write_on(
         &self,
-        i: usize,
+        node: &Node,
         key: &str,
         tensor: Tensor,
         since_us: u64,
         digest: &OnceLock<u64>,
     ) -> Result<Write, ClientError> {
-        let mine = match self.put_on(i, key, tensor.clone(), since_us).await {
+        let mine = match self.put_on(node, key, tensor.clone(), since_us).await {
             Ok(()) => return Ok(Write::Stored),
             Err(ClientError::AlreadyExists(_)) => *digest.get_or_init(|| tensor.digest()),
             Err(e) => return Err(e),
         };
-        match self.on(i, |c| async move { c.digest(key).await }).await? {
+        match self
+            .on(node, |c| async move { c.digest(key).await })
+            .await?
+        {
             Some(theirs) if theirs == mine => Ok(Write::Held),
             Some(_) => Ok(Write::Conflict),
             // Deleted between the two requests: neither an acknowledgement
             // nor proof of another value.
             None => Err(ClientError::Unavailable(format!(
                 "{key:?} vanished from {} during the put",
-                self.nodes[i].addr
+                node.addr
             ))),
         }
     }
@@ -556,12 +721,12 @@ impl Inner {
     /// Removes the value with `digest` from `nodes` (a failed put taking
     /// its value back), never another value. Nodes marked down are tried
     /// too: a write that timed out there may still land.
-    async fn take_back(self: &Arc<Self>, key: &str, digest: u64, nodes: Vec<usize>) {
+    async fn take_back(self: &Arc<Self>, key: &str, digest: u64, nodes: Vec<Arc<Node>>) {
         let mut undo = JoinSet::new();
-        for i in nodes {
+        for node in nodes {
             let (inner, key) = (Arc::clone(self), key.to_owned());
             undo.spawn(async move {
-                let result = match inner.connect(i).await {
+                let result = match inner.connect(&node).await {
                     Ok(c) => {
                         let limit = inner.config.timeout;
                         tokio::time::timeout(limit, c.delete_if(&key, digest))
@@ -571,23 +736,23 @@ impl Inner {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = result {
-                    tracing::warn!(node = %inner.nodes[i].addr, key, "could not take back a failed put: {e}");
+                    tracing::warn!(node = %node.addr, key, "could not take back a failed put: {e}");
                 }
             });
         }
         while undo.join_next().await.is_some() {}
     }
 
-    async fn get_on(&self, i: usize, key: &str) -> Result<Option<Tensor>, ClientError> {
-        self.on(i, |c| async move { c.get(key).await }).await
+    async fn get_on(&self, node: &Node, key: &str) -> Result<Option<Tensor>, ClientError> {
+        self.on(node, |c| async move { c.get(key).await }).await
     }
 
-    async fn delete_on(&self, i: usize, key: &str) -> Result<bool, ClientError> {
-        self.on(i, |c| async move { c.delete(key).await }).await
+    async fn delete_on(&self, node: &Node, key: &str) -> Result<bool, ClientError> {
+        self.on(node, |c| async move { c.delete(key).await }).await
     }
 
-    async fn stats_on(&self, i: usize) -> Result<Stats, ClientError> {
-        self.on(i, |c| async move { c.stats().await }).await
+    async fn stats_on(&self, node: &Node) -> Result<Stats, ClientError> {
+        self.on(node, |c| async move { c.stats().await }).await
     }
 
     /// A get's result: read repair for the replicas that missed it.
@@ -600,14 +765,14 @@ impl Inner {
 
     /// Writes `tensor` back to the replicas that answered `NotFound`, in the
     /// background, unless the key was deleted there since the get began.
-    fn repair(self: &Arc<Self>, key: &str, tensor: &Tensor, nodes: Vec<usize>, began_us: u64) {
-        for i in nodes {
+    fn repair(self: &Arc<Self>, key: &str, tensor: &Tensor, nodes: Vec<Arc<Node>>, began_us: u64) {
+        for node in nodes {
             let (inner, key, tensor) = (Arc::clone(self), key.to_owned(), tensor.clone());
             tokio::spawn(async move {
-                match inner.put_on(i, &key, tensor, began_us).await {
+                match inner.put_on(&node, &key, tensor, began_us).await {
                     Ok(()) => {
                         inner.metrics.repair("ok");
-                        tracing::debug!(node = %inner.nodes[i].addr, key, "read repair");
+                        tracing::debug!(node = %node.addr, key, "read repair");
                     }
                     // Someone else wrote or deleted it meanwhile.
                     Err(ClientError::AlreadyExists(_) | ClientError::Deleted(_)) => {
@@ -615,7 +780,7 @@ impl Inner {
                     }
                     Err(e) => {
                         inner.metrics.repair("failed");
-                        tracing::debug!(node = %inner.nodes[i].addr, key, "read repair failed: {e}")
+                        tracing::debug!(node = %node.addr, key, "read repair failed: {e}")
                     }
                 }
             });

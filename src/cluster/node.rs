@@ -1,9 +1,10 @@
 //! One node as the client sees it: its connection and its health.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
-use super::metrics::NodeCounters;
+use super::metrics::{ClusterMetrics, NodeCounters};
 use super::ClusterConfig;
 use crate::client::ClientError;
 use crate::fast::FastClient;
@@ -14,6 +15,9 @@ pub(super) struct Node {
     pub(super) addr: String,
     pub(super) state: Mutex<NodeState>,
     pub(super) counters: NodeCounters,
+    /// Never read from as a previous replica again: a delete could not
+    /// reach it (see `Inner::delete_previous`).
+    struck: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -37,6 +41,29 @@ pub(super) struct NodeState {
 }
 
 impl Node {
+    pub(super) fn new(addr: String, metrics: &ClusterMetrics) -> Node {
+        Node {
+            counters: metrics.node(&addr),
+            addr,
+            state: Mutex::new(NodeState::default()),
+            struck: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a get may still ask this node as a key's replica under an
+    /// earlier node set.
+    pub(super) fn is_struck(&self) -> bool {
+        self.struck.load(Ordering::Relaxed)
+    }
+
+    /// A delete missed this node while it was only a previous replica:
+    /// gets stop asking it as one, so they cannot find what was deleted.
+    pub(super) fn strike(&self) {
+        if !self.struck.swap(true, Ordering::Relaxed) {
+            tracing::warn!(node = %self.addr, "a delete missed this former replica; reads no longer fall back to it");
+        }
+    }
+
     pub(super) fn state(&self) -> MutexGuard<'_, NodeState> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

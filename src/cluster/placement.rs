@@ -32,10 +32,15 @@ pub fn score(node: &str, key: &str) -> u64 {
 /// The indices of `nodes` ranked for `key`, best first; the first R are
 /// the key's replica set.
 pub fn rank(nodes: &[impl AsRef<str>], key: &str) -> Vec<usize> {
+    rank_by(nodes, |n| n.as_ref(), key)
+}
+
+/// [`rank`] for nodes named by `name`.
+pub fn rank_by<T>(nodes: &[T], name: impl Fn(&T) -> &str, key: &str) -> Vec<usize> {
     let mut ranked: Vec<(u64, usize)> = nodes
         .iter()
         .enumerate()
-        .map(|(i, n)| (score(n.as_ref(), key), i))
+        .map(|(i, n)| (score(name(n), key), i))
         .collect();
     // Ties (vanishingly rare) break by index, so every client agrees.
     ranked.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));

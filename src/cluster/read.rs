@@ -1,6 +1,8 @@
 //! What the replicas asked so far answered, during one get.
 
-use super::node::is_node_failure;
+use std::sync::Arc;
+
+use super::node::{is_node_failure, Node};
 use crate::client::ClientError;
 use crate::tensor::Tensor;
 
@@ -12,7 +14,7 @@ pub(super) struct Reads {
     /// repair writes only if the key was not deleted since.
     pub(super) began_us: u64,
     /// Replicas that answered `NotFound`: read repair targets.
-    pub(super) missing_on: Vec<usize>,
+    pub(super) missing_on: Vec<Arc<Node>>,
     last_failure: Option<ClientError>,
 }
 
@@ -29,12 +31,12 @@ impl Reads {
     /// or an error that ends the get (a refusal every node would give).
     pub(super) fn absorb(
         &mut self,
-        node: usize,
+        node: &Arc<Node>,
         result: ReadResult,
     ) -> Result<Option<Tensor>, ClientError> {
         match result {
             Ok(Some(tensor)) => return Ok(Some(tensor)),
-            Ok(None) => self.missing_on.push(node),
+            Ok(None) => self.missing_on.push(Arc::clone(node)),
             Err(e) if is_node_failure(&e) => self.last_failure = Some(e),
             Err(e) => return Err(e),
         }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use redstone::client::FastClient;
+use redstone::cluster::ClusterClient;
 use redstone::fast::stream::FrameReader;
 use redstone::fast::wire::{
     decode_response, encode, encode_head, Limits, Opcode, Prefix, Request, Response, MAGIC,
@@ -225,4 +226,27 @@ pub async fn start_server_with_metrics(limit: u64, fast: FastConfig) -> ServerHa
         ..Config::default()
     };
     Server::bind(config).await.expect("bind").spawn()
+}
+
+/// The value of the cluster client's metric `name` with `labels`, read
+/// through a registry as an application would serve it (0 if absent).
+pub fn cluster_metric(cluster: &ClusterClient, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let mut registry = prometheus_client::registry::Registry::default();
+    cluster.register_metrics(&mut registry);
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+    let scrape = prometheus_parse::Scrape::parse(text.lines().map(|l| Ok(l.to_owned()))).unwrap();
+    let values: Vec<f64> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == name && labels.iter().all(|(k, v)| s.labels.get(k) == Some(*v)))
+        .map(|s| match s.value {
+            prometheus_parse::Value::Counter(v)
+            | prometheus_parse::Value::Gauge(v)
+            | prometheus_parse::Value::Untyped(v) => v,
+            ref other => panic!("{name}: {other:?}"),
+        })
+        .collect();
+    assert!(values.len() <= 1, "{name} {labels:?}: {values:?}");
+    values.first().copied().unwrap_or(0.0)
 }
