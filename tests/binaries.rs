@@ -294,3 +294,48 @@ fn json_logs_are_one_object_per_line() {
     assert!(line.contains("\"level\":\"INFO\""), "{line}");
     assert!(line.contains("\"fast\":\"127.0.0.1:"), "{line}");
 }
+
+/// deploy/redstone.yaml's server arguments start a server (its ports made
+/// free ones on loopback) whose /health answers, as its probes ask; a
+/// client following a `dns:` name of it takes the tour.
+#[tokio::test]
+async fn the_kubernetes_manifest_starts_a_server_a_dns_client_can_use() {
+    let manifest =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/redstone.yaml"))
+            .unwrap();
+    let args: Vec<String> = manifest
+        .lines()
+        .skip_while(|l| l.trim() != "args:")
+        .skip(1)
+        .map_while(|l| l.trim().strip_prefix("- \"")?.strip_suffix('"'))
+        .map(|a| match a.strip_prefix("0.0.0.0:") {
+            Some(_) => "127.0.0.1:0".to_owned(),
+            None => a.to_owned(),
+        })
+        .collect();
+    assert!(args.iter().any(|a| a == "--metrics"), "{args:?}");
+    assert!(manifest.contains("path: /health") && manifest.contains("port: metrics"));
+    // Text logs, which the helper reads the addresses from.
+    let mut args: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Some(i) = args.iter().position(|&a| a == "--log-format") {
+        args.drain(i..i + 2);
+    }
+    let (mut server, _, fast, metrics) = start_server_all(&args);
+    let (status, body) = common::http_get(metrics.parse().unwrap(), "/health").await;
+    assert_eq!((status, body.trim()), (200, "ok"));
+
+    let port = fast.rsplit_once(':').unwrap().1;
+    let out = Command::new(env!("CARGO_BIN_EXE_client"))
+        .args(["--nodes", &format!("dns:127.0.0.1:{port}")])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && stdout.contains("bytes match"),
+        "client failed: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    sigterm(&server);
+    let status = wait_with_timeout(&mut server, Duration::from_secs(15));
+    assert!(status.success(), "server exit status: {status}");
+}

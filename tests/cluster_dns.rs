@@ -356,6 +356,8 @@ async fn a_failing_or_empty_resolution_keeps_the_last_good_set() {
     ));
 
     answer.set(&all);
+    // A failure is repeated without resolving for min(refresh, 1 s).
+    tokio::time::sleep(Duration::from_millis(50)).await;
     cluster.put_tensor("k", tensor_for(1)).await.unwrap();
     let good = cluster.nodes();
     assert_eq!(good.len(), 2);
@@ -412,6 +414,83 @@ async fn fewer_nodes_than_replicas_puts_every_key_on_every_node() {
         assert!(server.engine().contains("k"));
     }
     for server in all {
+        server.shutdown().await.unwrap();
+    }
+}
+
+/// The first of `key`'s top `r` among `nodes` (addresses).
+fn top(nodes: &[&ServerHandle], key: &str, r: usize) -> Vec<String> {
+    let mut names: Vec<String> = nodes.iter().map(|s| s.fast_addr().to_string()).collect();
+    names.sort();
+    let ranked = redstone::cluster::placement::rank(&names, key);
+    ranked[..r].iter().map(|&i| names[i].clone()).collect()
+}
+
+/// A key for which `pred` holds.
+fn key_where(pred: impl Fn(&str) -> bool) -> String {
+    (0..100_000)
+        .map(|i| format!("k{i}"))
+        .find(|k| pred(k))
+        .expect("a key")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_after_a_scale_out_is_refused_if_the_previous_replicas_hold_another_value() {
+    let all = servers(4).await;
+    let (old, new): (Vec<_>, Vec<_>) = (all.iter().take(2).collect(), all.iter().collect());
+    // A key whose two replicas both change when two nodes join.
+    let k = key_where(|k| {
+        let (before, after) = (top(&old, k, 2), top(&new, k, 2));
+        before.iter().all(|n| !after.contains(n))
+    });
+    let answer = Answer::new(&all[..2]);
+    let cluster = cluster(&all[..2], &answer, 2);
+    cluster.put_tensor(&k, tensor_for(1)).await.unwrap();
+    answer.set(&all);
+    wait_for_nodes(&cluster, &all).await;
+    match cluster.put_tensor(&k, tensor_for(2)).await {
+        Err(ClientError::AlreadyExists(_)) => {}
+        other => panic!("put-once across the change: {other:?}"),
+    }
+    assert_eq!(cluster.get(&k).await.unwrap(), Some(tensor_for(1)));
+    for server in all {
+        assert_ne!(
+            server.engine().get(&k).unwrap(),
+            Some(tensor_for(2)),
+            "the refused value is nowhere"
+        );
+        server.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_client_resolves_before_it_deletes() {
+    let all = servers(3).await;
+    let (two, three): (Vec<_>, Vec<_>) = (all.iter().take(2).collect(), all.iter().collect());
+    let k = key_where(|k| top(&two, k, 1) != top(&three, k, 1));
+    let answer = Answer::new(&all[..2]);
+    let busy = cluster(&all[..2], &answer, 1);
+    let idle = cluster(&all[..2], &answer, 1);
+    busy.put_tensor(&k, tensor_for(1)).await.unwrap();
+    assert!(idle.get(&k).await.unwrap().is_some());
+
+    answer.set(&all);
+    wait_for_nodes(&busy, &all).await;
+    // The busy client finds the key on its old replica and repairs it onto
+    // the new one.
+    assert!(busy.get(&k).await.unwrap().is_some());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all[2].engine().contains(&k) {
+        assert!(Instant::now() < deadline, "no read repair");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The idle client's set is more than two refresh periods old: it
+    // resolves again before deleting, so the delete reaches the new replica.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(idle.delete(&k).await.unwrap());
+    assert_eq!(busy.get(&k).await.unwrap(), None);
+    for server in all {
+        assert!(!server.engine().contains(&k));
         server.shutdown().await.unwrap();
     }
 }

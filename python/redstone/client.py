@@ -85,9 +85,13 @@ class Client(_Connected):
         nodes: a cluster's fast-path addresses (a list, or one
             comma-separated string), instead of ``addr``. Every client of a
             cluster must list the same nodes. Nodes are connected on first
-            use, so this succeeds while some are down.
+            use, so this succeeds while some are down. Or
+            ``"dns:NAME:PORT"``: the nodes are every address ``NAME``
+            resolves to (a Kubernetes headless service), re-resolved every
+            5 s while the client is in use.
         replicas: copies of each tensor on a cluster (default
-            ``min(3, len(nodes))``).
+            ``min(3, len(nodes))``; 3 with a ``dns:`` name, or every node
+            while it has fewer).
         write_quorum: replicas that must store a put for it to succeed
             (default ``replicas``).
         connect_timeout: seconds connecting may take.

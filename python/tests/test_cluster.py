@@ -80,3 +80,17 @@ def test_a_frozen_replica_does_not_hold_a_put(cluster):
         assert (client.get("frozen") == 1).all()
     finally:
         os.kill(frozen.pid, signal.SIGCONT)
+
+
+def test_a_dns_name_is_a_node_list(cluster):
+    # A numeric name resolves to itself through the system's resolver.
+    port = cluster[0].fast.rsplit(":", 1)[1]
+    client = redstone.Client(nodes=f"dns:127.0.0.1:{port}")
+    client.put("k", np.arange(4, dtype=np.float32))
+    assert client.get("k").tolist() == [0.0, 1.0, 2.0, 3.0]
+    stats = client.stats()
+    assert [n["addr"] for n in stats["nodes"]] == [cluster[0].fast]
+    with pytest.raises(redstone.ConnectionError, match="cannot resolve"):
+        redstone.Client(nodes="dns:name.invalid:1").get("k")
+    with pytest.raises(ValueError, match="dns:"):
+        redstone.Client(nodes="dns:no-port")

@@ -66,6 +66,16 @@ impl ClusterMetrics {
         }
     }
 
+    /// Drops the series of a node that left the cluster for good.
+    pub(super) fn forget(&self, addr: &str) {
+        let labels = NodeLabels {
+            node: addr.to_owned(),
+        };
+        self.requests.remove(&labels);
+        self.failures.remove(&labels);
+        self.marked_down.remove(&labels);
+    }
+
     /// A read repair ended: `ok` (written back) or `failed`.
     pub(super) fn repair(&self, outcome: &'static str) {
         self.repairs.get_or_create(&OutcomeLabels { outcome }).inc();
@@ -154,7 +164,7 @@ impl ClusterMetrics {
         );
         r.register(
             "previous_placement_reads",
-            "Gets that missed on a key's replicas and found it on its replicas under the node set before the last change",
+            "Gets that missed on a key's replicas and found it on its replicas under an earlier node set (within the grace period)",
             self.previous_placement_reads.clone(),
         );
     }

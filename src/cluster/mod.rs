@@ -44,7 +44,7 @@ use tokio::task::JoinSet;
 use config::NodeSource;
 pub use config::{ClusterConfig, ConfigError};
 pub use membership::{system_resolver, Resolver};
-use membership::{Current, Dns, Members};
+use membership::{Members, Membership};
 use metrics::ClusterMetrics;
 use node::{is_node_failure, Node};
 use read::{ReadResult, Reads};
@@ -58,9 +58,7 @@ use crate::Error;
 
 #[derive(Debug)]
 struct Inner {
-    members: Current,
-    /// `Some` for a `dns:` node list.
-    dns: Option<Dns>,
+    members: Membership,
     config: ClusterConfig,
     metrics: ClusterMetrics,
 }
@@ -123,20 +121,19 @@ impl ClusterClient {
     ) -> Result<ClusterClient, ConfigError> {
         config.validate()?;
         let metrics = ClusterMetrics::default();
-        let (members, dns) = match config.source()? {
-            NodeSource::List => {
-                metrics.set_nodes(config.nodes.len());
-                (Members::fixed(&config.nodes, &metrics), None)
-            }
-            NodeSource::Dns { name, port } => (
-                Members::default(),
-                Some(Dns::new(name, port, resolver, config.refresh)),
+        let members = match config.source()? {
+            NodeSource::List => Membership::fixed(&config.nodes, &metrics),
+            NodeSource::Dns { name, port } => Membership::dns(
+                (name, port),
+                resolver,
+                config.refresh,
+                config.grace,
+                &metrics,
             ),
         };
         Ok(ClusterClient {
             inner: Arc::new(Inner {
-                members: Current::new(members),
-                dns,
+                members,
                 config,
                 metrics,
             }),
@@ -173,7 +170,7 @@ impl ClusterClient {
     /// The addresses of `key`'s replicas, best first, among the nodes
     /// known now (none before a `dns:` name's first resolution).
     pub fn replicas_of(&self, key: &str) -> Vec<String> {
-        let members = self.inner.members.get();
+        let members = self.inner.members.now();
         self.inner
             .replica_set(&members, key)
             .iter()
@@ -184,7 +181,7 @@ impl ClusterClient {
     /// The nodes' addresses now (a `dns:` name's, as last resolved; none
     /// before its first resolution).
     pub fn nodes(&self) -> Vec<String> {
-        let members = self.inner.members.get();
+        let members = self.inner.members.now();
         members.nodes.iter().map(|n| n.addr.clone()).collect()
     }
 
@@ -203,6 +200,13 @@ impl ClusterClient {
     /// default W = R), of two puts of different values under one key at
     /// most one succeeds. A put that began before a delete of the key
     /// reached a replica fails with [`ClientError::Deleted`].
+    ///
+    /// With a `dns:` name, W is at most the number of nodes, and during
+    /// the grace period after a change the key's replicas under the earlier
+    /// sets are asked first: one holding another value makes the put
+    /// `AlreadyExists`. Two clients that see different node sets (for up
+    /// to a refresh period after a change) can each place a different
+    /// value under one key.
     pub async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
         // On a task of its own, so that a caller who stops waiting (a
         // timeout around this call) does not cancel the take-back of a
@@ -289,52 +293,34 @@ impl ClusterClient {
     /// After a `dns:` name's node set changed, the key's replicas under
     /// the earlier sets are asked too, during the grace period. One that
     /// cannot be reached does not fail the delete (it left the cluster),
-    /// but gets stop falling back to it, so none can find the old value.
+    /// but gets stop falling back to it. A node set that changes while the
+    /// delete runs gets it as well. What a delete cannot reach is a node
+    /// that left the set and later comes back with its data (see the
+    /// README, "Running on Kubernetes").
     pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
-        let members = self.inner.members().await?;
-        let replicas = self.inner.replica_set(&members, key);
-        let previous = self.inner.previous_replicas(&members, key, &replicas);
-        let mut deletes = JoinSet::new();
-        for (node, current) in replicas
-            .iter()
-            .map(|n| (n, true))
-            .chain(previous.iter().map(|n| (n, false)))
-        {
-            let (inner, key, node) = (Arc::clone(&self.inner), key.to_owned(), Arc::clone(node));
-            deletes.spawn(async move {
-                let result = inner.delete_on(&node, &key).await;
-                (node, current, result)
-            });
-        }
+        let inner = &self.inner;
+        let mut members = inner.members().await?;
+        let mut reached = Vec::new();
         let mut any = false;
-        let mut missed = Vec::new();
-        while let Some(joined) = deletes.join_next().await {
-            match joined {
-                Ok((_, _, Ok(deleted))) => any |= deleted,
-                // A refusal every node would give (a bad key) is the answer.
-                Ok((_, _, Err(e))) if !is_node_failure(&e) => return Err(e),
-                Ok((node, false, Err(_))) => node.strike(),
-                Ok((node, true, Err(e))) => missed.push(format!("{}: {e}", node.addr)),
-                Err(e) => missed.push(format!("delete task failed: {e}")),
+        // A node set that changed while the delete ran gets it too: a get on
+        // the new set could otherwise find the value on a replica this
+        // delete never asked, and repair it back.
+        for _ in 0..3 {
+            any |= inner.delete_round(&members, key, &mut reached).await?;
+            let now = inner.members.now();
+            if Arc::ptr_eq(&now, &members) {
+                break;
             }
+            members = now;
         }
-        if missed.is_empty() {
-            return Ok(any);
-        }
-        self.inner.metrics.quorum_failure("delete");
-        Err(ClientError::Quorum(format!(
-            "the delete of {key:?} reached {} of {} replicas; retry it. Not reached: {}",
-            replicas.len() - missed.len(),
-            replicas.len(),
-            missed.join("; ")
-        )))
+        Ok(any)
     }
 
     /// Ends every node's connection now ([`FastClient::reset`]): calls in
     /// flight fail, and requests not yet written are dropped with their
     /// payloads; the next calls connect again.
     pub fn reset(&self) {
-        for node in self.inner.members.get().all() {
+        for node in self.inner.members.now().all() {
             if let Some(client) = node.state().client.take() {
                 client.reset();
             }
@@ -347,7 +333,7 @@ impl ClusterClient {
     /// payloads, rather than when the connection's write timeout ends it.
     /// The connections in use are not touched.
     pub fn reset_failed(&self) {
-        for node in self.inner.members.get().all() {
+        for node in self.inner.members.now().all() {
             let failed = std::mem::take(&mut node.state().failed);
             for client in failed {
                 client.reset();
@@ -427,48 +413,9 @@ impl TensorStore for ClusterClient {
 }
 
 impl Inner {
-    /// The node set to work on: a `dns:` name is resolved now if it never
-    /// was, and again in the background once its refresh period is over.
-    async fn members(self: &Arc<Self>) -> Result<Arc<Members>, ClientError> {
-        let current = self.members.get();
-        let Some(dns) = &self.dns else {
-            return Ok(current);
-        };
-        if !current.nodes.is_empty() {
-            if dns.due() {
-                let inner = Arc::clone(self);
-                tokio::spawn(async move {
-                    if let Some(dns) = &inner.dns {
-                        inner.resolve(dns).await.ok();
-                        dns.done();
-                    }
-                });
-            }
-            return Ok(current);
-        }
-        // Never resolved: every caller waits for one resolution at a time.
-        let _first = dns.first().await;
-        let current = self.members.get();
-        if !current.nodes.is_empty() {
-            return Ok(current);
-        }
-        self.resolve(dns).await.map_err(|e| {
-            ClientError::Unavailable(format!(
-                "no cluster nodes: cannot resolve {:?}: {e}",
-                dns.name()
-            ))
-        })?;
-        Ok(self.members.get())
-    }
-
-    /// Resolves the `dns:` name and makes what it finds the node set.
-    async fn resolve(&self, dns: &Dns) -> Result<(), String> {
-        let result = dns.resolve().await;
-        dns.outcome(&result, &self.metrics);
-        let addrs = result?;
-        self.members
-            .update(&addrs, self.config.grace, &self.metrics);
-        Ok(())
+    /// The node set to work on ([`Membership::get`]).
+    async fn members(&self) -> Result<Arc<Members>, ClientError> {
+        self.members.get().await.map_err(ClientError::Unavailable)
     }
 
     /// `key`'s replicas in `members`: its top R nodes (all of them when
@@ -627,6 +574,16 @@ impl Inner {
         let needed = self.config.write_quorum.min(replicas.len());
         let since_us = unix_micros();
         let digest = Arc::new(OnceLock::new());
+        // Put-once across a membership change: within the grace period the
+        // key's replicas under the earlier sets may hold another value,
+        // which gets still find there.
+        let previous = self.previous_replicas(&members, key, &replicas);
+        if !previous.is_empty() {
+            let mine = *digest.get_or_init(|| tensor.digest());
+            if self.held_elsewhere(previous, key, mine).await? {
+                return Err(Error::AlreadyExists(key.to_owned()).into());
+            }
+        }
         let mut writes = JoinSet::new();
         for node in replicas {
             let (inner, key, tensor) = (Arc::clone(&self), key.to_owned(), tensor.clone());
@@ -741,6 +698,89 @@ impl Inner {
             });
         }
         while undo.join_next().await.is_some() {}
+    }
+
+    /// One pass of [`ClusterClient::delete`] over `members`: `key`'s
+    /// replicas, which must all answer, and its replicas under the earlier
+    /// sets, which may not (a node that left); nodes in `reached` are
+    /// skipped, and those reached are added. Whether any held the key.
+    async fn delete_round(
+        self: &Arc<Self>,
+        members: &Members,
+        key: &str,
+        reached: &mut Vec<Arc<Node>>,
+    ) -> Result<bool, ClientError> {
+        let seen = |n: &Arc<Node>| reached.iter().any(|r| Arc::ptr_eq(r, n));
+        let mut replicas = self.replica_set(members, key);
+        replicas.retain(|n| !seen(n));
+        let asked: Vec<Arc<Node>> = replicas.iter().chain(reached.iter()).cloned().collect();
+        let previous = self.previous_replicas(members, key, &asked);
+        let mut deletes = JoinSet::new();
+        for (node, current) in replicas
+            .iter()
+            .map(|n| (n, true))
+            .chain(previous.iter().map(|n| (n, false)))
+        {
+            let (inner, key, node) = (Arc::clone(self), key.to_owned(), Arc::clone(node));
+            deletes.spawn(async move {
+                let result = inner.delete_on(&node, &key).await;
+                (node, current, result)
+            });
+        }
+        let mut any = false;
+        let mut missed = Vec::new();
+        while let Some(joined) = deletes.join_next().await {
+            match joined {
+                Ok((node, _, Ok(deleted))) => {
+                    any |= deleted;
+                    reached.push(node);
+                }
+                // A refusal every node would give (a bad key) is the answer.
+                Ok((_, _, Err(e))) if !is_node_failure(&e) => return Err(e),
+                Ok((node, false, Err(_))) => node.strike(),
+                Ok((node, true, Err(e))) => missed.push(format!("{}: {e}", node.addr)),
+                Err(e) => missed.push(format!("delete task failed: {e}")),
+            }
+        }
+        if missed.is_empty() {
+            return Ok(any);
+        }
+        self.metrics.quorum_failure("delete");
+        Err(ClientError::Quorum(format!(
+            "the delete of {key:?} reached {} of {} replicas; retry it. Not reached: {}",
+            replicas.len().saturating_sub(missed.len()),
+            replicas.len(),
+            missed.join("; ")
+        )))
+    }
+
+    /// Whether one of `nodes` — a key's replicas under an earlier node set
+    /// — holds another value than the one with `digest` under `key`. Nodes
+    /// that do not answer are taken to have left.
+    async fn held_elsewhere(
+        self: &Arc<Self>,
+        nodes: Vec<Arc<Node>>,
+        key: &str,
+        digest: u64,
+    ) -> Result<bool, ClientError> {
+        let mut asks = JoinSet::new();
+        for node in nodes {
+            let (inner, key) = (Arc::clone(self), key.to_owned());
+            asks.spawn(async move {
+                inner
+                    .on(&node, |c| async move { c.digest(&key).await })
+                    .await
+            });
+        }
+        let mut other = false;
+        while let Some(joined) = asks.join_next().await {
+            match joined {
+                Ok(Ok(Some(theirs))) => other |= theirs != digest,
+                Ok(Err(e)) if !is_node_failure(&e) => return Err(e),
+                _ => {}
+            }
+        }
+        Ok(other)
     }
 
     async fn get_on(&self, node: &Node, key: &str) -> Result<Option<Tensor>, ClientError> {

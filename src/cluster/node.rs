@@ -16,7 +16,7 @@ pub(super) struct Node {
     pub(super) state: Mutex<NodeState>,
     pub(super) counters: NodeCounters,
     /// Never read from as a previous replica again: a delete could not
-    /// reach it (see `Inner::delete_previous`).
+    /// reach it while it was a previous replica (see `ClusterClient::delete`).
     struck: AtomicBool,
 }
 
