@@ -84,6 +84,15 @@ async fn servers(n: u8) -> Vec<ServerHandle> {
 }
 
 fn cluster(servers: &[ServerHandle], answer: &Answer, replicas: usize) -> ClusterClient {
+    cluster_with(servers, answer, replicas, Duration::from_secs(60))
+}
+
+fn cluster_with(
+    servers: &[ServerHandle],
+    answer: &Answer,
+    replicas: usize,
+    grace: Duration,
+) -> ClusterClient {
     let port = servers[0].fast_addr().port();
     let config = ClusterConfig {
         replicas,
@@ -93,6 +102,7 @@ fn cluster(servers: &[ServerHandle], answer: &Answer, replicas: usize) -> Cluste
         backoff_min: Duration::from_millis(20),
         backoff_max: Duration::from_millis(100),
         refresh: Duration::from_millis(30),
+        grace,
         ..ClusterConfig::from_arg(&format!("dns:redstone.test:{port}")).unwrap()
     };
     ClusterClient::with_resolver(config, answer.resolver()).unwrap()
@@ -493,4 +503,88 @@ async fn an_idle_client_resolves_before_it_deletes() {
         assert!(!server.engine().contains(&k));
         server.shutdown().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_the_grace_a_copy_left_on_a_former_replica_is_deleted_and_blocks_a_put() {
+    let all = servers(3).await;
+    let (two, three): (Vec<_>, Vec<_>) = (all.iter().take(2).collect(), all.iter().collect());
+    let moved = |k: &str| top(&two, k, 1) != top(&three, k, 1);
+    let (k, j) = {
+        let k = key_where(moved);
+        let j = key_where(|j| j != k && moved(j));
+        (k, j)
+    };
+    let answer = Answer::new(&all[..2]);
+    let cluster = cluster_with(&all[..2], &answer, 1, Duration::from_millis(200));
+    cluster.put_tensor(&k, tensor_for(1)).await.unwrap();
+    cluster.put_tensor(&j, tensor_for(3)).await.unwrap();
+    answer.set(&all);
+    wait_for_nodes(&cluster, &all).await;
+    // k is read in the grace: repaired onto the new node, and its copy
+    // stays on the former replica.
+    assert_eq!(cluster.get(&k).await.unwrap(), Some(tensor_for(1)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !all[2].engine().contains(&k) {
+        assert!(Instant::now() < deadline, "no read repair");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await; // the grace is over
+    assert!(cluster.delete(&k).await.unwrap());
+    // j was not read: a get misses, but its value is still on the former
+    // replica, and another value under j is refused.
+    assert_eq!(cluster.get(&j).await.unwrap(), None);
+    match cluster.put_tensor(&j, tensor_for(4)).await {
+        Err(ClientError::AlreadyExists(_)) => {}
+        other => panic!("a put over the copy left behind: {other:?}"),
+    }
+    // The new node leaves again: the former replica is k's and j's replica
+    // once more. The delete reached it; j is the value first put.
+    answer.set(&all[..2]);
+    wait_for_nodes(&cluster, &all[..2]).await;
+    assert_eq!(
+        cluster.get(&k).await.unwrap(),
+        None,
+        "a deleted value came back"
+    );
+    assert_eq!(cluster.get(&j).await.unwrap(), Some(tensor_for(3)));
+    for server in all {
+        assert_ne!(server.engine().get(&j).unwrap(), Some(tensor_for(4)));
+        server.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_is_not_ok_while_a_node_of_the_set_cannot_be_reached() {
+    let mut all = servers(3).await;
+    let answer = Answer::new(&all);
+    let cluster = cluster(&all, &answer, 1);
+    let down = all[2].fast_addr().to_string();
+    let k = key_where(|k| cluster_replica(&all, k) != down);
+    cluster.put_tensor(&k, tensor_for(1)).await.unwrap();
+    // A node that is not k's replica, but in the set (still in the name),
+    // stops: it might hold a copy a change left there.
+    all.pop().unwrap().shutdown().await.unwrap();
+    match cluster.delete(&k).await {
+        Err(ClientError::Quorum(why)) => assert!(why.contains(&down), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        cluster.get(&k).await.unwrap(),
+        None,
+        "its replica removed it"
+    );
+    // Once the name drops it, deletes are whole again.
+    answer.set(&all);
+    wait_for_nodes(&cluster, &all).await;
+    assert!(!cluster.delete(&k).await.unwrap());
+    for server in all {
+        server.shutdown().await.unwrap();
+    }
+}
+
+/// `key`'s replica among `servers` with R = 1.
+fn cluster_replica(servers: &[ServerHandle], key: &str) -> String {
+    let refs: Vec<&ServerHandle> = servers.iter().collect();
+    top(&refs, key, 1).remove(0)
 }

@@ -42,6 +42,9 @@ pub fn system_resolver() -> Resolver {
 /// on in the background).
 pub(super) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The longest grace period honoured.
+const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// Earlier node sets kept at most, however fast the set changes.
 const MAX_GENERATIONS: usize = 4;
 
@@ -121,7 +124,7 @@ impl Members {
         if !self.nodes.is_empty() && !grace.is_zero() {
             previous.push(Generation {
                 nodes: self.nodes.clone(),
-                until: Instant::now() + grace,
+                until: Instant::now() + grace.min(MAX_GRACE),
             });
         }
         previous.extend(self.live_previous());
@@ -222,6 +225,11 @@ impl Membership {
         }
     }
 
+    /// Whether the nodes follow a `dns:` name.
+    pub(super) fn is_dns(&self) -> bool {
+        self.shared.dns.is_some()
+    }
+
     /// The node set as it is, without resolving anything.
     pub(super) fn now(&self) -> Arc<Members> {
         self.shared.now()
@@ -291,18 +299,21 @@ impl Shared {
         }
         let weak = Arc::downgrade(shared);
         let (resolver, name, port) = (Arc::clone(&dns.resolver), dns.name.clone(), dns.port);
+        // Ends the attempt even if the task is dropped, polled or not (its
+        // runtime shutting down), so that a later one can start.
+        let end = AttemptEnd {
+            shared: weak.clone(),
+            outcome: None,
+        };
         tokio::spawn(async move {
-            // Ends the attempt even if the task is dropped (its runtime
-            // shutting down), so a later one can start.
-            let mut end = AttemptEnd {
-                shared: weak.clone(),
-                error: Some("the resolution was cancelled".into()),
-            };
+            // The whole guard moves into the task (not just the field set
+            // below), so it is dropped with the task.
+            let mut end = end;
             let lookup = tokio::task::spawn_blocking(move || resolver(&name)).await;
             let result = nodes_of(lookup, port);
             let Some(shared) = weak.upgrade() else { return };
             shared.resolved(&result);
-            end.error = result.err();
+            end.outcome = Some(result.err());
         });
     }
 
@@ -388,7 +399,9 @@ impl Shared {
 /// Records the end of a resolution when dropped.
 struct AttemptEnd {
     shared: Weak<Shared>,
-    error: Option<String>,
+    /// `Some(error or not)` once the resolver answered; `None` if the task
+    /// was dropped first (not an answer about the name).
+    outcome: Option<Option<String>>,
 }
 
 impl Drop for AttemptEnd {
@@ -397,10 +410,12 @@ impl Drop for AttemptEnd {
             return;
         };
         let Some(dns) = &shared.dns else { return };
-        *dns.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Attempt {
-            at: Instant::now(),
-            error: self.error.take(),
-        });
+        if let Some(error) = self.outcome.take() {
+            *dns.last.lock().unwrap_or_else(PoisonError::into_inner) = Some(Attempt {
+                at: Instant::now(),
+                error,
+            });
+        }
         dns.running.store(false, Ordering::Release);
         dns.ended.send_modify(|n| *n += 1);
     }
@@ -612,10 +627,11 @@ mod tests {
         let m = membership(&fake, Duration::from_millis(20), Duration::from_secs(60));
         m.get().await.unwrap();
         fake.hold.store(true, Ordering::SeqCst);
-        // Long past two periods: callers would wait for a resolution, but
-        // one is running already (hung): they go on with the last set.
+        // Past one period: this call starts a resolution, which hangs.
         tokio::time::sleep(Duration::from_millis(30)).await;
         m.get().await.unwrap();
+        // Long past two periods: callers would wait for a resolution, but
+        // one is running already (hung): they go on with the last set.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let start = Instant::now();
         for _ in 0..20 {
@@ -649,6 +665,24 @@ mod tests {
         };
         drop(first);
         releaser.join().unwrap();
+        let second = tokio::runtime::Runtime::new().unwrap();
+        let nodes = second.block_on(async { m.get().await.map(|m| m.nodes.len()) });
+        assert_eq!(nodes, Ok(1));
+    }
+
+    #[test]
+    fn a_resolution_never_polled_lets_the_next_one_run() {
+        let fake = Fake::default();
+        fake.set(&[[127, 0, 0, 2]]);
+        let m = membership(&fake, Duration::from_millis(10), Duration::from_secs(60));
+        let first = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // Spawned on a runtime that stops before it polls the task.
+        first.block_on(async { Shared::start(&m.shared) });
+        drop(first);
+        assert_eq!(fake.calls(), 0);
         let second = tokio::runtime::Runtime::new().unwrap();
         let nodes = second.block_on(async { m.get().await.map(|m| m.nodes.len()) });
         assert_eq!(nodes, Ok(1));

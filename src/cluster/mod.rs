@@ -201,12 +201,16 @@ impl ClusterClient {
     /// most one succeeds. A put that began before a delete of the key
     /// reached a replica fails with [`ClientError::Deleted`].
     ///
-    /// With a `dns:` name, W is at most the number of nodes, and during
-    /// the grace period after a change the key's replicas under the earlier
-    /// sets are asked first: one holding another value makes the put
-    /// `AlreadyExists`. Two clients that see different node sets (for up
-    /// to a refresh period after a change) can each place a different
-    /// value under one key.
+    /// With a `dns:` name, W is at most the number of nodes, and every
+    /// other node of the set (and the key's replicas under earlier sets, in
+    /// the grace period) is asked too: one holding another value — a copy a
+    /// change left behind, which gets may not see — makes the put
+    /// `AlreadyExists` (delete the key to clear it). A node that cannot be
+    /// asked (down) is not counted. After a change, a put of the very
+    /// tensor an earlier replica holds stores it on the new replicas and
+    /// returns `Ok`. Two clients that see different node sets (for up to a
+    /// refresh period after a change) can each place a different value
+    /// under one key.
     pub async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
         // On a task of its own, so that a caller who stops waiting (a
         // timeout around this call) does not cancel the take-back of a
@@ -290,13 +294,15 @@ impl ClusterClient {
     /// is then [`ClientError::Quorum`], naming those replicas. The replicas
     /// that answered have removed the key; retry the delete to finish it.
     ///
-    /// After a `dns:` name's node set changed, the key's replicas under
-    /// the earlier sets are asked too, during the grace period. One that
-    /// cannot be reached does not fail the delete (it left the cluster),
-    /// but gets stop falling back to it. A node set that changes while the
-    /// delete runs gets it as well. What a delete cannot reach is a node
-    /// that left the set and later comes back with its data (see the
-    /// README, "Running on Kubernetes").
+    /// With a `dns:` name the delete goes to every node of the set (a
+    /// change can leave a copy on any of them), and is `Ok` only when all
+    /// answered; the key's replicas under earlier sets that have left are
+    /// asked too, during the grace period, and one that cannot be reached
+    /// does not fail the delete, but gets do not fall back to it for the
+    /// rest of the grace. A node set that changes while the delete runs
+    /// gets it as well. What a delete cannot reach is a node that left the
+    /// set and later comes back with its data (see the README, "Running on
+    /// Kubernetes").
     pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
         let inner = &self.inner;
         let mut members = inner.members().await?;
@@ -444,6 +450,39 @@ impl Inner {
         out
     }
 
+    /// Nodes besides `replicas` that may hold `key`: with a `dns:` name,
+    /// every other node of the set (a change can leave a copy on a node
+    /// that is no longer a replica, and a later change can make it one
+    /// again) — and, as the second list, the key's replicas under the
+    /// earlier sets that have left the set. None with a fixed list.
+    fn bystanders(
+        &self,
+        members: &Members,
+        key: &str,
+        replicas: &[Arc<Node>],
+    ) -> (Vec<Arc<Node>>, Vec<Arc<Node>>) {
+        if !self.members.is_dns() {
+            return (Vec::new(), Vec::new());
+        }
+        let among = |list: &[Arc<Node>], n: &Arc<Node>| list.iter().any(|r| Arc::ptr_eq(r, n));
+        let others: Vec<Arc<Node>> = members
+            .nodes
+            .iter()
+            .filter(|n| !among(replicas, n))
+            .cloned()
+            .collect();
+        let asked: Vec<Arc<Node>> = members.nodes.clone();
+        let mut departed = Vec::new();
+        for generation in members.previous() {
+            for node in Members::replica_set(&generation.nodes, key, self.config.replicas) {
+                if !among(&asked, &node) && !among(&departed, &node) {
+                    departed.push(node);
+                }
+            }
+        }
+        (others, departed)
+    }
+
     /// Replicas in placement order, those marked down or slow last (still
     /// tried: they may be back).
     fn read_order(&self, members: &Members, key: &str) -> Vec<Arc<Node>> {
@@ -574,16 +613,17 @@ impl Inner {
         let needed = self.config.write_quorum.min(replicas.len());
         let since_us = unix_micros();
         let digest = Arc::new(OnceLock::new());
-        // Put-once across a membership change: within the grace period the
-        // key's replicas under the earlier sets may hold another value,
-        // which gets still find there.
-        let previous = self.previous_replicas(&members, key, &replicas);
-        if !previous.is_empty() {
+        // Put-once across membership changes: with a `dns:` name, another
+        // node may hold another value under the key (its replica under an
+        // earlier set, which gets read during the grace period, or one
+        // again after a later change). Asked while the replicas write.
+        let (others, departed) = self.bystanders(&members, key, &replicas);
+        let elsewhere: Vec<Arc<Node>> = others.into_iter().chain(departed).collect();
+        let check = (!elsewhere.is_empty()).then(|| {
             let mine = *digest.get_or_init(|| tensor.digest());
-            if self.held_elsewhere(previous, key, mine).await? {
-                return Err(Error::AlreadyExists(key.to_owned()).into());
-            }
-        }
+            let (inner, key) = (Arc::clone(&self), key.to_owned());
+            tokio::spawn(async move { inner.held_elsewhere(elsewhere, &key, mine).await })
+        });
         let mut writes = JoinSet::new();
         for node in replicas {
             let (inner, key, tensor) = (Arc::clone(&self), key.to_owned(), tensor.clone());
@@ -612,6 +652,14 @@ impl Inner {
                     errors.push(e);
                 }
                 Err(e) => errors.push(ClientError::Protocol(format!("write task failed: {e}"))),
+            }
+        }
+        if let Some(check) = check {
+            match check.await {
+                Ok(Ok(true)) => conflicts += 1,
+                Ok(Ok(false)) => {}
+                Ok(Err(e)) => errors.push(e),
+                Err(e) => errors.push(ClientError::Protocol(format!("check task failed: {e}"))),
             }
         }
         // Every replica has answered (or timed out): a conflict anywhere
@@ -701,34 +749,42 @@ impl Inner {
     }
 
     /// One pass of [`ClusterClient::delete`] over `members`: `key`'s
-    /// replicas, which must all answer, and its replicas under the earlier
-    /// sets, which may not (a node that left); nodes in `reached` are
-    /// skipped, and those reached are added. Whether any held the key.
+    /// replicas and, with a `dns:` name, every other node of the set,
+    /// which must all answer; and its replicas under the earlier sets that
+    /// have left, which may not. Nodes in `reached` are skipped, and those
+    /// reached are added. Whether any held the key.
     async fn delete_round(
         self: &Arc<Self>,
         members: &Members,
         key: &str,
         reached: &mut Vec<Arc<Node>>,
     ) -> Result<bool, ClientError> {
+        let replicas = self.replica_set(members, key);
+        let (others, departed) = self.bystanders(members, key, &replicas);
         let seen = |n: &Arc<Node>| reached.iter().any(|r| Arc::ptr_eq(r, n));
-        let mut replicas = self.replica_set(members, key);
-        replicas.retain(|n| !seen(n));
-        let asked: Vec<Arc<Node>> = replicas.iter().chain(reached.iter()).cloned().collect();
-        let previous = self.previous_replicas(members, key, &asked);
+        let required: Vec<Arc<Node>> = replicas
+            .into_iter()
+            .chain(others)
+            .filter(|n| !seen(n))
+            .collect();
+        let departed: Vec<Arc<Node>> = departed.into_iter().filter(|n| !seen(n)).collect();
         let mut deletes = JoinSet::new();
-        for (node, current) in replicas
+        for (node, required) in required
             .iter()
             .map(|n| (n, true))
-            .chain(previous.iter().map(|n| (n, false)))
+            .chain(departed.iter().map(|n| (n, false)))
         {
             let (inner, key, node) = (Arc::clone(self), key.to_owned(), Arc::clone(node));
             deletes.spawn(async move {
                 let result = inner.delete_on(&node, &key).await;
-                (node, current, result)
+                (node, required, result)
             });
         }
         let mut any = false;
         let mut missed = Vec::new();
+        let grace_end = Instant::now()
+            .checked_add(self.config.grace)
+            .unwrap_or_else(Instant::now);
         while let Some(joined) = deletes.join_next().await {
             match joined {
                 Ok((node, _, Ok(deleted))) => {
@@ -737,7 +793,7 @@ impl Inner {
                 }
                 // A refusal every node would give (a bad key) is the answer.
                 Ok((_, _, Err(e))) if !is_node_failure(&e) => return Err(e),
-                Ok((node, false, Err(_))) => node.strike(),
+                Ok((node, false, Err(_))) => node.strike(grace_end),
                 Ok((node, true, Err(e))) => missed.push(format!("{}: {e}", node.addr)),
                 Err(e) => missed.push(format!("delete task failed: {e}")),
             }
@@ -747,16 +803,16 @@ impl Inner {
         }
         self.metrics.quorum_failure("delete");
         Err(ClientError::Quorum(format!(
-            "the delete of {key:?} reached {} of {} replicas; retry it. Not reached: {}",
-            replicas.len().saturating_sub(missed.len()),
-            replicas.len(),
+            "the delete of {key:?} reached {} of {} nodes that may hold it; retry it. Not reached: {}",
+            required.len().saturating_sub(missed.len()),
+            required.len(),
             missed.join("; ")
         )))
     }
 
-    /// Whether one of `nodes` — a key's replicas under an earlier node set
-    /// — holds another value than the one with `digest` under `key`. Nodes
-    /// that do not answer are taken to have left.
+    /// Whether one of `nodes` — nodes besides a key's replicas that may
+    /// hold it — holds another value than the one with `digest` under
+    /// `key`. Nodes that do not answer (down, or left) are not counted.
     async fn held_elsewhere(
         self: &Arc<Self>,
         nodes: Vec<Arc<Node>>,

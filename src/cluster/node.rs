@@ -1,6 +1,5 @@
 //! One node as the client sees it: its connection and its health.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
@@ -15,9 +14,6 @@ pub(super) struct Node {
     pub(super) addr: String,
     pub(super) state: Mutex<NodeState>,
     pub(super) counters: NodeCounters,
-    /// Never read from as a previous replica again: a delete could not
-    /// reach it while it was a previous replica (see `ClusterClient::delete`).
-    struck: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +34,10 @@ pub(super) struct NodeState {
     pub(super) slow_until: Option<Instant>,
     /// Skipped until then.
     pub(super) down_until: Option<Instant>,
+    /// Not read from as a key's replica under an earlier node set until
+    /// then: a delete could not reach it after it left the set (see
+    /// `ClusterClient::delete`).
+    pub(super) struck_until: Option<Instant>,
 }
 
 impl Node {
@@ -46,21 +46,25 @@ impl Node {
             counters: metrics.node(&addr),
             addr,
             state: Mutex::new(NodeState::default()),
-            struck: AtomicBool::new(false),
         }
     }
 
-    /// Whether a get may still ask this node as a key's replica under an
+    /// Whether a get may ask this node as a key's replica under an
     /// earlier node set.
     pub(super) fn is_struck(&self) -> bool {
-        self.struck.load(Ordering::Relaxed)
+        self.state()
+            .struck_until
+            .is_some_and(|t| Instant::now() < t)
     }
 
-    /// A delete missed this node while it was only a previous replica:
-    /// gets stop asking it as one, so they cannot find what was deleted.
-    pub(super) fn strike(&self) {
-        if !self.struck.swap(true, Ordering::Relaxed) {
-            tracing::warn!(node = %self.addr, "a delete missed this former replica; reads no longer fall back to it");
+    /// A delete missed this node after it left the set: gets do not fall
+    /// back to it until `until` (the end of the grace period), so they
+    /// cannot find what was deleted.
+    pub(super) fn strike(&self, until: Instant) {
+        let mut s = self.state();
+        if s.struck_until.is_none_or(|t| t < until) {
+            s.struck_until = Some(until);
+            tracing::warn!(node = %self.addr, "a delete missed this former replica; reads do not fall back to it");
         }
     }
 
