@@ -588,3 +588,32 @@ fn cluster_replica(servers: &[ServerHandle], key: &str) -> String {
     let refs: Vec<&ServerHandle> = servers.iter().collect();
     top(&refs, key, 1).remove(0)
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_former_replica_a_delete_missed_is_neither_read_nor_asked_in_the_grace() {
+    let mut all = servers(3).await;
+    let first_two: Vec<&ServerHandle> = all[..2].iter().collect();
+    let a = all[0].fast_addr().to_string();
+    let k = key_where(|k| top(&first_two, k, 1) == [a.clone()]);
+    let answer = Answer::new(&all[..2]);
+    let cluster = cluster(&all[..2], &answer, 1);
+    cluster.put_tensor(&k, tensor_for(1)).await.unwrap();
+    // A leaves the name; while it cannot be reached, the key is deleted:
+    // A is an earlier replica that left, so the delete is Ok without it.
+    answer.set(&all[1..]);
+    wait_for_nodes(&cluster, &all[1..]).await;
+    let a_addr = all[0].fast_addr();
+    all.remove(0).shutdown().await.unwrap();
+    assert!(matches!(cluster.delete(&k).await, Ok(false)));
+    // A answers again, still holding the value (a partition healed).
+    let back = server_at(a_addr).await.unwrap();
+    back.engine().put(&k, tensor_for(1)).unwrap();
+    tokio::time::sleep(Duration::from_millis(250)).await; // past its backoff
+    assert_eq!(cluster.get(&k).await.unwrap(), None, "read back from A");
+    cluster.put_tensor(&k, tensor_for(2)).await.unwrap();
+    assert_eq!(cluster.get(&k).await.unwrap(), Some(tensor_for(2)));
+    back.shutdown().await.unwrap();
+    for server in all {
+        server.shutdown().await.unwrap();
+    }
+}

@@ -43,7 +43,7 @@ pub fn system_resolver() -> Resolver {
 pub(super) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest grace period honoured.
-const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
+pub(super) const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Earlier node sets kept at most, however fast the set changes.
 const MAX_GENERATIONS: usize = 4;

@@ -475,7 +475,8 @@ impl Inner {
         let mut departed = Vec::new();
         for generation in members.previous() {
             for node in Members::replica_set(&generation.nodes, key, self.config.replicas) {
-                if !among(&asked, &node) && !among(&departed, &node) {
+                // One a delete missed is not asked (see `Node::strike`).
+                if !node.is_struck() && !among(&asked, &node) && !among(&departed, &node) {
                     departed.push(node);
                 }
             }
@@ -616,14 +617,16 @@ impl Inner {
         // Put-once across membership changes: with a `dns:` name, another
         // node may hold another value under the key (its replica under an
         // earlier set, which gets read during the grace period, or one
-        // again after a later change). Asked while the replicas write.
+        // again after a later change). Asked before anything is written,
+        // so that a refused value is never readable.
         let (others, departed) = self.bystanders(&members, key, &replicas);
         let elsewhere: Vec<Arc<Node>> = others.into_iter().chain(departed).collect();
-        let check = (!elsewhere.is_empty()).then(|| {
+        if !elsewhere.is_empty() {
             let mine = *digest.get_or_init(|| tensor.digest());
-            let (inner, key) = (Arc::clone(&self), key.to_owned());
-            tokio::spawn(async move { inner.held_elsewhere(elsewhere, &key, mine).await })
-        });
+            if self.held_elsewhere(elsewhere, key, mine).await? {
+                return Err(Error::AlreadyExists(key.to_owned()).into());
+            }
+        }
         let mut writes = JoinSet::new();
         for node in replicas {
             let (inner, key, tensor) = (Arc::clone(&self), key.to_owned(), tensor.clone());
@@ -652,14 +655,6 @@ impl Inner {
                     errors.push(e);
                 }
                 Err(e) => errors.push(ClientError::Protocol(format!("write task failed: {e}"))),
-            }
-        }
-        if let Some(check) = check {
-            match check.await {
-                Ok(Ok(true)) => conflicts += 1,
-                Ok(Ok(false)) => {}
-                Ok(Err(e)) => errors.push(e),
-                Err(e) => errors.push(ClientError::Protocol(format!("check task failed: {e}"))),
             }
         }
         // Every replica has answered (or timed out): a conflict anywhere
@@ -782,9 +777,7 @@ impl Inner {
         }
         let mut any = false;
         let mut missed = Vec::new();
-        let grace_end = Instant::now()
-            .checked_add(self.config.grace)
-            .unwrap_or_else(Instant::now);
+        let grace_end = Instant::now() + self.config.grace.min(membership::MAX_GRACE);
         while let Some(joined) = deletes.join_next().await {
             match joined {
                 Ok((node, _, Ok(deleted))) => {

@@ -58,8 +58,8 @@ impl Node {
     }
 
     /// A delete missed this node after it left the set: gets do not fall
-    /// back to it until `until` (the end of the grace period), so they
-    /// cannot find what was deleted.
+    /// back to it, nor puts ask it, until `until` (the end of the grace
+    /// period), so neither finds what was deleted.
     pub(super) fn strike(&self, until: Instant) {
         let mut s = self.state();
         if s.struck_until.is_none_or(|t| t < until) {
