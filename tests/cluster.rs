@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{cluster_metric as metric, pattern};
+use common::{cluster_metric as metric, pattern, slow_proxy};
 use redstone::client::ClientError;
 use redstone::cluster::{ClusterClient, ClusterConfig};
 use redstone::server::{Config, Server, ServerHandle};
@@ -324,37 +324,6 @@ async fn a_hedged_read_does_not_wait_for_a_hung_replica() {
         .find(|k| cluster.replicas_of(k)[0] == real[0].fast_addr().to_string())
         .unwrap();
     assert_eq!(cluster.get(&absent).await.unwrap(), None);
-}
-
-/// A proxy to `target` that delays every chunk of replies by `delay`: a
-/// node that answers, but slowly.
-async fn slow_proxy(target: SocketAddr, delay: Duration) -> SocketAddr {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let server = tokio::net::TcpStream::connect(target).await.unwrap();
-            let (mut client_r, mut client_w) = client.into_split();
-            let (mut server_r, mut server_w) = server.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut client_r, &mut server_w).await;
-            });
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 64 * 1024];
-                while let Ok(n) = server_r.read(&mut buf).await {
-                    if n == 0 {
-                        break;
-                    }
-                    tokio::time::sleep(delay).await;
-                    if client_w.write_all(&buf[..n]).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

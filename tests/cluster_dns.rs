@@ -617,3 +617,49 @@ async fn a_former_replica_a_delete_missed_is_neither_read_nor_asked_in_the_grace
         server.shutdown().await.unwrap();
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_refused_for_a_copy_elsewhere_is_never_readable() {
+    let all = servers(2).await;
+    let port = all[0].fast_addr().port();
+    // A third node, slow to answer, holds another value under the key.
+    let holder = server_at("127.0.0.1:0".parse().unwrap()).await.unwrap();
+    let slow = SocketAddr::new(IpAddr::from([127, 0, 0, 4]), port);
+    common::slow_proxy_at(slow, holder.fast_addr(), Duration::from_millis(150)).await;
+    let answer = Answer::new(&all);
+    answer.0.lock().unwrap().as_mut().unwrap().push(slow.ip());
+    let two: Vec<&ServerHandle> = all.iter().collect();
+    let mut three: Vec<String> = two.iter().map(|s| s.fast_addr().to_string()).collect();
+    three.push(slow.to_string());
+    three.sort();
+    // A key whose replica (R = 1) is one of the two quick nodes.
+    let k = key_where(|k| {
+        let ranked = redstone::cluster::placement::rank(&three, k);
+        three[ranked[0]] != slow.to_string()
+    });
+    let replica = all
+        .iter()
+        .find(|s| top(&two, &k, 1) == [s.fast_addr().to_string()])
+        .unwrap();
+    holder.engine().put(&k, tensor_for(1)).unwrap();
+    let cluster = cluster(&all, &answer, 1);
+    let put = tokio::spawn({
+        let (cluster, k) = (cluster.clone(), k.clone());
+        async move { cluster.put_tensor(&k, tensor_for(2)).await }
+    });
+    // While the slow node is being asked, the replica has not been written.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        !replica.engine().contains(&k),
+        "the refused value was readable"
+    );
+    match put.await.unwrap() {
+        Err(ClientError::AlreadyExists(_)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert!(!replica.engine().contains(&k));
+    holder.shutdown().await.unwrap();
+    for server in all {
+        server.shutdown().await.unwrap();
+    }
+}

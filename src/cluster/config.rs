@@ -158,26 +158,27 @@ impl ClusterConfig {
         if n == 0 {
             return Err(ConfigError("no nodes".into()));
         }
-        if let NodeSource::Dns { .. } = self.source()? {
-            if self.refresh.is_zero() {
-                return Err(ConfigError("refresh must be more than zero".into()));
+        let dns = matches!(self.source()?, NodeSource::Dns { .. });
+        if dns && self.refresh.is_zero() {
+            return Err(ConfigError("refresh must be more than zero".into()));
+        }
+        if !dns {
+            let mut sorted = self.nodes.clone();
+            sorted.sort();
+            sorted.dedup();
+            if sorted.len() != n {
+                return Err(ConfigError("a node is listed twice".into()));
             }
-            return self.check_quorum(usize::MAX);
         }
-        let mut sorted = self.nodes.clone();
-        sorted.sort();
-        sorted.dedup();
-        if sorted.len() != n {
-            return Err(ConfigError("a node is listed twice".into()));
-        }
-        self.check_quorum(n)
-    }
-
-    /// `1 ≤ W ≤ R ≤ n`.
-    fn check_quorum(&self, n: usize) -> Result<(), ConfigError> {
-        if self.replicas == 0 || self.replicas > n {
+        // A name's node count is not known here: R is capped by it later.
+        if self.replicas == 0 || (!dns && self.replicas > n) {
+            let range = if dns {
+                "at least 1".to_owned()
+            } else {
+                format!("1 to {n} (the number of nodes)")
+            };
             return Err(ConfigError(format!(
-                "replicas must be 1 to {n} (the number of nodes), not {}",
+                "replicas must be {range}, not {}",
                 self.replicas
             )));
         }
@@ -373,6 +374,12 @@ mod tests {
             ..ClusterConfig::new(vec!["dns:h:1".into()])
         };
         assert!(c.validate().is_err());
+        let c = ClusterConfig {
+            replicas: 0,
+            ..ClusterConfig::new(vec!["dns:h:1".into()])
+        };
+        let err = c.validate().unwrap_err();
+        assert!(err.0.contains("at least 1"), "{err}");
         assert_eq!(
             ClusterConfig::from_toml("nodes = \"a:1, b:1\"")
                 .unwrap()

@@ -40,7 +40,7 @@ pub fn system_resolver() -> Resolver {
 
 /// How long a caller waits for a resolution it needs (the resolution goes
 /// on in the background).
-pub(super) const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The longest grace period honoured.
 pub(super) const MAX_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
@@ -60,7 +60,7 @@ pub(super) struct Members {
 }
 
 /// A node set that was replaced, read from until `until`.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(super) struct Generation {
     pub(super) nodes: Vec<Arc<Node>>,
     pub(super) until: Instant,
@@ -93,12 +93,7 @@ impl Members {
     }
 
     fn live_previous(&self) -> Vec<Generation> {
-        self.previous()
-            .map(|g| Generation {
-                nodes: g.nodes.clone(),
-                until: g.until,
-            })
-            .collect()
+        self.previous().cloned().collect()
     }
 
     /// Every node this set knows: current and earlier.

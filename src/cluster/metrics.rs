@@ -99,10 +99,10 @@ impl ClusterMetrics {
                 .get_or_create(&ChangeLabels { change });
             counter.inc_by(n as u64);
         }
-        self.nodes.set(i64::try_from(nodes).unwrap_or(i64::MAX));
+        self.set_nodes(nodes);
     }
 
-    /// The number of nodes, for a fixed list.
+    /// The number of nodes in the cluster now.
     pub(super) fn set_nodes(&self, nodes: usize) {
         self.nodes.set(i64::try_from(nodes).unwrap_or(i64::MAX));
     }

@@ -464,23 +464,14 @@ impl Inner {
         if !self.members.is_dns() {
             return (Vec::new(), Vec::new());
         }
-        let among = |list: &[Arc<Node>], n: &Arc<Node>| list.iter().any(|r| Arc::ptr_eq(r, n));
-        let others: Vec<Arc<Node>> = members
+        let others = members
             .nodes
             .iter()
-            .filter(|n| !among(replicas, n))
+            .filter(|n| !replicas.iter().any(|r| Arc::ptr_eq(r, n)))
             .cloned()
             .collect();
-        let asked: Vec<Arc<Node>> = members.nodes.clone();
-        let mut departed = Vec::new();
-        for generation in members.previous() {
-            for node in Members::replica_set(&generation.nodes, key, self.config.replicas) {
-                // One a delete missed is not asked (see `Node::strike`).
-                if !node.is_struck() && !among(&asked, &node) && !among(&departed, &node) {
-                    departed.push(node);
-                }
-            }
-        }
+        // Earlier replicas not in the set now (nor struck: see `Node::strike`).
+        let departed = self.previous_replicas(members, key, &members.nodes);
         (others, departed)
     }
 

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use redstone::client::FastClient;
@@ -249,4 +250,40 @@ pub fn cluster_metric(cluster: &ClusterClient, name: &str, labels: &[(&str, &str
         .collect();
     assert!(values.len() <= 1, "{name} {labels:?}: {values:?}");
     values.first().copied().unwrap_or(0.0)
+}
+
+/// A proxy on `listen` to `target` that delays each chunk of the
+/// target's answers by `delay`; returns its address.
+pub async fn slow_proxy_at(listen: SocketAddr, target: SocketAddr, delay: Duration) -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let server = tokio::net::TcpStream::connect(target).await.unwrap();
+            let (mut client_r, mut client_w) = client.into_split();
+            let (mut server_r, mut server_w) = server.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut client_r, &mut server_w).await;
+            });
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(n) = server_r.read(&mut buf).await {
+                    if n == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(delay).await;
+                    if client_w.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// [`slow_proxy_at`] on a free loopback port.
+pub async fn slow_proxy(target: SocketAddr, delay: Duration) -> SocketAddr {
+    slow_proxy_at("127.0.0.1:0".parse().unwrap(), target, delay).await
 }
