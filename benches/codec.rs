@@ -19,6 +19,7 @@ fn meta(size: u64) -> WireMeta {
     WireMeta {
         dtype: 1,
         layout: 1,
+        encoding: 0,
         shape: vec![size / 4],
     }
 }

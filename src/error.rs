@@ -54,6 +54,11 @@ pub enum Error {
         actual: u64,
     },
 
+    /// An encoded payload is corrupt, names an unknown encoding, or is
+    /// viewed without being decoded.
+    #[error("InvalidEncoding: {0}")]
+    InvalidEncoding(String),
+
     /// A typed view asked for a different element type than stored.
     #[error("TypeMismatch: the tensor holds {stored}, not {requested}")]
     TypeMismatch {

@@ -300,9 +300,11 @@ impl Choices<'_> {
     fn meta(&mut self) -> WireMeta {
         let (dtype, layout) = (self.byte(), self.byte());
         let rank = usize::from(self.byte()) % 6;
+        let encoding = self.byte() % 3;
         WireMeta {
             dtype,
             layout,
+            encoding,
             shape: (0..rank).map(|_| self.u64()).collect(),
         }
     }

@@ -158,6 +158,7 @@ async fn request_level_errors_keep_the_connection_open() {
             WireMeta {
                 dtype: 0,
                 layout: 1,
+                encoding: 0,
                 shape: vec![1],
             },
         ),
@@ -171,6 +172,7 @@ async fn request_level_errors_keep_the_connection_open() {
             WireMeta {
                 dtype: 99,
                 layout: 1,
+                encoding: 0,
                 shape: vec![1],
             },
         ),
@@ -184,6 +186,7 @@ async fn request_level_errors_keep_the_connection_open() {
             WireMeta {
                 dtype: 1,
                 layout: 3,
+                encoding: 0,
                 shape: vec![1],
             },
         ),
@@ -197,6 +200,7 @@ async fn request_level_errors_keep_the_connection_open() {
             WireMeta {
                 dtype: 2,
                 layout: 1,
+                encoding: 0,
                 shape: vec![u64::MAX, 2],
             },
         ),

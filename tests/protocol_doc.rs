@@ -34,6 +34,7 @@ fn protocol_doc_examples_match_the_encoder() {
         meta: WireMeta {
             dtype: 1,
             layout: 1,
+            encoding: 0,
             shape: vec![2],
         },
     })

@@ -9,8 +9,10 @@
 //! connects. They are re-exported here, where programs written against
 //! earlier versions look for them.
 
+mod l1;
 mod store;
 
+pub use l1::{L1Options, L1Stats, L1, L1_ENTRY_OVERHEAD};
 pub use crate::fast::{FastClient, FastClientOptions};
 pub use crate::grpc::RemoteCacheClient;
 pub use store::TensorStore;
@@ -19,7 +21,7 @@ use crate::fast::wire::EncodeError;
 use crate::Error;
 
 /// Why a client call failed.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum ClientError {
     /// The server could not be reached.
     #[error("cannot connect to a Redstone server at {addr}: {reason}")]
@@ -90,6 +92,7 @@ impl From<Error> for ClientError {
             | Error::InvalidKey(_)
             | Error::InvalidTensorMetadata(_)
             | Error::InvalidSize { .. }
+            | Error::InvalidEncoding(_)
             | Error::TypeMismatch { .. }
             | Error::Misaligned { .. } => ClientError::Invalid(err),
         }

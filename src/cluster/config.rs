@@ -58,6 +58,10 @@ pub struct ClusterConfig {
     /// new ones (read repair). Default 60 s (the servers' default
     /// `--tombstone-ttl`); zero turns it off.
     pub grace: Duration,
+    /// A local cache in front of the whole cluster
+    /// ([`L1`](crate::client::L1)): gets it holds make no request. `None`
+    /// (the default) for none.
+    pub l1: Option<crate::client::L1Options>,
 }
 
 /// Where the nodes come from: [`ClusterConfig::nodes`] read.
@@ -89,6 +93,7 @@ impl ClusterConfig {
             max_payload: crate::fast::FastClientOptions::default().max_payload,
             refresh: Duration::from_secs(5),
             grace: Duration::from_secs(60),
+            l1: None,
         }
     }
 

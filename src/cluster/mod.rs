@@ -49,10 +49,11 @@ use metrics::ClusterMetrics;
 use node::{is_node_failure, Node};
 use read::{ReadResult, Reads};
 
-use crate::client::{ClientError, TensorStore};
+use crate::client::{ClientError, TensorStore, L1};
 use crate::engine::unix_micros;
 use crate::fast::{FastClient, FastClientOptions};
 use crate::stats::{Counters, Stats};
+use crate::tensor::codec::{Compression, Encoding};
 use crate::tensor::Tensor;
 use crate::Error;
 
@@ -61,6 +62,7 @@ struct Inner {
     members: Membership,
     config: ClusterConfig,
     metrics: ClusterMetrics,
+    l1: Option<L1>,
 }
 
 /// One node's health and counters, from [`ClusterClient::node_stats`].
@@ -134,6 +136,7 @@ impl ClusterClient {
         Ok(ClusterClient {
             inner: Arc::new(Inner {
                 members,
+                l1: config.l1.as_ref().map(L1::new),
                 config,
                 metrics,
             }),
@@ -160,6 +163,14 @@ impl ClusterClient {
     /// ```
     pub fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
         self.inner.metrics.register(registry);
+        if let Some(l1) = &self.inner.l1 {
+            l1.register_metrics(registry);
+        }
+    }
+
+    /// The client's L1 cache ([`ClusterConfig::l1`]), if it has one.
+    pub fn l1(&self) -> Option<&L1> {
+        self.inner.l1.as_ref()
     }
 
     /// The configuration in use.
@@ -212,19 +223,57 @@ impl ClusterClient {
     /// refresh period after a change) can each place a different value
     /// under one key.
     pub async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
+        let raw = (tensor.encoding() == Encoding::Raw).then(|| tensor.clone());
+        self.put_keeping(key, tensor, raw).await
+    }
+
+    /// [`put_tensor`](Self::put_tensor), compressed as `compression` says
+    /// ([`FastClient::put_with`]): compressed once here, the same bytes
+    /// sent to every replica.
+    pub async fn put_with(
+        &self,
+        key: &str,
+        tensor: Tensor,
+        compression: Compression,
+    ) -> Result<(), ClientError> {
+        let encoded = compression.apply(&tensor);
+        self.put_keeping(key, encoded, Some(tensor)).await
+    }
+
+    async fn put_keeping(
+        &self,
+        key: &str,
+        tensor: Tensor,
+        raw: Option<Tensor>,
+    ) -> Result<(), ClientError> {
+        let epoch = self.inner.l1.as_ref().map(L1::epoch);
         // On a task of its own, so that a caller who stops waiting (a
         // timeout around this call) does not cancel the take-back of a
         // failed put halfway.
         let inner = Arc::clone(&self.inner);
         tokio::spawn(inner.put(key.to_owned(), tensor))
             .await
-            .unwrap_or_else(|e| Err(ClientError::Protocol(format!("put task failed: {e}"))))
+            .unwrap_or_else(|e| Err(ClientError::Protocol(format!("put task failed: {e}"))))?;
+        if let (Some(l1), Some(epoch), Some(raw)) = (&self.inner.l1, epoch, raw) {
+            l1.keep(key, &raw, epoch);
+        }
+        Ok(())
     }
 
     /// The tensor under `key`, from the first replica that has it. With
     /// [`ClusterConfig::hedge_after`] set, a second replica is asked too if
     /// the first has not answered by then, and the first answer wins.
+    ///
+    /// With an L1 ([`ClusterConfig::l1`]), a tensor held there is returned
+    /// without a request, and concurrent misses of one key share one read.
     pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
+        match &self.inner.l1 {
+            Some(l1) => l1.get(key, || self.fetch(key)).await,
+            None => self.fetch(key).await,
+        }
+    }
+
+    async fn fetch(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
         let inner = &self.inner;
         let members = inner.members().await?;
         let order = inner.read_order(&members, key);
@@ -304,6 +353,17 @@ impl ClusterClient {
     /// set and later comes back with its data (see the README, "Running on
     /// Kubernetes").
     pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
+        if let Some(l1) = &self.inner.l1 {
+            l1.invalidate(key);
+        }
+        let deleted = self.delete_everywhere(key).await;
+        if let Some(l1) = &self.inner.l1 {
+            l1.invalidate(key);
+        }
+        deleted
+    }
+
+    async fn delete_everywhere(&self, key: &str) -> Result<bool, ClientError> {
         let inner = &self.inner;
         let mut members = inner.members().await?;
         let mut reached = Vec::new();

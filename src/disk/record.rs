@@ -3,15 +3,16 @@
 //! ```text
 //! offset  size  field
 //!      0     4  magic: "RSR1" for a live record, "RSV1" once voided
-//!      4     1  kind: 1 = tensor (the only kind)
+//!      4     1  kind: 1 = raw tensor, 2 = tensor encoded with
+//!               `Encoding::Lz4Shuffle` (the payload is the encoded form)
 //!      5     1  dtype code
 //!      6     1  layout code
 //!      7     1  reserved, 0
 //!      8     4  key length, bytes (little-endian, as every integer here)
 //!     12     4  rank (number of dimensions)
-//!     16     8  payload length, bytes
+//!     16     8  payload length, bytes (as stored)
 //!     24     8  the tensor's digest (`Tensor::digest`: dtype, layout,
-//!               shape and payload)
+//!               shape and raw payload)
 //!     32     8  head checksum: XXH3-64 of bytes 4..32, the dimensions and
 //!               the key (not of the magic)
 //!     40  8×rank dimensions, u64 each
@@ -39,6 +40,7 @@ use bytes::Bytes;
 use super::log::Loc;
 use super::pool::Pool;
 use crate::engine::MAX_KEY_LEN;
+use crate::tensor::codec::{self, Encoding};
 use crate::tensor::meta::{DType, StorageLayout, TensorMeta, MAX_RANK};
 use crate::tensor::Tensor;
 
@@ -57,6 +59,8 @@ pub(crate) struct Head {
     pub(crate) voided: bool,
     pub(crate) key: String,
     pub(crate) meta: TensorMeta,
+    /// How the payload is stored.
+    pub(crate) encoding: Encoding,
     pub(crate) payload_len: u64,
     pub(crate) digest: u64,
     /// The head's length on disk: where the payload starts.
@@ -81,7 +85,8 @@ pub(crate) fn tensor_head(key: &str, tensor: &Tensor, digest: u64) -> Vec<u8> {
     let shape = meta.shape();
     let mut head = Vec::with_capacity(FIXED + 8 * shape.len() + key.len());
     head.extend_from_slice(&MAGIC);
-    head.extend_from_slice(&[1, meta.dtype().code(), meta.layout().code(), 0]);
+    let kind = 1 + tensor.encoding().code();
+    head.extend_from_slice(&[kind, meta.dtype().code(), meta.layout().code(), 0]);
     head.extend_from_slice(&(key.len() as u32).to_le_bytes());
     head.extend_from_slice(&(shape.len() as u32).to_le_bytes());
     head.extend_from_slice(&(tensor.data().len() as u64).to_le_bytes());
@@ -142,9 +147,11 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head, BadHead> {
     if u64_at(head, 32) != head_sum(head) {
         return Err(BadHead::Corrupt("the head's checksum does not match"));
     }
-    if head[4] != 1 {
-        return Err(BadHead::Corrupt("unknown record kind"));
-    }
+    let encoding = match head[4] {
+        1 => Encoding::Raw,
+        2 => Encoding::Lz4Shuffle,
+        _ => return Err(BadHead::Corrupt("unknown record kind")),
+    };
     let key = std::str::from_utf8(&head[len - key_len..])
         .map_err(|_| BadHead::Corrupt("the key is not UTF-8"))?
         .to_owned();
@@ -156,13 +163,18 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head, BadHead> {
         StorageLayout::from_code(i64::from(head[6])).map_err(|_| BadHead::Corrupt("bad layout"))?,
     )
     .map_err(|_| BadHead::Corrupt("bad shape"))?;
-    if meta.byte_size() != payload_len {
+    let fits = match encoding {
+        Encoding::Raw => meta.byte_size() == payload_len,
+        Encoding::Lz4Shuffle => payload_len <= codec::max_encoded_len(meta.byte_size()),
+    };
+    if !fits {
         return Err(BadHead::Corrupt("the payload length is not the shape's"));
     }
     Ok(Head {
         voided,
         key,
         meta,
+        encoding,
         payload_len,
         digest: u64_at(head, 24),
         len,
@@ -215,8 +227,9 @@ pub(crate) fn read(
     let mut payload = pool.take(len);
     loc.file
         .read_exact_at(payload.as_mut(), loc.offset + u64::from(head_len))?;
-    let tensor =
-        Tensor::new(head.meta, Bytes::from_owner(payload)).map_err(|_| ReadFailure::Mismatch)?;
+    let tensor = Tensor::from_encoded(head.meta, head.encoding, Bytes::from_owner(payload))
+        .map_err(|_| ReadFailure::Mismatch)?;
+    // An encoded payload is decoded (a block at a time) to be checked.
     if tensor.digest() != digest {
         return Err(ReadFailure::Digest);
     }
@@ -275,6 +288,16 @@ mod tests {
         let head = tensor_head("key", &t, 7);
         assert_eq!(decode(&head[..10]), Err(BadHead::Short(FIXED)));
         assert_eq!(decode(&head[..FIXED + 1]), Err(BadHead::Short(head.len())));
+    }
+
+    #[test]
+    fn an_encoded_tensor_keeps_its_encoding() {
+        let zeros = Tensor::from_slice::<f32>(vec![4096], &[0.0; 4096]).unwrap();
+        let packed = codec::compress(&zeros).unwrap();
+        let head = decode(&tensor_head("z", &packed, zeros.digest())).unwrap();
+        assert_eq!(head.encoding, Encoding::Lz4Shuffle);
+        assert_eq!(head.payload_len, packed.data().len() as u64);
+        assert_eq!(packed.digest(), zeros.digest(), "the digest is the raw tensor's");
     }
 
     #[test]

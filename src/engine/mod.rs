@@ -39,6 +39,7 @@ use dashmap::DashMap;
 use crate::disk::{DiskStats, DiskTier, Found, Refusal, StoredRef};
 use crate::stats::{Counters, Stats};
 use crate::striped::StripedCounter;
+use crate::tensor::codec::{self, Encoding};
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 use crate::Error;
@@ -289,7 +290,13 @@ impl Engine {
     /// Saturating: a claimed size near `u64::MAX` is charged `u64::MAX`,
     /// which no budget admits.
     pub fn charge(key: &str, meta: &TensorMeta) -> u64 {
-        payload_footprint(meta.byte_size())
+        Engine::charge_stored(key, meta, meta.byte_size())
+    }
+
+    /// [`charge`](Engine::charge) for a payload held in `stored_len` bytes
+    /// (an encoded tensor is charged what it holds, not its raw size).
+    pub fn charge_stored(key: &str, meta: &TensorMeta, stored_len: u64) -> u64 {
+        payload_footprint(stored_len)
             .saturating_add(key.len() as u64)
             .saturating_add(8 * meta.shape().len() as u64)
             .saturating_add(ENTRY_OVERHEAD)
@@ -315,7 +322,20 @@ impl Engine {
     /// # Ok::<(), redstone::Error>(())
     /// ```
     pub fn admit(&self, key: &str, meta: &TensorMeta, payload_len: u64) -> Result<u64, Error> {
-        let needed = self.admissible(key, meta, payload_len)?;
+        self.admit_encoded(key, meta, Encoding::Raw, payload_len)
+    }
+
+    /// [`admit`](Engine::admit) for a payload of `payload_len` bytes in
+    /// `encoding`: an encoded payload may be at most a few bytes per block
+    /// longer than the raw tensor, and is charged its own length.
+    pub fn admit_encoded(
+        &self,
+        key: &str,
+        meta: &TensorMeta,
+        encoding: Encoding,
+        payload_len: u64,
+    ) -> Result<u64, Error> {
+        let needed = self.admissible(key, meta, encoding, payload_len)?;
         if self.contains(key) {
             return Err(Error::AlreadyExists(key.to_owned()));
         }
@@ -324,15 +344,25 @@ impl Engine {
 
     /// [`admit`](Engine::admit) but for the key being cached, which `put`
     /// checks under its lock.
-    fn admissible(&self, key: &str, meta: &TensorMeta, payload_len: u64) -> Result<u64, Error> {
+    fn admissible(
+        &self,
+        key: &str,
+        meta: &TensorMeta,
+        encoding: Encoding,
+        payload_len: u64,
+    ) -> Result<u64, Error> {
         validate_key(key)?;
-        if meta.byte_size() != payload_len {
+        let fits = match encoding {
+            Encoding::Raw => meta.byte_size() == payload_len,
+            Encoding::Lz4Shuffle => payload_len <= codec::max_encoded_len(meta.byte_size()),
+        };
+        if !fits {
             return Err(Error::InvalidSize {
                 expected: meta.byte_size(),
                 actual: payload_len,
             });
         }
-        let needed = Engine::charge(key, meta);
+        let needed = Engine::charge_stored(key, meta, payload_len);
         let limit = self.shared.memory_limit;
         if needed > limit {
             return Err(Error::OutOfMemory { needed, limit });
@@ -409,7 +439,12 @@ impl Engine {
             return false;
         };
         let key = stored.key();
-        let Ok(charge) = self.admissible(key, tensor.meta(), tensor.data().len() as u64) else {
+        let Ok(charge) = self.admissible(
+            key,
+            tensor.meta(),
+            tensor.encoding(),
+            tensor.data().len() as u64,
+        ) else {
             return false;
         };
         if self.shared.index.contains_key(key) || !disk.still(stored) {
@@ -590,7 +625,12 @@ impl Engine {
     }
 
     fn insert(&self, key: &str, tensor: Tensor, since_us: Option<u64>) -> Result<(), Error> {
-        let charge = self.admissible(key, tensor.meta(), tensor.data().len() as u64)?;
+        let charge = self.admissible(
+            key,
+            tensor.meta(),
+            tensor.encoding(),
+            tensor.data().len() as u64,
+        )?;
         let evicted;
         {
             let mut order = self.lock_order();

@@ -18,6 +18,9 @@ pub fn status_from_error(err: &Error) -> Status {
         // The gRPC door has no conditional put; mapped for completeness.
         Error::Deleted(_) => Code::FailedPrecondition,
         Error::OutOfMemory { .. } => Code::ResourceExhausted,
+        // Only a stored tensor that fails to decode on its way out: gRPC
+        // clients never send encoded payloads.
+        Error::InvalidEncoding(_) => Code::DataLoss,
         Error::InvalidKey(_)
         | Error::InvalidTensorMetadata(_)
         | Error::InvalidSize { .. }

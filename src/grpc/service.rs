@@ -16,6 +16,7 @@ use super::proto::{
 use super::{MAX_GRPC_MESSAGE, MESSAGE_SLACK};
 use crate::engine::{Engine, Lookup};
 use crate::metrics::{Door, DoorRecorder, ServerMetrics};
+use crate::tensor::codec::Encoding;
 use crate::tensor::Tensor;
 use crate::Error;
 
@@ -99,7 +100,14 @@ impl RedStone for GrpcService {
                     .map_err(|e| Status::internal(format!("a server task failed: {e}")))?,
                 Lookup::Missing => None,
             };
-            let tensor = found.ok_or_else(|| Error::NotFound(key.clone()))?;
+            let mut tensor = found.ok_or_else(|| Error::NotFound(key.clone()))?;
+            if tensor.encoding() != Encoding::Raw {
+                // The original contract has no encodings: gRPC clients get
+                // the raw tensor, decoded off the runtime's workers.
+                tensor = tokio::task::spawn_blocking(move || tensor.decoded())
+                    .await
+                    .map_err(|e| Status::internal(format!("a server task failed: {e}")))??;
+            }
             let (meta, data) = tensor.into_parts();
             Ok(GetResponse {
                 meta: Some((&meta).into()),

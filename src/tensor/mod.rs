@@ -4,11 +4,13 @@
 //! never copies the data. Elements are stored in the machine's native byte
 //! order (little-endian on every platform Redstone supports).
 
+pub mod codec;
 pub mod meta;
 
 use bytes::Bytes;
 
 use crate::Error;
+use codec::Encoding;
 use meta::{DType, StorageLayout, TensorMeta};
 
 /// A Rust element type that maps to a [`DType`], for the typed helpers
@@ -36,6 +38,11 @@ element!(
 
 /// An immutable tensor: metadata plus exactly `meta.byte_size()` bytes.
 ///
+/// A tensor may also hold its payload encoded ([`codec`]): then
+/// [`data`](Tensor::data) is the encoded form, and
+/// [`decoded`](Tensor::decoded) gives the raw tensor. Clients hand out raw
+/// tensors; encoded ones live in the server, which stores what it was sent.
+///
 /// ```
 /// use redstone::tensor::Tensor;
 ///
@@ -48,6 +55,7 @@ element!(
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tensor {
     meta: TensorMeta,
+    encoding: Encoding,
     data: Bytes,
 }
 
@@ -62,7 +70,34 @@ impl Tensor {
                 actual: data.len() as u64,
             });
         }
-        Ok(Tensor { meta, data })
+        Ok(Tensor {
+            meta,
+            encoding: Encoding::Raw,
+            data,
+        })
+    }
+
+    /// Builds a tensor from its payload in `encoding`. The framing of an
+    /// encoded payload is checked against the metadata
+    /// ([`codec::check`], [`Error::InvalidEncoding`]); its contents are
+    /// checked when it is decoded.
+    pub fn from_encoded(
+        meta: TensorMeta,
+        encoding: Encoding,
+        data: impl Into<Bytes>,
+    ) -> Result<Tensor, Error> {
+        match encoding {
+            Encoding::Raw => Tensor::new(meta, data),
+            Encoding::Lz4Shuffle => {
+                let data = data.into();
+                codec::check(&meta, &data)?;
+                Ok(Tensor {
+                    meta,
+                    encoding,
+                    data,
+                })
+            }
+        }
     }
 
     /// Builds a row-major tensor of `T` from a slice, copying it once.
@@ -80,12 +115,32 @@ impl Tensor {
         &self.meta
     }
 
-    /// The raw payload.
+    /// The payload as held: the raw bytes, or their encoded form if
+    /// [`encoding`](Tensor::encoding) is not [`Encoding::Raw`].
     pub fn data(&self) -> &Bytes {
         &self.data
     }
 
-    /// Splits the tensor into metadata and payload.
+    /// How the payload is held.
+    pub fn encoding(&self) -> Encoding {
+        self.encoding
+    }
+
+    /// The raw tensor: itself if raw (no copy), else its payload decoded
+    /// into a new buffer ([`Error::InvalidEncoding`] if it is corrupt).
+    pub fn decoded(&self) -> Result<Tensor, Error> {
+        match self.encoding {
+            Encoding::Raw => Ok(self.clone()),
+            Encoding::Lz4Shuffle => Ok(Tensor {
+                meta: self.meta.clone(),
+                encoding: Encoding::Raw,
+                data: codec::decode(&self.meta, &self.data)?,
+            }),
+        }
+    }
+
+    /// Splits the tensor into metadata and payload (as held: see
+    /// [`data`](Tensor::data)).
     pub fn into_parts(self) -> (TensorMeta, Bytes) {
         (self.meta, self.data)
     }
@@ -93,25 +148,37 @@ impl Tensor {
     /// Views the payload as a slice of `T`, without copying.
     ///
     /// Fails with [`Error::TypeMismatch`] if the tensor's dtype is not `T`'s,
-    /// or [`Error::Misaligned`] if the buffer is not aligned for `T` (use
-    /// [`Tensor::to_vec`] then, which copies).
+    /// [`Error::Misaligned`] if the buffer is not aligned for `T` (use
+    /// [`Tensor::to_vec`] then, which copies), or [`Error::InvalidEncoding`]
+    /// if the payload is encoded (use [`Tensor::decoded`] first).
     pub fn as_slice<T: Element>(&self) -> Result<&[T], Error> {
         self.check_dtype::<T>()?;
+        if self.encoding != Encoding::Raw {
+            return Err(Error::InvalidEncoding(
+                "the payload is encoded; decode the tensor to view it".into(),
+            ));
+        }
         bytemuck::try_cast_slice(&self.data).map_err(|_| Error::Misaligned {
             align: std::mem::align_of::<T>(),
         })
     }
 
-    /// Copies the payload into a `Vec<T>`; works whatever the alignment.
+    /// Copies the payload into a `Vec<T>`; works whatever the alignment,
+    /// and decodes an encoded payload.
     pub fn to_vec<T: Element>(&self) -> Result<Vec<T>, Error> {
         self.check_dtype::<T>()?;
-        Ok(bytemuck::pod_collect_to_vec(&self.data))
+        match self.encoding {
+            Encoding::Raw => Ok(bytemuck::pod_collect_to_vec(&self.data)),
+            _ => Ok(bytemuck::pod_collect_to_vec(self.decoded()?.data())),
+        }
     }
 
-    /// A 64-bit content digest (XXH3) of the metadata and the payload: two
-    /// tensors with the same digest are, short of a 2^-64 accident, the
-    /// same tensor. It reads every byte (~10 GB/s), so callers compute it
-    /// only when they must compare values (the cluster's put conflicts).
+    /// A 64-bit content digest (XXH3) of the metadata and the raw payload:
+    /// two tensors with the same digest are, short of a 2^-64 accident, the
+    /// same tensor, however each is encoded. It reads every byte (~10 GB/s;
+    /// an encoded payload is decoded a block at a time), so callers compute
+    /// it only when they must compare values (the cluster's put conflicts).
+    /// A corrupt encoded payload gets a digest no raw tensor has.
     ///
     /// ```
     /// use redstone::tensor::Tensor;
@@ -130,7 +197,16 @@ impl Tensor {
         for dim in self.meta.shape() {
             hasher.update(&dim.to_le_bytes());
         }
-        hasher.update(&self.data);
+        match self.encoding {
+            Encoding::Raw => hasher.update(&self.data),
+            Encoding::Lz4Shuffle => {
+                if codec::visit_raw(&self.meta, &self.data, |block| hasher.update(block)).is_err()
+                {
+                    hasher.update(b"corrupt encoded payload");
+                    hasher.update(&self.data);
+                }
+            }
+        }
         hasher.digest()
     }
 
@@ -144,6 +220,7 @@ impl Tensor {
     pub fn compacted(self) -> Tensor {
         Tensor {
             data: Bytes::copy_from_slice(&self.data),
+            encoding: self.encoding,
             meta: self.meta,
         }
     }

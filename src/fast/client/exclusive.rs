@@ -11,6 +11,7 @@ use super::{connect_stream, FastClientOptions};
 use crate::client::ClientError;
 use crate::fast::stream::{FrameReader, ReadError};
 use crate::fast::wire::{decode_response, encode_frame, Limits, Request, Status};
+use crate::tensor::codec::{self, Encoding};
 use crate::tensor::meta::TensorMeta;
 
 #[derive(Debug)]
@@ -91,8 +92,12 @@ impl Exclusive {
                 }
             }
         }
-        let meta = meta_from(response.body)?;
-        if meta.byte_size() != len {
+        let (meta, encoding) = meta_from(response.body)?;
+        let fits = match encoding {
+            Encoding::Raw => meta.byte_size() == len,
+            Encoding::Lz4Shuffle => len <= codec::max_encoded_len(meta.byte_size()),
+        };
+        if !fits {
             return Err(ClientError::Protocol(format!(
                 "payload of {len} bytes for a tensor of {}",
                 meta.byte_size()
@@ -107,11 +112,11 @@ impl Exclusive {
             .take()
             .map_or(Ok(()), |accept| accept(&meta))
             .and_then(|()| {
-                if len == dst.len() as u64 {
+                if meta.byte_size() == dst.len() as u64 {
                     return Ok(());
                 }
                 Err(ClientError::Invalid(crate::Error::InvalidSize {
-                    expected: len,
+                    expected: meta.byte_size(),
                     actual: dst.len() as u64,
                 }))
             });
@@ -119,7 +124,14 @@ impl Exclusive {
             self.reader.skip_payload(len).await.map_err(lost)?;
             return Err(e);
         }
-        self.reader.read_payload_into(dst).await.map_err(lost)?;
+        if encoding == Encoding::Raw {
+            self.reader.read_payload_into(dst).await.map_err(lost)?;
+        } else {
+            // Encoded: received whole (at most the raw size, which `dst`
+            // already holds), then decoded into `dst`.
+            let encoded = self.reader.read_payload(len).await.map_err(lost)?;
+            codec::decode_into(&meta, &encoded, dst)?;
+        }
         Ok(Some(meta))
     }
 }

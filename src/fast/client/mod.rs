@@ -14,6 +14,7 @@ mod link;
 mod reply;
 
 use std::sync::atomic::Ordering;
+use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -25,9 +26,10 @@ use super::stream::OutFrame;
 use super::wire::{
     encode_frame, Body, ConditionalPut, Limits, Request, Status, WireMeta, PREFIX_LEN,
 };
-use crate::client::{ClientError, TensorStore};
+use crate::client::{ClientError, L1Options, TensorStore, L1};
 use crate::disk::DiskStats;
 use crate::stats::{Counters, Stats};
+use crate::tensor::codec::{Compression, Encoding};
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 use exclusive::Exclusive;
@@ -60,6 +62,9 @@ pub struct FastClientOptions {
     /// wait for one to finish. As many idle connections are kept for the
     /// next calls.
     pub max_exclusive: usize,
+    /// A local cache of the tensors this client got or put
+    /// ([`L1`](crate::client::L1)); `None` (the default) for none.
+    pub l1: Option<L1Options>,
 }
 
 impl Default for FastClientOptions {
@@ -72,6 +77,7 @@ impl Default for FastClientOptions {
             queue: 256,
             write_timeout: Some(Duration::from_secs(30)),
             max_exclusive: 16,
+            l1: None,
         }
     }
 }
@@ -97,6 +103,7 @@ struct Inner {
     /// closed and a call needs it.
     link: Mutex<Arc<Link>>,
     request_timeout: Option<Duration>,
+    l1: Option<L1>,
 }
 
 /// A client of the fast path. Cheap to clone; clones share one connection
@@ -145,6 +152,7 @@ impl FastClient {
             exclusive: tokio::sync::Semaphore::new(options.max_exclusive.max(1)),
             link: Mutex::new(link),
             request_timeout: options.request_timeout,
+            l1: options.l1.as_ref().map(L1::new),
             options,
         });
         Ok(FastClient { inner })
@@ -174,12 +182,57 @@ impl FastClient {
     /// Stores a tensor under `key`. The payload is written to the socket
     /// from the tensor's own buffer.
     pub async fn put_tensor(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
-        let (meta, data) = tensor.into_parts();
+        let raw = (tensor.encoding() == Encoding::Raw).then(|| tensor.clone());
+        self.put_keeping(key, tensor, raw).await
+    }
+
+    /// Puts `tensor` (raw or encoded) and, on success, keeps `raw` in the
+    /// L1.
+    async fn put_keeping(
+        &self,
+        key: &str,
+        tensor: Tensor,
+        raw: Option<Tensor>,
+    ) -> Result<(), ClientError> {
+        let epoch = self.inner.l1.as_ref().map(L1::epoch);
         let request = Request::Put {
             key: key.to_owned(),
-            meta: WireMeta::from(&meta),
+            meta: WireMeta::of(&tensor),
         };
-        self.call(request, data).await.map(drop)
+        self.call(request, tensor.into_parts().1).await?;
+        if let (Some(l1), Some(epoch), Some(raw)) = (&self.inner.l1, epoch, raw) {
+            l1.keep(key, &raw, epoch);
+        }
+        Ok(())
+    }
+
+    /// Stores a tensor under `key`, compressed as `compression` says: with
+    /// [`Compression::Lz4`] the payload is byte-shuffled and compressed
+    /// here ([`codec`](crate::tensor::codec)), and the server stores (and
+    /// charges) the compressed bytes; a tensor that compresses by less
+    /// than [`MIN_RATIO`](crate::tensor::codec::MIN_RATIO) is sent raw.
+    /// Every get decodes it back, whichever door it comes through.
+    ///
+    /// ```no_run
+    /// use redstone::fast::FastClient;
+    /// use redstone::tensor::{codec::Compression, Tensor};
+    ///
+    /// # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+    /// let client = FastClient::connect("127.0.0.1:50052").await?;
+    /// let acts: Vec<f32> = (0..1 << 18).map(|i| (i % 7) as f32 - 3.0).map(|x| x.max(0.0)).collect();
+    /// let t = Tensor::from_slice(vec![acts.len() as u64], &acts)?;
+    /// client.put_with("acts", t.clone(), Compression::Lz4).await?;
+    /// assert_eq!(client.get("acts").await?, Some(t));
+    /// # Ok(()) }
+    /// ```
+    pub async fn put_with(
+        &self,
+        key: &str,
+        tensor: Tensor,
+        compression: Compression,
+    ) -> Result<(), ClientError> {
+        let encoded = compression.apply(&tensor);
+        self.put_keeping(key, encoded, Some(tensor)).await
     }
 
     /// Stores a tensor under `key` unless the key was deleted at or after
@@ -192,18 +245,35 @@ impl FastClient {
         tensor: Tensor,
         since_us: u64,
     ) -> Result<(), ClientError> {
-        let (meta, data) = tensor.into_parts();
         let request = Request::PutIf(Box::new(ConditionalPut {
             key: key.to_owned(),
-            meta: WireMeta::from(&meta),
+            meta: WireMeta::of(&tensor),
             since: since_us.to_le_bytes(),
         }));
-        self.call(request, data).await.map(drop)
+        self.call(request, tensor.into_parts().1).await.map(drop)
     }
 
-    /// The tensor under `key`, or `None`. The payload arrives in one
-    /// allocation of exactly its size.
+    /// The tensor under `key`, or `None`. A raw payload arrives in one
+    /// allocation of exactly its size; a compressed one is decoded into
+    /// one.
+    ///
+    /// With an L1 ([`FastClientOptions::l1`]), a tensor held there is
+    /// returned without a request, and concurrent misses of one key share
+    /// one request.
     pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
+        match &self.inner.l1 {
+            Some(l1) => l1.get(key, || self.fetch(key)).await,
+            None => self.fetch(key).await,
+        }
+    }
+
+    /// The client's L1 cache, if it has one: its [`stats`](L1::stats) and
+    /// [`register_metrics`](L1::register_metrics).
+    pub fn l1(&self) -> Option<&L1> {
+        self.inner.l1.as_ref()
+    }
+
+    async fn fetch(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
         let reply = self
             .call_allow_missing(Request::Get {
                 key: key.to_owned(),
@@ -247,6 +317,17 @@ impl FastClient {
         accept: impl FnOnce(&TensorMeta) -> Result<(), ClientError>,
     ) -> Result<Option<TensorMeta>, ClientError> {
         crate::engine::validate_key(key)?;
+        if let Some(held) = self.inner.l1.as_ref().and_then(|l1| l1.lookup(key)) {
+            accept(held.meta())?;
+            if held.data().len() != dst.len() {
+                return Err(ClientError::Invalid(crate::Error::InvalidSize {
+                    expected: held.meta().byte_size(),
+                    actual: dst.len() as u64,
+                }));
+            }
+            dst.copy_from_slice(held.data());
+            return Ok(Some(held.meta().clone()));
+        }
         let inner = &self.inner;
         let _permit = inner
             .exclusive
@@ -310,6 +391,31 @@ impl FastClient {
     /// request, or as several when they would not fit in one header
     /// ([`FastClientOptions::max_header`]).
     pub async fn get_many<K: AsRef<str>>(
+        &self,
+        keys: &[K],
+    ) -> Result<Vec<Option<Tensor>>, ClientError> {
+        let Some(l1) = &self.inner.l1 else {
+            return self.fetch_many(keys).await;
+        };
+        // Hits from the L1; the rest fetched in batches and kept.
+        let mut out: Vec<Option<Tensor>> = keys.iter().map(|k| l1.lookup(k.as_ref())).collect();
+        let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
+        if missing.is_empty() {
+            return Ok(out);
+        }
+        l1.count_misses(missing.len() as u64);
+        let epoch = l1.epoch();
+        let wanted: Vec<&str> = missing.iter().map(|&i| keys[i].as_ref()).collect();
+        for (&i, found) in missing.iter().zip(self.fetch_many(&wanted).await?) {
+            if let Some(tensor) = &found {
+                l1.keep(keys[i].as_ref(), tensor, epoch);
+            }
+            out[i] = found;
+        }
+        Ok(out)
+    }
+
+    async fn fetch_many<K: AsRef<str>>(
         &self,
         keys: &[K],
     ) -> Result<Vec<Option<Tensor>>, ClientError> {
@@ -383,18 +489,27 @@ impl FastClient {
 
     /// Removes `key`; returns whether it was cached.
     pub async fn delete(&self, key: &str) -> Result<bool, ClientError> {
-        let reply = self
-            .call(
-                Request::Delete {
-                    key: key.to_owned(),
-                },
-                Bytes::new(),
-            )
-            .await?;
+        let request = Request::Delete {
+            key: key.to_owned(),
+        };
+        let reply = self.forgetting(key, self.call(request, Bytes::new())).await?;
         match reply.response.body {
             Body::Deleted(deleted) => Ok(deleted),
             other => Err(unexpected(&other)),
         }
+    }
+
+    /// Runs a delete of `key`, dropping it from the L1 before and after
+    /// (a get that raced the delete may have kept the old value between).
+    async fn forgetting<T>(&self, key: &str, delete: impl Future<Output = T>) -> T {
+        if let Some(l1) = &self.inner.l1 {
+            l1.invalidate(key);
+        }
+        let result = delete.await;
+        if let Some(l1) = &self.inner.l1 {
+            l1.invalidate(key);
+        }
+        result
     }
 
     /// The content digest ([`Tensor::digest`]) of the tensor under `key`,
@@ -421,7 +536,7 @@ impl FastClient {
             key: key.to_owned(),
             digest: digest.to_le_bytes(),
         };
-        let reply = self.call(request, Bytes::new()).await?;
+        let reply = self.forgetting(key, self.call(request, Bytes::new())).await?;
         match reply.response.body {
             Body::Deleted(deleted) => Ok(deleted),
             other => Err(unexpected(&other)),

@@ -5,6 +5,7 @@ use super::link::Reply;
 use crate::client::ClientError;
 use crate::fast::stream::ReadError;
 use crate::fast::wire::{Body, Status};
+use crate::tensor::codec::Encoding;
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 
@@ -17,7 +18,10 @@ pub(super) fn check(status: Status, message: &str) -> Result<(), ClientError> {
         Status::AlreadyExists => ClientError::AlreadyExists(message),
         Status::Deleted => ClientError::Deleted(message),
         Status::OutOfMemory => ClientError::OutOfMemory(message),
-        Status::InvalidKey | Status::InvalidMetadata | Status::InvalidSize => {
+        Status::InvalidKey
+        | Status::InvalidMetadata
+        | Status::InvalidSize
+        | Status::InvalidEncoding => {
             ClientError::InvalidArgument(message)
         }
         Status::TooLarge => ClientError::TooLarge(message),
@@ -30,18 +34,29 @@ pub(super) fn check(status: Status, message: &str) -> Result<(), ClientError> {
     })
 }
 
-/// Validated metadata from a reply's `Tensor` body.
-pub(super) fn meta_from(body: Body) -> Result<TensorMeta, ClientError> {
+/// Validated metadata, and the payload's encoding, from a reply's
+/// `Tensor` body.
+pub(super) fn meta_from(body: Body) -> Result<(TensorMeta, Encoding), ClientError> {
     let Body::Tensor(meta) = body else {
         return Err(unexpected(&body));
     };
-    TensorMeta::try_from(meta).map_err(|e| ClientError::Protocol(e.to_string()))
+    let encoding = meta
+        .encoding()
+        .map_err(|e| ClientError::Protocol(e.to_string()))?;
+    let meta = TensorMeta::try_from(meta).map_err(|e| ClientError::Protocol(e.to_string()))?;
+    Ok((meta, encoding))
 }
 
-/// The tensor a successful GET reply carries.
+/// The raw tensor a successful GET reply carries: an encoded payload is
+/// decoded here (corrupt → [`ClientError::Invalid`] with
+/// `InvalidEncoding`).
 pub(super) fn tensor_from(reply: Reply) -> Result<Tensor, ClientError> {
-    let meta = meta_from(reply.response.body)?;
-    Tensor::new(meta, reply.payload).map_err(|e| ClientError::Protocol(e.to_string()))
+    let (meta, encoding) = meta_from(reply.response.body)?;
+    let tensor = Tensor::from_encoded(meta, encoding, reply.payload).map_err(|e| match e {
+        crate::Error::InvalidEncoding(_) => ClientError::Invalid(e),
+        e => ClientError::Protocol(e.to_string()),
+    })?;
+    Ok(tensor.decoded()?)
 }
 
 pub(super) fn unexpected(body: &Body) -> ClientError {

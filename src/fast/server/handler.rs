@@ -24,10 +24,12 @@ use super::FastConfig;
 use crate::engine::{Engine, Lookup};
 use crate::fast::stream::{write_loop, FrameReader, OutFrame, ReadError};
 use crate::fast::wire::{
-    encode_frame, AlignedHeader, ArchivedRequest, ArchivedWireMeta, Body, EncodeError, Limits,
-    Opcode, Prefix, ProtocolError, Response, Status, FLAG_END, FLAG_RESPONSE,
+    encode_frame_as, AlignedHeader, ArchivedRequest, ArchivedWireMeta, Body, EncodeError, Limits,
+    Opcode, Prefix, ProtocolError, Response, Status, WireMeta, FLAG_END, FLAG_RESPONSE,
+    MIN_VERSION,
 };
 use crate::metrics::{Door, DoorRecorder, ServerMetrics};
+use crate::tensor::codec::Encoding;
 use crate::tensor::Tensor;
 use crate::Error;
 
@@ -77,7 +79,7 @@ pub(crate) async fn serve_connection<R, W>(
             biased;
             () = shutdown.cancelled() => {
                 let err = ProtocolError::new(Status::ShuttingDown, 0, "the server is shutting down");
-                send_error(&queue, Opcode::Ping, &err).await;
+                send_error(&queue, None, &err).await;
                 break;
             }
             // The writer gave up (a stalled reader): the connection is over.
@@ -88,7 +90,7 @@ pub(crate) async fn serve_connection<R, W>(
             Err(_elapsed) => {
                 let err = ProtocolError::new(Status::Timeout, 0, "idle timeout");
                 recorder.refused("idle");
-                send_error(&queue, Opcode::Ping, &err).await;
+                send_error(&queue, None, &err).await;
                 break;
             }
             Ok(Ok(Some(head))) => head,
@@ -107,7 +109,7 @@ pub(crate) async fn serve_connection<R, W>(
             Ok(request) => request,
             Err(e) => {
                 recorder.refused(refusal(e.status));
-                send_error(&queue, prefix.opcode, &e).await;
+                send_error(&queue, Some(&prefix), &e).await;
                 break;
             }
         };
@@ -143,7 +145,7 @@ pub(crate) async fn serve_connection<R, W>(
                     "the request did not complete within the idle timeout",
                 );
                 recorder.refused(refusal(err.status));
-                send_error(&queue, prefix.opcode, &err).await;
+                send_error(&queue, Some(&prefix), &err).await;
                 record(&recorder, &span, op, outcome(err.status), started);
                 break;
             }
@@ -225,9 +227,11 @@ fn refusal(status: Status) -> &'static str {
 }
 
 /// Queues the error frame that ends a connection, if the peer can still
-/// hear it.
-async fn send_error(queue: &Queue, opcode: Opcode, err: &ProtocolError) {
-    match error_frame(opcode, err) {
+/// hear it: in the version and with the opcode of the request it answers,
+/// if any (else version 1, which every client reads).
+async fn send_error(queue: &Queue, prefix: Option<&Prefix>, err: &ProtocolError) {
+    let (version, opcode) = prefix.map_or((MIN_VERSION, Opcode::Ping), |p| (p.version, p.opcode));
+    match error_frame(version, opcode, err) {
         Ok(frame) => queue.last_word(frame, LAST_WORD).await,
         Err(e) => tracing::warn!("cannot encode an error frame: {e}"),
     }
@@ -243,11 +247,11 @@ async fn fail(
     err: impl Into<Fatal>,
     recorder: &DoorRecorder,
 ) -> Outcome {
-    let (opcode, id) = prefix.map_or((Opcode::Ping, 0), |p| (p.opcode, p.request_id));
+    let id = prefix.map_or(0, |p| p.request_id);
     match err.into() {
         Fatal::Read(ReadError::Protocol(e)) => {
             recorder.refused(refusal(e.status));
-            send_error(queue, opcode, &e).await;
+            send_error(queue, prefix, &e).await;
             outcome(e.status)
         }
         Fatal::Read(ReadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
@@ -275,13 +279,13 @@ async fn fail(
         Fatal::Encode(e) => {
             tracing::warn!("cannot encode a response: {e}");
             let err = ProtocolError::new(Status::Internal, id, e.to_string());
-            send_error(queue, opcode, &err).await;
+            send_error(queue, prefix, &err).await;
             outcome(Status::Internal)
         }
         Fatal::Task(e) => {
             tracing::warn!("{e}");
             let err = ProtocolError::new(Status::Internal, id, e);
-            send_error(queue, opcode, &err).await;
+            send_error(queue, prefix, &err).await;
             outcome(Status::Internal)
         }
     }
@@ -379,18 +383,19 @@ impl Conn<'_> {
     ) -> Result<Status, Fatal> {
         let (engine, queue) = (self.engine, self.queue);
         let id = prefix.request_id;
-        let opcode = prefix.opcode;
+        let (version, opcode) = (prefix.version, prefix.opcode);
         let reply = |response: Response| {
-            response_frame(opcode, FLAG_END, id, &response, Bytes::new()).map(|f| (f, Status::Ok))
+            response_frame(version, opcode, FLAG_END, id, &response, Bytes::new())
+                .map(|f| (f, Status::Ok))
         };
         let refuse = |e: Error| {
             let e = ProtocolError::from_error(&e, id);
-            error_frame(opcode, &e).map(|f| (f, e.status))
+            error_frame(version, opcode, &e).map(|f| (f, e.status))
         };
         let (frame, status) = match request {
             ArchivedRequest::Ping => reply(Response::ok(Body::Empty))?,
             ArchivedRequest::Get { key } => {
-                return self.get(key.as_str(), opcode, FLAG_END, id, 0).await;
+                return self.get(key.as_str(), prefix, FLAG_END, 0).await;
             }
             ArchivedRequest::Put { key, meta } => {
                 self.put(reader, prefix, key.as_str(), meta, None).await?
@@ -431,9 +436,9 @@ impl Conn<'_> {
                     return Ok(Status::Ok);
                 };
                 for (i, key) in rest.iter().enumerate() {
-                    self.get(key.as_str(), opcode, 0, id, i as u32).await?;
+                    self.get(key.as_str(), prefix, 0, i as u32).await?;
                 }
-                self.get(last.as_str(), opcode, FLAG_END, id, rest.len() as u32)
+                self.get(last.as_str(), prefix, FLAG_END, rest.len() as u32)
                     .await?;
                 return Ok(Status::Ok);
             }
@@ -454,16 +459,20 @@ impl Conn<'_> {
         since: Option<u64>,
     ) -> Result<(OutFrame, Status), Fatal> {
         let (engine, id, opcode) = (self.engine, prefix.request_id, prefix.opcode);
+        let version = prefix.version;
         let len = prefix.payload_len;
         let refuse = |e: Error| {
             let e = ProtocolError::from_error(&e, id);
-            error_frame(opcode, &e).map(|f| (f, e.status))
+            error_frame(version, opcode, &e).map(|f| (f, e.status))
         };
-        let admitted = meta
-            .to_meta()
-            .and_then(|meta| engine.admit(key, &meta, len).map(|_| meta));
-        let meta = match admitted {
-            Ok(meta) => meta,
+        let admitted = meta.to_meta().and_then(|m| {
+            let encoding = meta.encoding()?;
+            engine
+                .admit_encoded(key, &m, encoding, len)
+                .map(|_| (m, encoding))
+        });
+        let (meta, encoding) = match admitted {
+            Ok(admitted) => admitted,
             Err(e) => {
                 // Refused before reading: skip the payload without keeping
                 // it, then answer.
@@ -475,7 +484,9 @@ impl Conn<'_> {
         // one; held until the engine has it.
         let _receiving = self.queue.receive(len).await?;
         let payload = reader.read_payload(len).await?;
-        let stored = Tensor::new(meta, payload).and_then(|t| match since {
+        // An encoded payload's framing is checked here; its contents when
+        // a reader decodes it.
+        let stored = Tensor::from_encoded(meta, encoding, payload).and_then(|t| match since {
             None => engine.put(key, t),
             Some(since) => engine.put_if(key, t, since),
         });
@@ -483,7 +494,7 @@ impl Conn<'_> {
             Ok(()) => {
                 let ok = Response::ok(Body::Empty);
                 (
-                    response_frame(opcode, FLAG_END, id, &ok, Bytes::new())?,
+                    response_frame(version, opcode, FLAG_END, id, &ok, Bytes::new())?,
                     Status::Ok,
                 )
             }
@@ -494,21 +505,31 @@ impl Conn<'_> {
     /// Answers a GET of `key` (or one key of a batch), returning its
     /// status. Room in the queue is reserved before the tensor is taken
     /// from the engine, so a reader waiting for room never keeps an evicted
-    /// tensor alive.
+    /// tensor alive. A version-1 request is answered with an encoded
+    /// tensor decoded (on the blocking pool).
     async fn get(
         &self,
         key: &str,
-        opcode: Opcode,
+        prefix: &Prefix,
         flags: u8,
-        id: u64,
         index: u32,
     ) -> Result<Status, Fatal> {
         let mut estimate =
             self.engine.peek_len(key).unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
         loop {
             let reservation = self.queue.reserve(estimate).await?;
-            let found = self.find(key).await?;
-            let (frame, status) = get_frame(found, key, opcode, flags, id, index)?;
+            let mut found = self.find(key).await?;
+            if prefix.version < 2 {
+                if let Ok(Some(tensor)) = &found {
+                    if tensor.encoding() != Encoding::Raw {
+                        let tensor = tensor.clone();
+                        found = tokio::task::spawn_blocking(move || tensor.decoded().map(Some))
+                            .await
+                            .map_err(|e| Fatal::Task(e.to_string()))?;
+                    }
+                }
+            }
+            let (frame, status) = get_frame(found, key, prefix, flags, index)?;
             if frame.len() <= estimate {
                 self.queue.send(frame, reservation).await?;
                 return Ok(status);
@@ -541,39 +562,46 @@ impl Conn<'_> {
 fn get_frame(
     found: Result<Option<Tensor>, Error>,
     key: &str,
-    opcode: Opcode,
+    prefix: &Prefix,
     flags: u8,
-    id: u64,
     index: u32,
 ) -> Result<(OutFrame, Status), EncodeError> {
     let found = found.and_then(|found| found.ok_or_else(|| Error::NotFound(key.to_owned())));
     let (mut response, payload) = match found {
-        Ok(tensor) => {
-            let (meta, data) = tensor.into_parts();
-            (Response::ok(Body::Tensor((&meta).into())), data)
-        }
+        Ok(tensor) => (
+            Response::ok(Body::Tensor(WireMeta::of(&tensor))),
+            tensor.data().clone(),
+        ),
         Err(e) => {
-            let e = ProtocolError::from_error(&e, id);
+            let e = ProtocolError::from_error(&e, prefix.request_id);
             (Response::error(e.status, e.message), Bytes::new())
         }
     };
     response.index = index;
     let status = Status::from_code(response.status);
-    Ok((
-        response_frame(opcode, flags, id, &response, payload)?,
-        status,
-    ))
+    let frame = response_frame(
+        prefix.version,
+        prefix.opcode,
+        flags,
+        prefix.request_id,
+        &response,
+        payload,
+    )?;
+    Ok((frame, status))
 }
 
-/// A response frame: encoded head plus the payload as given.
+/// A response frame in protocol `version`: encoded head plus the payload
+/// as given.
 fn response_frame(
+    version: u8,
     opcode: Opcode,
     flags: u8,
     id: u64,
     response: &Response,
     payload: Bytes,
 ) -> Result<OutFrame, EncodeError> {
-    let head = encode_frame(
+    let head = encode_frame_as(
+        version,
         opcode,
         flags | FLAG_RESPONSE,
         id,
@@ -583,10 +611,21 @@ fn response_frame(
     Ok(OutFrame::new(head, payload))
 }
 
-/// An error response ending its request.
-pub(super) fn error_frame(opcode: Opcode, err: &ProtocolError) -> Result<OutFrame, EncodeError> {
+/// An error response ending its request, in protocol `version`.
+pub(super) fn error_frame(
+    version: u8,
+    opcode: Opcode,
+    err: &ProtocolError,
+) -> Result<OutFrame, EncodeError> {
     let response = Response::error(err.status, err.message.clone());
-    response_frame(opcode, FLAG_END, err.request_id, &response, Bytes::new())
+    response_frame(
+        version,
+        opcode,
+        FLAG_END,
+        err.request_id,
+        &response,
+        Bytes::new(),
+    )
 }
 
 #[cfg(test)]
@@ -599,7 +638,15 @@ mod tests {
         let tensor = Tensor::from_slice::<u8>(vec![4096], &[3u8; 4096]).unwrap();
         let stored_ptr = tensor.data().as_ptr();
         engine.put("k", tensor).unwrap();
-        let (frame, status) = get_frame(engine.get("k"), "k", Opcode::Get, FLAG_END, 1, 0).unwrap();
+        let prefix = Prefix {
+            version: crate::fast::wire::VERSION,
+            opcode: Opcode::Get,
+            flags: 0,
+            request_id: 1,
+            header_len: 0,
+            payload_len: 0,
+        };
+        let (frame, status) = get_frame(engine.get("k"), "k", &prefix, FLAG_END, 0).unwrap();
         assert_eq!(status, Status::Ok);
         // Zero copy: the payload chunk handed to writev is the very
         // allocation the engine holds.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::stream::write_frames;
-use super::wire::{Opcode, ProtocolError, Status};
+use super::wire::{Opcode, ProtocolError, Status, MIN_VERSION};
 use crate::engine::Engine;
 use crate::metrics::{Door, ServerMetrics};
 
@@ -177,7 +177,7 @@ pub(crate) async fn serve(
 /// Tells a connection over the limit why it is closed.
 async fn refuse_busy(mut stream: tokio::net::TcpStream) {
     let err = ProtocolError::new(Status::Busy, 0, "the server is at its connection limit");
-    let Ok(frame) = handler::error_frame(Opcode::Ping, &err) else {
+    let Ok(frame) = handler::error_frame(MIN_VERSION, Opcode::Ping, &err) else {
         return;
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), write_frames(&mut stream, [frame])).await;

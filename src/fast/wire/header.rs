@@ -14,27 +14,54 @@ use rkyv::util::AlignedVec;
 use super::{ProtocolError, Status};
 use crate::disk::DiskStats;
 use crate::stats::Counters;
+use crate::tensor::codec::Encoding;
 use crate::tensor::meta::TensorMeta;
+use crate::tensor::Tensor;
 use crate::Error;
 
-/// Tensor metadata as it travels: dtype and layout by their stable codes.
+/// Tensor metadata as it travels: dtype, layout and the payload's encoding
+/// by their stable codes.
+///
+/// `encoding` (protocol version 2) sits where version 1 had padding, so the
+/// archive's layout is unchanged and a version-1 frame reads as encoding 0
+/// (raw).
 #[derive(Debug, Clone, PartialEq, Eq, rkyv::Archive, rkyv::Serialize, rkyv::Deserialize)]
 pub struct WireMeta {
-    /// [`DType::code`].
+    /// [`DType::code`](crate::tensor::meta::DType::code).
     pub dtype: u8,
-    /// [`StorageLayout::code`].
+    /// [`StorageLayout::code`](crate::tensor::meta::StorageLayout::code).
     pub layout: u8,
+    /// [`Encoding::code`] of the payload: 0 raw, 1 shuffle + LZ4. The raw
+    /// size is the shape's.
+    pub encoding: u8,
     /// The shape.
     pub shape: Vec<u64>,
 }
 
 impl From<&TensorMeta> for WireMeta {
+    /// The metadata of a raw payload.
     fn from(meta: &TensorMeta) -> WireMeta {
         WireMeta {
             dtype: meta.dtype().code(),
             layout: meta.layout().code(),
+            encoding: Encoding::Raw.code(),
             shape: meta.shape().to_vec(),
         }
+    }
+}
+
+impl WireMeta {
+    /// The metadata of `tensor`'s payload as held (raw or encoded).
+    pub fn of(tensor: &Tensor) -> WireMeta {
+        WireMeta {
+            encoding: tensor.encoding().code(),
+            ..WireMeta::from(tensor.meta())
+        }
+    }
+
+    /// The payload's encoding ([`Error::InvalidEncoding`] if unknown).
+    pub fn encoding(&self) -> Result<Encoding, Error> {
+        Encoding::from_code(self.encoding)
     }
 }
 
@@ -51,6 +78,11 @@ impl ArchivedWireMeta {
     pub fn to_meta(&self) -> Result<TensorMeta, Error> {
         let shape: Vec<u64> = self.shape.iter().map(|d| d.to_native()).collect();
         TensorMeta::from_codes(self.dtype.into(), shape, self.layout.into())
+    }
+
+    /// The payload's encoding ([`Error::InvalidEncoding`] if unknown).
+    pub fn encoding(&self) -> Result<Encoding, Error> {
+        Encoding::from_code(self.encoding)
     }
 }
 
@@ -499,6 +531,7 @@ mod tests {
                 meta: WireMeta {
                     dtype: 1,
                     layout: 2,
+                    encoding: 1,
                     shape: vec![3, 4],
                 },
             },

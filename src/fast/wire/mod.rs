@@ -18,7 +18,9 @@ pub use header::{
     ArchivedResponse, ArchivedWireMeta, Body, ConditionalPut, EncodeError, Header, Request,
     Response, WireDiskStats, WireMeta, WireStats,
 };
-pub use prefix::{Opcode, Prefix, FLAG_END, FLAG_RESPONSE, MAGIC, PREFIX_LEN, VERSION};
+pub use prefix::{
+    Opcode, Prefix, FLAG_END, FLAG_RESPONSE, MAGIC, MIN_VERSION, PREFIX_LEN, VERSION,
+};
 pub use status::{ProtocolError, Status};
 
 /// Size limits checked against a prefix before anything it claims is read
@@ -72,12 +74,26 @@ pub fn encode_frame<T: Header>(
     header: &T,
     payload_len: u64,
 ) -> Result<Vec<u8>, EncodeError> {
+    encode_frame_as(VERSION, opcode, flags, request_id, header, payload_len)
+}
+
+/// [`encode_frame`] in protocol version `version` (a server answers each
+/// request in the request's version).
+pub fn encode_frame_as<T: Header>(
+    version: u8,
+    opcode: Opcode,
+    flags: u8,
+    request_id: u64,
+    header: &T,
+    payload_len: u64,
+) -> Result<Vec<u8>, EncodeError> {
     let mut head = Vec::with_capacity(PREFIX_LEN + 160);
     head.resize(PREFIX_LEN, 0);
     let mut head = header::encode_after(head, header)?;
     let header_len = u32::try_from(head.len() - PREFIX_LEN)
         .map_err(|_| EncodeError::new("the header is over 4 GiB"))?;
     let prefix = Prefix {
+        version,
         opcode,
         flags,
         request_id,
@@ -99,6 +115,7 @@ pub fn encode_head(
     payload_len: u64,
 ) -> Vec<u8> {
     let prefix = Prefix {
+        version: VERSION,
         opcode,
         flags,
         request_id,

@@ -3,7 +3,7 @@
 //! ```text
 //! offset size  field
 //!  0      4    magic        b"RSTN"
-//!  4      1    version      1
+//!  4      1    version      2 (a server also reads and answers 1)
 //!  5      1    opcode       see `Opcode`
 //!  6      1    flags        bit 0 RESPONSE, bit 1 END; other bits 0
 //!  7      1    reserved     0
@@ -18,8 +18,12 @@ use super::{ProtocolError, Status};
 
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"RSTN";
-/// The protocol version this crate speaks.
-pub const VERSION: u8 = 1;
+/// The protocol version this crate speaks: 2 adds encoded (compressed)
+/// payloads, named by [`WireMeta::encoding`](super::WireMeta::encoding).
+pub const VERSION: u8 = 2;
+/// The oldest version a server still answers, in that version: a version-1
+/// client is never sent an encoded payload.
+pub const MIN_VERSION: u8 = 1;
 /// The prefix length in bytes.
 pub const PREFIX_LEN: usize = 32;
 
@@ -94,6 +98,9 @@ impl Opcode {
 /// A decoded prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Prefix {
+    /// The protocol version, [`MIN_VERSION`] to [`VERSION`]. A response
+    /// carries its request's.
+    pub version: u8,
     /// The opcode.
     pub opcode: Opcode,
     /// `FLAG_*` bits.
@@ -121,7 +128,7 @@ impl Prefix {
     pub fn encode(&self) -> [u8; PREFIX_LEN] {
         let mut out = [0u8; PREFIX_LEN];
         out[0..4].copy_from_slice(&MAGIC);
-        out[4] = VERSION;
+        out[4] = self.version;
         out[5] = self.opcode as u8;
         out[6] = self.flags;
         out[8..16].copy_from_slice(&self.request_id.to_le_bytes());
@@ -153,13 +160,14 @@ impl Prefix {
                 "the frame does not start with the magic bytes RSTN",
             ));
         }
-        if bytes[4] != VERSION {
+        let version = bytes[4];
+        if !(MIN_VERSION..=VERSION).contains(&version) {
             return Err(ProtocolError::new(
                 Status::UnsupportedVersion,
                 request_id,
                 format!(
-                    "protocol version {} is not supported; this server speaks version {VERSION}",
-                    bytes[4]
+                    "protocol version {version} is not supported; this side speaks versions \
+                     {MIN_VERSION} to {VERSION}"
                 ),
             ));
         }
@@ -179,6 +187,7 @@ impl Prefix {
             ));
         }
         Ok(Some(Prefix {
+            version,
             opcode,
             flags,
             request_id,
@@ -195,6 +204,7 @@ mod tests {
     #[test]
     fn round_trip_and_short_input() {
         let p = Prefix {
+            version: VERSION,
             opcode: Opcode::Put,
             flags: FLAG_RESPONSE | FLAG_END,
             request_id: u64::MAX - 3,
@@ -220,6 +230,7 @@ mod tests {
     #[test]
     fn bad_prefixes_are_typed_errors() {
         let good = Prefix {
+            version: VERSION,
             opcode: Opcode::Get,
             flags: 0,
             request_id: 9,
@@ -233,7 +244,11 @@ mod tests {
             Prefix::parse(&x).unwrap_err().status
         };
         assert_eq!(with(0, b'X'), Status::Malformed);
-        assert_eq!(with(4, 2), Status::UnsupportedVersion);
+        assert_eq!(with(4, 0), Status::UnsupportedVersion);
+        assert_eq!(with(4, 3), Status::UnsupportedVersion);
+        let mut old = good;
+        old[4] = 1;
+        assert_eq!(Prefix::parse(&old).unwrap().unwrap().version, 1);
         assert_eq!(with(5, 0), Status::UnknownOpcode);
         assert_eq!(with(5, 200), Status::UnknownOpcode);
         assert_eq!(with(6, 4), Status::Malformed);

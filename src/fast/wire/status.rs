@@ -41,11 +41,13 @@ pub enum Status {
     Internal = 14,
     /// A conditional put (`PUT_IF`) began before the key was deleted.
     Deleted = 15,
+    /// An encoded payload is corrupt or names an unknown encoding.
+    InvalidEncoding = 16,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 16] = [
+    pub const ALL: [Status; 17] = [
         Status::Ok,
         Status::NotFound,
         Status::AlreadyExists,
@@ -62,6 +64,7 @@ impl Status {
         Status::Timeout,
         Status::Internal,
         Status::Deleted,
+        Status::InvalidEncoding,
     ];
 
     /// The status with wire code `code`; unknown codes read as `Internal`.
@@ -91,6 +94,7 @@ impl Status {
             Status::Timeout => "timeout",
             Status::Internal => "internal",
             Status::Deleted => "deleted",
+            Status::InvalidEncoding => "invalid_encoding",
         }
     }
 
@@ -105,6 +109,7 @@ impl Status {
             Error::InvalidKey(_) => Status::InvalidKey,
             Error::InvalidTensorMetadata(_) => Status::InvalidMetadata,
             Error::InvalidSize { .. } => Status::InvalidSize,
+            Error::InvalidEncoding(_) => Status::InvalidEncoding,
             Error::TypeMismatch { .. } | Error::Misaligned { .. } => Status::Internal,
         }
     }
