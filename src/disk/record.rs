@@ -4,7 +4,7 @@
 //! offset  size  field
 //!      0     4  magic: "RSR1" for a live record, "RSV1" once voided
 //!      4     1  kind: 1 = raw tensor, 2 = tensor encoded with
-//!               `Encoding::Lz4Shuffle` (the payload is the encoded form)
+//!               `Encoding::Packed` (the payload is the encoded form)
 //!      5     1  dtype code
 //!      6     1  layout code
 //!      7     1  reserved, 0
@@ -149,7 +149,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head, BadHead> {
     }
     let encoding = match head[4] {
         1 => Encoding::Raw,
-        2 => Encoding::Lz4Shuffle,
+        2 => Encoding::Packed,
         _ => return Err(BadHead::Corrupt("unknown record kind")),
     };
     let key = std::str::from_utf8(&head[len - key_len..])
@@ -165,7 +165,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head, BadHead> {
     .map_err(|_| BadHead::Corrupt("bad shape"))?;
     let fits = match encoding {
         Encoding::Raw => meta.byte_size() == payload_len,
-        Encoding::Lz4Shuffle => payload_len <= codec::max_encoded_len(meta.byte_size()),
+        Encoding::Packed => payload_len <= codec::max_encoded_len(meta.byte_size()),
     };
     if !fits {
         return Err(BadHead::Corrupt("the payload length is not the shape's"));
@@ -295,7 +295,7 @@ mod tests {
         let zeros = Tensor::from_slice::<f32>(vec![4096], &[0.0; 4096]).unwrap();
         let packed = codec::compress(&zeros).unwrap();
         let head = decode(&tensor_head("z", &packed, zeros.digest())).unwrap();
-        assert_eq!(head.encoding, Encoding::Lz4Shuffle);
+        assert_eq!(head.encoding, Encoding::Packed);
         assert_eq!(head.payload_len, packed.data().len() as u64);
         assert_eq!(packed.digest(), zeros.digest(), "the digest is the raw tensor's");
     }

@@ -354,7 +354,7 @@ impl Engine {
         validate_key(key)?;
         let fits = match encoding {
             Encoding::Raw => meta.byte_size() == payload_len,
-            Encoding::Lz4Shuffle => payload_len <= codec::max_encoded_len(meta.byte_size()),
+            Encoding::Packed => payload_len <= codec::max_encoded_len(meta.byte_size()),
         };
         if !fits {
             return Err(Error::InvalidSize {

@@ -1,27 +1,36 @@
-//! Tensor-aware compression: byte shuffle by element width, then LZ4.
+//! Tensor-aware compression: zero masks, byte shuffle by element width,
+//! and LZ4.
 //!
-//! Floats compress badly as they lie in memory: each element's exponent
-//! byte sits among mantissa bytes that look random. Shuffling a block of
-//! `n` elements of width `w` into `w` planes (all first bytes, then all
-//! second bytes, …) lines the exponents up, and zeros (a ReLU's output)
-//! become long runs. LZ4 (`lz4_flex`, pure Rust) then compresses each plane
-//! set at memory-like speed.
+//! Tensors compress in two ways a byte-oriented compressor misses on its
+//! own. Activations after a ReLU are about half exact zeros, scattered one
+//! element at a time: a bitmap of the nonzero elements plus those elements
+//! stores them in about half the bytes, and expands at memory speed. And a
+//! float's exponent byte sits among mantissa bytes that look random:
+//! shuffling `n` elements of width `w` into `w` planes (all first bytes,
+//! then all second bytes, …) lines the exponents up, and LZ4 (`lz4_flex`,
+//! pure Rust) finds the runs.
 //!
-//! # Format ([`Encoding::Lz4Shuffle`])
+//! # Format ([`Encoding::Packed`])
 //!
 //! The raw tensor (`meta.byte_size()` bytes) is cut into blocks of
 //! [`BLOCK`] bytes (the last one shorter; a multiple of every width). Each
-//! block is stored as a 4-byte little-endian word, then its bytes:
+//! block is stored as a 4-byte little-endian word, `mode << 30 | len`, then
+//! `len` bytes:
 //!
-//! - word bit 31 clear: `word` bytes of an LZ4 block that decompresses to
-//!   exactly the block's raw length, shuffled;
-//! - word bit 31 set: `word & 0x7fff_ffff` bytes, the block's raw bytes as
-//!   they are (equal to its raw length; for blocks that do not compress).
+//! - mode 0, **shuffled LZ4**: an LZ4 block that decompresses to exactly
+//!   the block's raw length, the block shuffled by element width;
+//! - mode 1, **zero mask**: `ceil(n / 8)` bitmap bytes (bit `i % 8` of byte
+//!   `i / 8` set when element `i` is not all zero bytes; bits past `n`
+//!   clear), then the nonzero elements in order, as they are;
+//! - mode 2, **raw**: the block's bytes as they are.
 //!
-//! The blocks are independent, so a decoder works on one cache-sized block
-//! at a time. A decoder checks the framing against the metadata before it
-//! allocates anything ([`check`]), and every block's decompressed length
-//! exactly: corrupt input is [`Error::InvalidEncoding`], never a panic.
+//! The encoder takes the zero mask for a block whose elements are at least
+//! a quarter (but not all) zeros, else tries LZ4 and keeps the raw bytes
+//! if LZ4 does not shrink them. The blocks are independent, so a decoder
+//! works on one cache-sized block at a time. A decoder checks the framing
+//! against the metadata before it allocates anything ([`check`]), and every
+//! block's decoded length exactly: corrupt input is
+//! [`Error::InvalidEncoding`], never a panic.
 //!
 //! ```
 //! use redstone::tensor::codec::{self, Encoding};
@@ -30,8 +39,8 @@
 //! let relu: Vec<f32> = (0..100_000).map(|i| if i % 2 == 0 { 0.0 } else { i as f32 }).collect();
 //! let raw = Tensor::from_slice(vec![relu.len() as u64], &relu)?;
 //! let packed = codec::compress(&raw).expect("half zeros compress");
-//! assert_eq!(packed.encoding(), Encoding::Lz4Shuffle);
-//! assert!(packed.data().len() < raw.data().len() / 2);
+//! assert_eq!(packed.encoding(), Encoding::Packed);
+//! assert!(packed.data().len() < raw.data().len() * 6 / 10);
 //! assert_eq!(packed.decoded()?, raw);
 //! # Ok::<(), redstone::Error>(())
 //! ```
@@ -49,7 +58,31 @@ pub const BLOCK: usize = 256 << 10;
 /// [`compress`] returns `None` and the caller stores the raw tensor.
 pub const MIN_RATIO: f64 = 1.1;
 
-const RAW_BLOCK: u32 = 1 << 31;
+const LEN_BITS: u32 = 30;
+const LEN_MASK: u32 = (1 << LEN_BITS) - 1;
+
+/// How one block is stored (the word's top two bits).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Lz4 = 0,
+    ZeroMask = 1,
+    Raw = 2,
+}
+
+impl Mode {
+    fn of(word: u32) -> Option<Mode> {
+        match word >> LEN_BITS {
+            0 => Some(Mode::Lz4),
+            1 => Some(Mode::ZeroMask),
+            2 => Some(Mode::Raw),
+            _ => None,
+        }
+    }
+
+    fn word(self, len: usize) -> [u8; 4] {
+        ((self as u32) << LEN_BITS | len as u32).to_le_bytes()
+    }
+}
 
 /// How a tensor's payload is stored.
 ///
@@ -60,17 +93,17 @@ pub enum Encoding {
     /// The raw bytes, exactly `meta.byte_size()` of them.
     #[default]
     Raw,
-    /// Byte-shuffled by element width, LZ4-compressed in blocks (see the
-    /// module docs).
-    Lz4Shuffle,
+    /// Blocks of zero-masked, shuffled-LZ4 or raw bytes (see the module
+    /// docs).
+    Packed,
 }
 
 impl Encoding {
-    /// The stable wire code: 0 raw, 1 shuffle + LZ4.
+    /// The stable wire code: 0 raw, 1 packed.
     pub const fn code(self) -> u8 {
         match self {
             Encoding::Raw => 0,
-            Encoding::Lz4Shuffle => 1,
+            Encoding::Packed => 1,
         }
     }
 
@@ -78,7 +111,7 @@ impl Encoding {
     pub fn from_code(code: u8) -> Result<Encoding, Error> {
         match code {
             0 => Ok(Encoding::Raw),
-            1 => Ok(Encoding::Lz4Shuffle),
+            1 => Ok(Encoding::Packed),
             other => Err(Error::InvalidEncoding(format!(
                 "unknown encoding (code {other})"
             ))),
@@ -92,8 +125,9 @@ pub enum Compression {
     /// Send and store the raw bytes (the default).
     #[default]
     None,
-    /// Shuffle by element width and compress with LZ4 when that saves at
-    /// least [`MIN_RATIO`]; otherwise send the raw bytes.
+    /// Pack the tensor ([`Encoding::Packed`]: zero masks, shuffle, LZ4)
+    /// when that saves at least [`MIN_RATIO`]; otherwise send the raw
+    /// bytes.
     Lz4,
 }
 
@@ -128,8 +162,8 @@ pub fn max_encoded_len(raw_len: u64) -> u64 {
     raw_len.saturating_add(4 * raw_len.div_ceil(BLOCK as u64))
 }
 
-/// Compresses a raw tensor with [`Encoding::Lz4Shuffle`]; `None` when the
-/// tensor is already encoded or compresses by less than [`MIN_RATIO`].
+/// Packs a raw tensor ([`Encoding::Packed`]); `None` when the tensor is
+/// already encoded, empty, or saves less than [`MIN_RATIO`].
 pub fn compress(tensor: &Tensor) -> Option<Tensor> {
     if tensor.encoding() != Encoding::Raw || tensor.data().is_empty() {
         return None;
@@ -137,56 +171,97 @@ pub fn compress(tensor: &Tensor) -> Option<Tensor> {
     let raw = tensor.data();
     let width = tensor.meta().dtype().width();
     let budget = (raw.len() as f64 / MIN_RATIO) as usize;
-    let mut out = Vec::with_capacity(budget.min(raw.len()) + 64);
-    let mut shuffled = vec![0u8; BLOCK.min(raw.len())];
-    let mut packed = vec![0u8; lz4_flex::block::get_maximum_output_size(BLOCK.min(raw.len()))];
+    let first = BLOCK.min(raw.len());
+    let mut out = Vec::with_capacity(budget + 64);
+    let mut shuffled = vec![0u8; first];
+    let mut packed = vec![0u8; lz4_flex::block::get_maximum_output_size(first)];
+    let mut seen = 0;
     for block in raw.chunks(BLOCK) {
-        let shuffled = &mut shuffled[..block.len()];
-        shuffle(width, block, shuffled);
-        let n = lz4_flex::block::compress_into(shuffled, &mut packed).ok()?;
-        if n < block.len() {
-            out.extend_from_slice(&(n as u32).to_le_bytes());
-            out.extend_from_slice(&packed[..n]);
+        let n = block.len() / width;
+        let zeros = count_zero_elements(width, block);
+        if zeros >= n / 4 && zeros < n {
+            let at = out.len();
+            out.extend_from_slice(&[0; 4]);
+            zero_mask(width, block, &mut out);
+            let len = out.len() - at - 4;
+            out[at..at + 4].copy_from_slice(&Mode::ZeroMask.word(len));
         } else {
-            out.extend_from_slice(&(block.len() as u32 | RAW_BLOCK).to_le_bytes());
-            out.extend_from_slice(block);
+            let shuffled = &mut shuffled[..block.len()];
+            shuffle(width, block, shuffled);
+            let len = lz4_flex::block::compress_into(shuffled, &mut packed).ok()?;
+            if len < block.len() {
+                out.extend_from_slice(&Mode::Lz4.word(len));
+                out.extend_from_slice(&packed[..len]);
+            } else {
+                out.extend_from_slice(&Mode::Raw.word(block.len()));
+                out.extend_from_slice(block);
+            }
         }
-        if out.len() > budget {
+        // Give up early on a tensor that is not going to compress: after
+        // an eighth of it, as soon as its pace says so.
+        seen += block.len();
+        let pace = out.len() as f64 * raw.len() as f64 / seen as f64;
+        if out.len() > budget || (seen >= raw.len() / 8 && pace > budget as f64) {
             return None;
         }
     }
     Some(Tensor {
         meta: tensor.meta().clone(),
-        encoding: Encoding::Lz4Shuffle,
+        encoding: Encoding::Packed,
         data: Bytes::from(out),
     })
 }
 
-/// Checks the framing of `data` as the [`Encoding::Lz4Shuffle`] form of a
-/// tensor described by `meta`, without decompressing: one word per block,
-/// each length inside the data, the data used up exactly, and no block
-/// claiming more than LZ4 can expand its bytes to. This bounds the raw size
-/// by the bytes actually present, so a decoder may then allocate it.
+/// One block of `data`, framed: its mode, its stored bytes, and the bytes
+/// after it.
+struct Framed<'a> {
+    mode: Mode,
+    stored: &'a [u8],
+    rest: &'a [u8],
+}
+
+/// Reads block `index`'s word and bytes, checking them against the
+/// block's raw length without decoding.
+fn frame(data: &[u8], index: usize, raw_len: usize, width: usize) -> Result<Framed<'_>, Error> {
+    let Some((word, after)) = data.split_first_chunk::<4>() else {
+        return Err(corrupt(index, "is missing"));
+    };
+    let word = u32::from_le_bytes(*word);
+    let mode = Mode::of(word).ok_or_else(|| corrupt(index, "has an unknown mode"))?;
+    let len = (word & LEN_MASK) as usize;
+    if len > after.len() {
+        return Err(corrupt(index, "claims more bytes than follow"));
+    }
+    let ok = match mode {
+        Mode::Raw => len == raw_len,
+        // One LZ4 byte expands to at most 255.
+        Mode::Lz4 => len > 0 && raw_len <= len.saturating_mul(256).saturating_add(1024),
+        Mode::ZeroMask => {
+            let bitmap = (raw_len / width).div_ceil(8);
+            len >= bitmap && len - bitmap <= raw_len
+        }
+    };
+    if !ok {
+        return Err(corrupt(index, &format!("has a length ({len}) its mode cannot have")));
+    }
+    let (stored, rest) = after.split_at(len);
+    Ok(Framed { mode, stored, rest })
+}
+
+/// Checks the framing of `data` as the [`Encoding::Packed`] form of a
+/// tensor described by `meta`, without decoding: one word per block, each
+/// length possible for its mode and inside the data, the data used up
+/// exactly. This bounds the raw size by the bytes actually present (LZ4
+/// expands a byte to at most 255, a zero mask a bit to one element), so a
+/// decoder may then allocate it.
 pub fn check(meta: &TensorMeta, data: &[u8]) -> Result<(), Error> {
+    let width = meta.dtype().width();
     let mut rest = data;
     let mut raw_left = meta.byte_size();
     let mut index = 0usize;
     while raw_left > 0 {
         let raw_len = raw_left.min(BLOCK as u64) as usize;
-        let (word, after) = split_word(rest, index)?;
-        let len = (word & !RAW_BLOCK) as usize;
-        if len > after.len() {
-            return Err(corrupt(index, "claims more bytes than follow"));
-        }
-        if word & RAW_BLOCK != 0 {
-            if len != raw_len {
-                return Err(corrupt(index, "is stored raw with the wrong length"));
-            }
-        } else if len == 0 || raw_len > len.saturating_mul(256).saturating_add(1024) {
-            // One LZ4 byte expands to at most 255.
-            return Err(corrupt(index, "claims more than LZ4 can expand to"));
-        }
-        rest = &after[len..];
+        rest = frame(rest, index, raw_len, width)?.rest;
         raw_left -= raw_len as u64;
         index += 1;
     }
@@ -210,26 +285,47 @@ pub fn decode_into(meta: &TensorMeta, data: &[u8], out: &mut [u8]) -> Result<(),
         });
     }
     let width = meta.dtype().width();
-    let mut scratch = vec![0u8; BLOCK.min(out.len())];
+    let mut scratch = Vec::new();
     let mut rest = data;
     for (index, block) in out.chunks_mut(BLOCK).enumerate() {
-        let (word, after) = split_word(rest, index)?;
-        let len = (word & !RAW_BLOCK) as usize;
-        let (stored, after) = after.split_at(len);
-        rest = after;
-        if word & RAW_BLOCK != 0 {
-            block.copy_from_slice(stored);
-            continue;
+        let framed = frame(rest, index, block.len(), width)?;
+        rest = framed.rest;
+        decode_block(&framed, index, width, block, &mut scratch)?;
+    }
+    Ok(())
+}
+
+/// Decodes one framed block into `out` (its raw length), through
+/// `scratch` for LZ4.
+fn decode_block(
+    framed: &Framed<'_>,
+    index: usize,
+    width: usize,
+    out: &mut [u8],
+    scratch: &mut Vec<u8>,
+) -> Result<(), Error> {
+    match framed.mode {
+        Mode::Raw => out.copy_from_slice(framed.stored),
+        Mode::ZeroMask => unmask(index, width, framed.stored, out)?,
+        Mode::Lz4 => {
+            scratch.resize(out.len(), 0);
+            match lz4_flex::block::decompress_into(framed.stored, scratch) {
+                Ok(n) if n == out.len() => unshuffle(width, scratch, out),
+                Ok(n) => {
+                    return Err(corrupt(
+                        index,
+                        &format!("decompresses to {n} bytes, not {}", out.len()),
+                    ))
+                }
+                Err(e) => return Err(corrupt(index, &format!("does not decompress: {e}"))),
+            }
         }
-        let scratch = &mut scratch[..block.len()];
-        decompress_block(index, stored, scratch)?;
-        unshuffle(width, scratch, block);
     }
     Ok(())
 }
 
 /// Decodes `data` a block at a time, handing each block's raw bytes to
-/// `f` in order (two block-sized buffers, whatever the tensor's size).
+/// `f` in order (block-sized buffers, whatever the tensor's size).
 pub(crate) fn visit_raw(
     meta: &TensorMeta,
     data: &[u8],
@@ -237,38 +333,21 @@ pub(crate) fn visit_raw(
 ) -> Result<(), Error> {
     check(meta, data)?;
     let width = meta.dtype().width();
-    let first = (meta.byte_size() as usize).min(BLOCK);
-    let (mut scratch, mut block) = (vec![0u8; first], vec![0u8; first]);
+    let mut block = vec![0u8; (meta.byte_size() as usize).min(BLOCK)];
+    let mut scratch = Vec::new();
     let mut rest = data;
     let mut raw_left = meta.byte_size() as usize;
     let mut index = 0;
     while raw_left > 0 {
         let raw_len = raw_left.min(BLOCK);
-        let (word, after) = split_word(rest, index)?;
-        let (stored, after) = after.split_at((word & !RAW_BLOCK) as usize);
-        rest = after;
-        if word & RAW_BLOCK != 0 {
-            f(stored);
-        } else {
-            decompress_block(index, stored, &mut scratch[..raw_len])?;
-            unshuffle(width, &scratch[..raw_len], &mut block[..raw_len]);
-            f(&block[..raw_len]);
-        }
+        let framed = frame(rest, index, raw_len, width)?;
+        rest = framed.rest;
+        decode_block(&framed, index, width, &mut block[..raw_len], &mut scratch)?;
+        f(&block[..raw_len]);
         raw_left -= raw_len;
         index += 1;
     }
     Ok(())
-}
-
-fn decompress_block(index: usize, stored: &[u8], out: &mut [u8]) -> Result<(), Error> {
-    match lz4_flex::block::decompress_into(stored, out) {
-        Ok(n) if n == out.len() => Ok(()),
-        Ok(n) => Err(corrupt(
-            index,
-            &format!("decompresses to {n} bytes, not {}", out.len()),
-        )),
-        Err(e) => Err(corrupt(index, &format!("does not decompress: {e}"))),
-    }
 }
 
 /// Decodes `data` into a new buffer of `meta.byte_size()` bytes.
@@ -281,15 +360,97 @@ pub fn decode(meta: &TensorMeta, data: &[u8]) -> Result<Bytes, Error> {
     Ok(out.freeze())
 }
 
-fn split_word(data: &[u8], index: usize) -> Result<(u32, &[u8]), Error> {
-    match data.split_first_chunk::<4>() {
-        Some((word, rest)) => Ok((u32::from_le_bytes(*word), rest)),
-        None => Err(corrupt(index, "is missing")),
+fn corrupt(index: usize, what: &str) -> Error {
+    Error::InvalidEncoding(format!("block {index} {what}"))
+}
+
+/// Elements of `block` whose bytes are all zero.
+fn count_zero_elements(width: usize, block: &[u8]) -> usize {
+    match width {
+        1 => count_zero_n::<1>(block),
+        2 => count_zero_n::<2>(block),
+        4 => count_zero_n::<4>(block),
+        _ => count_zero_n::<8>(block),
     }
 }
 
-fn corrupt(index: usize, what: &str) -> Error {
-    Error::InvalidEncoding(format!("block {index} {what}"))
+fn count_zero_n<const W: usize>(block: &[u8]) -> usize {
+    block
+        .chunks_exact(W)
+        .map(|e| usize::from(e.iter().fold(0, |acc, b| acc | b) == 0))
+        .sum()
+}
+
+/// Appends `block`'s zero mask and nonzero elements to `out`.
+fn zero_mask(width: usize, block: &[u8], out: &mut Vec<u8>) {
+    match width {
+        1 => zero_mask_n::<1>(block, out),
+        2 => zero_mask_n::<2>(block, out),
+        4 => zero_mask_n::<4>(block, out),
+        _ => zero_mask_n::<8>(block, out),
+    }
+}
+
+fn zero_mask_n<const W: usize>(block: &[u8], out: &mut Vec<u8>) {
+    let n = block.len() / W;
+    let at = out.len();
+    let bitmap = n.div_ceil(8);
+    // Room for every element; each is written at the cursor, which moves
+    // past it only if it is nonzero (no branch to mispredict).
+    out.resize(at + bitmap + block.len(), 0);
+    let (mask, values) = out[at..].split_at_mut(bitmap);
+    let mut cursor = 0;
+    for (bits, group) in mask.iter_mut().zip(block.chunks(8 * W)) {
+        let mut b = 0u8;
+        for (i, element) in group.chunks_exact(W).enumerate() {
+            let nonzero = element.iter().fold(0, |acc, x| acc | x) != 0;
+            values[cursor..cursor + W].copy_from_slice(element);
+            cursor += W * usize::from(nonzero);
+            b |= u8::from(nonzero) << i;
+        }
+        *bits = b;
+    }
+    out.truncate(at + bitmap + cursor);
+}
+
+/// Expands a zero-masked block into `out`, checking that the mask names
+/// exactly as many elements as follow it.
+fn unmask(index: usize, width: usize, stored: &[u8], out: &mut [u8]) -> Result<(), Error> {
+    let n = out.len() / width;
+    let (bitmap, values) = stored.split_at(n.div_ceil(8));
+    let set: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();
+    let stray = n % 8 != 0 && bitmap.last().is_some_and(|b| b >> (n % 8) != 0);
+    if stray || set * width != values.len() {
+        return Err(corrupt(index, "has a zero mask that does not match its elements"));
+    }
+    match width {
+        1 => unmask_n::<1>(bitmap, values, out),
+        2 => unmask_n::<2>(bitmap, values, out),
+        4 => unmask_n::<4>(bitmap, values, out),
+        _ => unmask_n::<8>(bitmap, values, out),
+    }
+    Ok(())
+}
+
+/// [`unmask`] for width `W`, the mask already checked against `values`:
+/// zero the block, then drop each value where its set bit says (walking
+/// the set bits 64 at a time, so no branch depends on each bit).
+fn unmask_n<const W: usize>(bitmap: &[u8], values: &[u8], out: &mut [u8]) {
+    out.fill(0);
+    let mut next = values.chunks_exact(W);
+    for (word_index, chunk) in bitmap.chunks(8).enumerate() {
+        let mut bytes = [0u8; 8];
+        bytes[..chunk.len()].copy_from_slice(chunk);
+        let mut word = u64::from_le_bytes(bytes);
+        let base = word_index * 64;
+        while word != 0 {
+            let i = base + word.trailing_zeros() as usize;
+            word &= word - 1;
+            if let (Some(value), Some(element)) = (next.next(), out.get_mut(i * W..i * W + W)) {
+                element.copy_from_slice(value);
+            }
+        }
+    }
 }
 
 /// Splits `src` (whole elements of `width` bytes) into `width` planes.
@@ -312,22 +473,25 @@ fn unshuffle(width: usize, src: &[u8], dst: &mut [u8]) {
     }
 }
 
-/// Elements per tile: each plane gets a run of `TILE` bytes per step.
+/// Elements per tile: each plane moves `TILE` bytes at a time, through a
+/// tile of fixed size the compiler keeps in registers.
 const TILE: usize = 16;
 
 fn shuffle_n<const W: usize>(src: &[u8], dst: &mut [u8]) {
     let n = src.len() / W;
-    let tiles = n / TILE;
-    for t in 0..tiles {
-        let elements = &src[t * TILE * W..(t + 1) * TILE * W];
-        for k in 0..W {
-            let plane = &mut dst[k * n + t * TILE..k * n + (t + 1) * TILE];
-            for (i, byte) in plane.iter_mut().enumerate() {
-                *byte = elements[i * W + k];
+    let whole = n / TILE * TILE;
+    for (t, elements) in src[..whole * W].chunks_exact(TILE * W).enumerate() {
+        let mut tile = [[0u8; TILE]; W];
+        for (i, element) in elements.chunks_exact(W).enumerate().take(TILE) {
+            for k in 0..W {
+                tile[k][i] = element[k];
             }
         }
+        for (k, plane) in tile.iter().enumerate() {
+            dst[k * n + t * TILE..k * n + t * TILE + TILE].copy_from_slice(plane);
+        }
     }
-    for i in tiles * TILE..n {
+    for i in whole..n {
         for k in 0..W {
             dst[k * n + i] = src[i * W + k];
         }
@@ -336,17 +500,19 @@ fn shuffle_n<const W: usize>(src: &[u8], dst: &mut [u8]) {
 
 fn unshuffle_n<const W: usize>(src: &[u8], dst: &mut [u8]) {
     let n = dst.len() / W;
-    let tiles = n / TILE;
-    for t in 0..tiles {
-        let elements = &mut dst[t * TILE * W..(t + 1) * TILE * W];
-        for k in 0..W {
-            let plane = &src[k * n + t * TILE..k * n + (t + 1) * TILE];
-            for (i, byte) in plane.iter().enumerate() {
-                elements[i * W + k] = *byte;
+    let whole = n / TILE * TILE;
+    for (t, elements) in dst[..whole * W].chunks_exact_mut(TILE * W).enumerate() {
+        let mut tile = [[0u8; TILE]; W];
+        for (k, plane) in tile.iter_mut().enumerate() {
+            plane.copy_from_slice(&src[k * n + t * TILE..k * n + t * TILE + TILE]);
+        }
+        for (i, element) in elements.chunks_exact_mut(W).enumerate().take(TILE) {
+            for k in 0..W {
+                element[k] = tile[k][i];
             }
         }
     }
-    for i in tiles * TILE..n {
+    for i in whole..n {
         for k in 0..W {
             dst[i * W + k] = src[k * n + i];
         }
@@ -406,7 +572,7 @@ mod tests {
             let len = (2 * BLOCK + 24 * dtype.width()) / dtype.width() * dtype.width();
             let raw = tensor(dtype, compressible(len, dtype.code().into()));
             let packed = compress(&raw).expect("compressible");
-            assert_eq!(packed.encoding(), Encoding::Lz4Shuffle);
+            assert_eq!(packed.encoding(), Encoding::Packed);
             assert!(packed.data().len() < len);
             assert_eq!(packed.decoded().unwrap(), raw, "{dtype}");
         }
@@ -435,7 +601,7 @@ mod tests {
 
     #[test]
     fn mixed_blocks_store_the_noisy_one_raw() {
-        let mut bytes = vec![0u8; BLOCK];
+        let mut bytes = vec![1u8; BLOCK];
         let mut x = 1u64;
         bytes.extend((0..BLOCK).map(|_| {
             x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
@@ -448,8 +614,34 @@ mod tests {
     }
 
     #[test]
+    fn sparse_blocks_are_zero_masked_for_every_width() {
+        for dtype in [DType::U8, DType::BF16, DType::F32, DType::F64] {
+            let w = dtype.width();
+            // Every third element nonzero, and a tail that is not a whole
+            // mask byte.
+            let n = BLOCK / w + 13;
+            let mut bytes = vec![0u8; n * w];
+            for i in (0..n).step_by(3) {
+                bytes[i * w..(i + 1) * w].fill(0x5a ^ (i as u8));
+                bytes[i * w] |= 1;
+            }
+            let raw = tensor(dtype, bytes);
+            let packed = compress(&raw).unwrap();
+            let words = u32::from_le_bytes(packed.data()[..4].try_into().unwrap());
+            assert_eq!(Mode::of(words), Some(Mode::ZeroMask), "{dtype}");
+            assert_eq!(packed.decoded().unwrap(), raw, "{dtype}");
+        }
+    }
+
+    #[test]
     fn corrupt_input_is_an_error() {
-        let raw = tensor(DType::F32, compressible(BLOCK + 4000, 9));
+        let mut bytes = compressible(BLOCK + 4000, 9);
+        // The second block zero-masked: half its elements zero.
+        for e in bytes[BLOCK..].chunks_exact_mut(8) {
+            e[..4].fill(0);
+            e[4] |= 1;
+        }
+        let raw = tensor(DType::F32, bytes);
         let packed = compress(&raw).unwrap();
         let meta = raw.meta();
         let data = packed.data();
@@ -458,9 +650,11 @@ mod tests {
         let mut longer = data.to_vec();
         longer.push(0);
         assert!(decode(meta, &longer).is_err());
-        let mut claims_more = data.to_vec();
-        claims_more[..4].copy_from_slice(&u32::MAX.to_le_bytes());
-        assert!(decode(meta, &claims_more).is_err());
+        for word in [u32::MAX, 3 << 30, LEN_MASK, 1 << 30, 2 << 30] {
+            let mut bad = data.to_vec();
+            bad[..4].copy_from_slice(&word.to_le_bytes());
+            assert!(decode(meta, &bad).is_err(), "word {word:#x}");
+        }
         for at in (0..data.len()).step_by(97) {
             let mut flipped = data.to_vec();
             flipped[at] ^= 0x5a;

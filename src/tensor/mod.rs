@@ -6,6 +6,7 @@
 
 pub mod codec;
 pub mod meta;
+pub mod synthetic;
 
 use bytes::Bytes;
 
@@ -88,7 +89,7 @@ impl Tensor {
     ) -> Result<Tensor, Error> {
         match encoding {
             Encoding::Raw => Tensor::new(meta, data),
-            Encoding::Lz4Shuffle => {
+            Encoding::Packed => {
                 let data = data.into();
                 codec::check(&meta, &data)?;
                 Ok(Tensor {
@@ -131,7 +132,7 @@ impl Tensor {
     pub fn decoded(&self) -> Result<Tensor, Error> {
         match self.encoding {
             Encoding::Raw => Ok(self.clone()),
-            Encoding::Lz4Shuffle => Ok(Tensor {
+            Encoding::Packed => Ok(Tensor {
                 meta: self.meta.clone(),
                 encoding: Encoding::Raw,
                 data: codec::decode(&self.meta, &self.data)?,
@@ -199,7 +200,7 @@ impl Tensor {
         }
         match self.encoding {
             Encoding::Raw => hasher.update(&self.data),
-            Encoding::Lz4Shuffle => {
+            Encoding::Packed => {
                 if codec::visit_raw(&self.meta, &self.data, |block| hasher.update(block)).is_err()
                 {
                     hasher.update(b"corrupt encoded payload");

@@ -95,7 +95,7 @@ impl Exclusive {
         let (meta, encoding) = meta_from(response.body)?;
         let fits = match encoding {
             Encoding::Raw => meta.byte_size() == len,
-            Encoding::Lz4Shuffle => len <= codec::max_encoded_len(meta.byte_size()),
+            Encoding::Packed => len <= codec::max_encoded_len(meta.byte_size()),
         };
         if !fits {
             return Err(ClientError::Protocol(format!(
