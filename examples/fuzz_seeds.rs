@@ -10,6 +10,7 @@ use redstone::fast::wire::{
     encode, encode_frame, Body, ConditionalPut, Request, Response, Status, WireMeta,
 };
 use redstone::grpc::proto;
+use redstone::tensor::{codec, Tensor};
 
 fn frame(id: u64, request: &Request, payload: &[u8]) -> Vec<u8> {
     let mut f = encode_frame(request.opcode(), 0, id, request, payload.len() as u64).unwrap();
@@ -21,6 +22,7 @@ fn u8_meta(n: u64) -> WireMeta {
     WireMeta {
         dtype: 5,
         layout: 1,
+        encoding: 0,
         shape: vec![n],
     }
 }
@@ -93,6 +95,7 @@ fn main() -> std::io::Result<()> {
         Response::ok(Body::Tensor(WireMeta {
             dtype: 1,
             layout: 2,
+            encoding: 1,
             shape: vec![2, 3],
         })),
         Response::ok(Body::Deleted(true)),
@@ -149,6 +152,27 @@ fn main() -> std::io::Result<()> {
         ],
     ));
 
+    // packed: a sparse f32 tensor packed (then decoded as a claim of its
+    // element count), a dense one, raw bytes to pack.
+    let sparse: Vec<f32> = (0..20_000).map(|i| if i % 2 == 0 { 0.0 } else { i as f32 }).collect();
+    let sparse = Tensor::from_slice(vec![sparse.len() as u64], &sparse).unwrap();
+    let runs = Tensor::from_slice::<f32>(vec![70_000], &[1.5; 70_000]).unwrap();
+    let claim = |t: &Tensor| {
+        let packed = codec::compress(t).unwrap();
+        let mut input = vec![0u8];
+        input.extend_from_slice(&(t.meta().numel() as u32).to_le_bytes());
+        input.extend_from_slice(packed.data());
+        input
+    };
+    seeds.push((
+        "packed",
+        vec![
+            claim(&sparse),
+            claim(&runs),
+            [vec![0x80], vec![0, 0, 0, 0, 1, 0, 0, 0].repeat(64)].concat(),
+            [vec![0x86], vec![0x3f, 0x80, 0, 0].repeat(100)].concat(),
+        ],
+    ));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz")
         .join("corpus");

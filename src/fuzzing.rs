@@ -381,3 +381,48 @@ pub fn roundtrip(data: &[u8]) {
         response
     );
 }
+
+/// Target 7: the packed-tensor codec ([`codec`](crate::tensor::codec)).
+/// First byte: bit 7 clear decodes the rest as a packed payload for a
+/// claimed element count (4 bytes): an `InvalidEncoding` error or exactly
+/// the claimed bytes, and a claim the framing accepts is bounded by the
+/// bytes present (no allocation a header merely claims). Bit 7 set packs
+/// the rest as a raw tensor and unpacks it: the same bytes. The low bits
+/// pick the dtype.
+pub fn packed(data: &[u8]) {
+    use crate::tensor::codec;
+    use crate::tensor::meta::{DType, StorageLayout};
+    let Some((&choice, rest)) = data.split_first() else {
+        return;
+    };
+    let dtype = DType::ALL[usize::from(choice & 0x0f) % DType::ALL.len()];
+    let vector = |n: u64| TensorMeta::new(dtype, vec![n], StorageLayout::RowMajor).expect("a vector");
+    if choice & 0x80 == 0 {
+        let (claim, encoded) = rest.split_at(rest.len().min(4));
+        let mut count = [0u8; 4];
+        count[..claim.len()].copy_from_slice(claim);
+        let meta = vector(u64::from(u32::from_le_bytes(count)));
+        if codec::check(&meta, encoded).is_ok() {
+            assert!(
+                meta.byte_size() <= 512 * encoded.len() as u64,
+                "the framing accepted {} raw bytes from {} encoded",
+                meta.byte_size(),
+                encoded.len()
+            );
+        }
+        match codec::decode(&meta, encoded) {
+            Ok(raw) => assert_eq!(raw.len() as u64, meta.byte_size()),
+            Err(crate::Error::InvalidEncoding(_)) => {}
+            Err(e) => panic!("a corrupt payload gave {e}"),
+        }
+    } else {
+        let len = rest.len() / dtype.width() * dtype.width();
+        let raw = Tensor::new(vector((len / dtype.width()) as u64), rest[..len].to_vec())
+            .expect("sized to its metadata");
+        if let Some(packed) = codec::compress(&raw) {
+            assert!(packed.data().len() < len);
+            assert_eq!(packed.decoded().expect("a packed tensor unpacks"), raw);
+            assert_eq!(packed.digest(), raw.digest());
+        }
+    }
+}

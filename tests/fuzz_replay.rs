@@ -10,13 +10,14 @@ use redstone::fuzzing;
 /// A fuzz target's entry point.
 type Target = fn(&[u8]);
 
-const TARGETS: [(&str, Target); 6] = [
+const TARGETS: [(&str, Target); 7] = [
     ("frame_decoder", fuzzing::frame_decoder),
     ("header", fuzzing::header),
     ("connection", fuzzing::connection),
     ("grpc_meta", fuzzing::grpc_meta),
     ("roundtrip", fuzzing::roundtrip),
     ("stalled_connection", fuzzing::stalled_connection),
+    ("packed", fuzzing::packed),
 ];
 
 fn replay(kind: &str, target: &str, run: Target) -> usize {

@@ -2,6 +2,8 @@
 
 use clap::{Parser, ValueEnum};
 use redstone::size::parse_size;
+use redstone::tensor::codec::Compression;
+use redstone::tensor::synthetic::Kind;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub(crate) enum Target {
@@ -106,4 +108,18 @@ pub(crate) struct Args {
     /// fill/check: keys are PREFIX:0 … PREFIX:K-1.
     #[arg(long, default_value = "bench")]
     pub(crate) key_prefix: String,
+    /// What the values look like: `bytes` (u8, a short repeating
+    /// pattern), `relu` (f32 activations, half zeros), `normal` (f32
+    /// embeddings), `bf16` (weights), `int8` (quantized weights). The size
+    /// is rounded down to whole elements.
+    #[arg(long, default_value = "bytes")]
+    pub(crate) data: Kind,
+    /// fast and cluster: compress puts (`lz4`: zero masks, byte shuffle,
+    /// LZ4; kept only where it saves 10 %), the prefill's too.
+    #[arg(long, default_value = "none")]
+    pub(crate) compress: Compression,
+    /// fast and cluster: give the client an L1 cache of this many bytes
+    /// (e.g. 256MiB).
+    #[arg(long, value_parser = parse_size)]
+    pub(crate) l1: Option<u64>,
 }

@@ -1,9 +1,10 @@
 //! One connection to the target, whichever it is.
 
 use bytes::Bytes;
-use redstone::client::{ClientError, FastClient, RemoteCacheClient, TensorStore};
+use redstone::client::{ClientError, FastClient, L1Options, RemoteCacheClient, TensorStore};
 use redstone::cluster::{ClusterClient, ClusterConfig};
-use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
+use redstone::tensor::codec::Compression;
+use redstone::tensor::meta::TensorMeta;
 use redstone::tensor::Tensor;
 
 use crate::args::Args;
@@ -31,15 +32,21 @@ pub(crate) fn cluster_from(
     if let Some(w) = args.write_quorum {
         config.write_quorum = w;
     }
+    config.l1 = args.l1.map(L1Options::new);
     Ok(ClusterClient::new(config)?)
 }
 
 /// Writes every key read by the run, ignoring keys already there.
-pub(crate) async fn prefill(conn: &Conn, values: &[Bytes], size: usize) -> Result<(), ClientError> {
-    let meta = TensorMeta::new(DType::U8, vec![size as u64], StorageLayout::RowMajor)?;
+pub(crate) async fn prefill(
+    conn: &Conn,
+    values: &[Bytes],
+    meta: &TensorMeta,
+    compression: Compression,
+) -> Result<(), ClientError> {
+    let size = meta.byte_size() as usize;
     for (i, v) in values.iter().enumerate() {
         let tensor = Tensor::new(meta.clone(), v.clone())?;
-        match conn.put(&key_for(size, i as u64), tensor).await {
+        match conn.put_with(&key_for(size, i as u64), tensor, compression).await {
             Ok(()) | Err(ClientError::AlreadyExists(_)) => {}
             Err(e) => return Err(e),
         }
@@ -56,6 +63,21 @@ impl Conn {
         }
     }
 
+    /// A put compressed as `compression` says (the gRPC API has no
+    /// compression: refused before the run).
+    pub(crate) async fn put_with(
+        &self,
+        key: &str,
+        tensor: Tensor,
+        compression: Compression,
+    ) -> Result<(), ClientError> {
+        match self {
+            Conn::Fast(c) => c.put_with(key, tensor, compression).await,
+            Conn::Cluster(c) => c.put_with(key, tensor, compression).await,
+            Conn::Grpc(c) => TensorStore::put_tensor(c, key, tensor).await,
+        }
+    }
+
     pub(crate) async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
         match self {
             Conn::Fast(c) => TensorStore::get(c, key).await,
@@ -69,6 +91,15 @@ impl Conn {
             Conn::Fast(c) => TensorStore::stats(c).await,
             Conn::Grpc(c) => TensorStore::stats(c).await,
             Conn::Cluster(c) => TensorStore::stats(c).await,
+        }
+    }
+
+    /// The client's L1 counters, if it has an L1.
+    pub(crate) fn l1_stats(&self) -> Option<redstone::client::L1Stats> {
+        match self {
+            Conn::Fast(c) => c.l1().map(|l1| l1.stats()),
+            Conn::Cluster(c) => c.l1().map(|l1| l1.stats()),
+            Conn::Grpc(_) => None,
         }
     }
 

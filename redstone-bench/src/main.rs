@@ -20,7 +20,9 @@ use clap::Parser;
 
 use args::{Args, Op, Target};
 use conn::{cluster_from, prefill, Conn};
-use redstone::client::{FastClient, RemoteCacheClient};
+use redstone::client::{FastClient, FastClientOptions, L1Options, RemoteCacheClient};
+use redstone::tensor::codec::Compression;
+use redstone::tensor::meta::{StorageLayout, TensorMeta};
 use workers::{batch_worker, redis_worker, store_worker, Ctx, Tally};
 
 #[tokio::main]
@@ -53,7 +55,23 @@ fn key_for(size: usize, i: u64) -> String {
 }
 
 async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
-    let size = usize::try_from(args.size)?;
+    let width = args.data.dtype().width() as u64;
+    let meta = TensorMeta::new(
+        args.data.dtype(),
+        vec![args.size / width],
+        StorageLayout::RowMajor,
+    )?;
+    let size = usize::try_from(meta.byte_size())?;
+    if args.target == Target::Redis && (args.compress != Compression::None || args.l1.is_some()) {
+        return Err("--compress and --l1 drive Redstone's fast path or a cluster".into());
+    }
+    if args.target == Target::Grpc && args.nodes.is_none() && args.compress != Compression::None {
+        return Err("the gRPC API has no compression: use --target fast".into());
+    }
+    let fast_options = FastClientOptions {
+        l1: args.l1.map(L1Options::new),
+        ..FastClientOptions::default()
+    };
     let addr = args.addr.clone().unwrap_or_else(|| {
         let port = match args.target {
             Target::Fast => 50052,
@@ -74,9 +92,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             .unwrap_or(concurrency)
             .clamp(1, concurrency),
     };
-    let base: Vec<u8> = (0..size)
-        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(7))
-        .collect();
+    let base: Vec<u8> = args.data.tensor(size, 1).data().to_vec();
     let values: Arc<Vec<Bytes>> = Arc::new(if args.op == Op::Put && !args.verify {
         Vec::new()
     } else {
@@ -84,8 +100,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     });
     let base = Bytes::from(base);
     eprintln!(
-        "{:?} {:?} size={size} keys={keys} concurrency={concurrency} connections={connections} pipeline={pipeline} duration={}s",
-        args.target, args.op, args.duration
+        "{:?} {:?} size={size} keys={keys} concurrency={concurrency} connections={connections} pipeline={pipeline} duration={}s data={} compress={:?} l1={:?}",
+        args.target, args.op, args.duration, args.data.name(), args.compress, args.l1
     );
 
     let run_id = std::process::id();
@@ -94,6 +110,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         verify: args.verify,
         into: args.into,
         size,
+        meta: meta.clone(),
+        compression: args.compress,
         keys,
         values: Arc::clone(&values),
         base: base.clone(),
@@ -103,6 +121,8 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
+    // Asked for the server's memory_used (and its L1's counters) at the end.
+    let mut first: Option<Conn> = None;
     let cluster = match &args.nodes {
         Some(nodes) => Some(cluster_from(&args, nodes)?),
         None => None,
@@ -126,13 +146,16 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..connections {
                 conns.push(match (&cluster, args.target) {
                     (Some(c), _) => Conn::Cluster(c.clone()),
-                    (None, Target::Fast) => Conn::Fast(FastClient::connect(addr.as_str()).await?),
+                    (None, Target::Fast) => Conn::Fast(
+                        FastClient::connect_with(addr.as_str(), fast_options.clone()).await?,
+                    ),
                     (None, _) => Conn::Grpc(RemoteCacheClient::connect(addr.as_str()).await?),
                 });
             }
             if args.op != Op::Put {
-                prefill(&conns[0], &values, size).await?;
+                prefill(&conns[0], &values, &meta, args.compress).await?;
             }
+            first = Some(conns[0].clone());
             // On the fast path a pipelined read is a batch: one GET_MANY of
             // `pipeline` keys per worker, like Redis' pipelined GETs.
             let batch =
@@ -220,7 +243,23 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         connections,
         pipeline,
     };
-    report(&args, &shape, elapsed, all, peaks);
+    let mut extra = String::new();
+    if let Some(conn) = &first {
+        // What the run's values hold in the server(s): `memory_used`.
+        let stats = conn.stats().await?;
+        extra += &format!(",\"stored_bytes\":{}", stats.memory_used);
+        if let Some(l1) = conn.l1_stats() {
+            extra += &format!(
+                ",\"l1_hits\":{},\"l1_misses\":{},\"l1_bytes\":{},\"l1_evictions\":{}",
+                l1.hits, l1.misses, l1.bytes, l1.evictions
+            );
+            eprintln!(
+                "L1 (first connection's): {} hits, {} misses, {} bytes, {} evictions",
+                l1.hits, l1.misses, l1.bytes, l1.evictions
+            );
+        }
+    }
+    report(&args, &shape, elapsed, all, peaks, &extra);
     Ok(())
 }
 
@@ -246,7 +285,14 @@ struct Shape {
     pipeline: usize,
 }
 
-fn report(args: &Args, shape: &Shape, elapsed: f64, mut all: Tally, peaks: Option<soak::Peaks>) {
+fn report(
+    args: &Args,
+    shape: &Shape,
+    elapsed: f64,
+    mut all: Tally,
+    peaks: Option<soak::Peaks>,
+    extra: &str,
+) {
     let &Shape {
         size,
         concurrency,
@@ -278,8 +324,11 @@ fn report(args: &Args, shape: &Shape, elapsed: f64, mut all: Tally, peaks: Optio
             "{{\"target\":\"{target}\",\"op\":\"{op}\",\"size\":{size},\"concurrency\":{concurrency},\
              \"connections\":{connections},\"pipeline\":{pipeline},\"duration_s\":{elapsed:.3},\
              \"ops\":{ops},\"ops_per_sec\":{ops_per_sec:.1},\"mb_per_sec\":{mb_per_sec:.2},\
-             \"p50_us\":{p50:.1},\"p99_us\":{p99:.1},\"p999_us\":{p999:.1},\"errors\":{}{soak}}}",
-            all.errors
+             \"p50_us\":{p50:.1},\"p99_us\":{p99:.1},\"p999_us\":{p999:.1},\"errors\":{}{soak}\
+             ,\"data\":\"{}\",\"compress\":\"{}\"{extra}}}",
+            all.errors,
+            args.data.name(),
+            if args.compress == Compression::None { "none" } else { "lz4" },
         );
     }
 }

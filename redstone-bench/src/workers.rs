@@ -6,7 +6,8 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use redstone::client::FastClient;
-use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
+use redstone::tensor::codec::Compression;
+use redstone::tensor::meta::TensorMeta;
 use redstone::tensor::Tensor;
 
 use crate::args::Op;
@@ -34,6 +35,10 @@ pub(crate) struct Ctx {
     pub(crate) verify: bool,
     pub(crate) into: bool,
     pub(crate) size: usize,
+    /// The values' metadata (`--data`).
+    pub(crate) meta: TensorMeta,
+    /// How puts are sent (`--compress`).
+    pub(crate) compression: Compression,
     pub(crate) keys: u64,
     pub(crate) values: Arc<Vec<Bytes>>,
     pub(crate) base: Bytes,
@@ -91,8 +96,6 @@ pub(crate) async fn store_worker(
 ) -> Tally {
     let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
     let mut tally = Tally::default();
-    let meta = TensorMeta::new(DType::U8, vec![ctx.size as u64], StorageLayout::RowMajor)
-        .expect("u8 vector meta");
     let mut seq = 0u64;
     let mut buf = if ctx.into {
         vec![0u8; ctx.size]
@@ -103,8 +106,8 @@ pub(crate) async fn store_worker(
         let started = Instant::now();
         let outcome = if ctx.is_put(&mut rng) {
             seq += 1;
-            let tensor = Tensor::new(meta.clone(), ctx.base.clone()).expect("sized to meta");
-            conn.put(&format!("{}{seq}", ctx.prefix), tensor)
+            let tensor = Tensor::new(ctx.meta.clone(), ctx.base.clone()).expect("sized to meta");
+            conn.put_with(&format!("{}{seq}", ctx.prefix), tensor, ctx.compression)
                 .await
                 .map_err(|e| e.to_string())
         } else if ctx.into {

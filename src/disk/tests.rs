@@ -97,6 +97,31 @@ fn a_delete_survives_a_restart() {
 
 /// Puts 12 tensors of 256 KiB through a 1 MiB RAM tier, persists them all,
 /// closes the tier; returns its segment files, oldest first.
+#[test]
+fn packed_tensors_spill_and_come_back_packed_after_a_restart() {
+    use crate::tensor::codec::{self, Encoding};
+    use crate::tensor::synthetic::Kind;
+    let dir = scratch_dir("packed");
+    let raw: Vec<Tensor> = (0..12).map(|i| Kind::Relu.tensor(512 << 10, i)).collect();
+    {
+        let e = engine(&dir, 2 << 20, 64 << 20);
+        for (i, t) in raw.iter().enumerate() {
+            e.put(&format!("p{i}"), codec::compress(t).unwrap()).unwrap();
+            assert!(e.flush_disk(FLUSH));
+        }
+        assert!(e.disk_stats().unwrap().writes >= 4);
+        e.persist(std::time::Instant::now() + FLUSH);
+    }
+    let e = engine(&dir, 2 << 20, 64 << 20);
+    for (i, t) in raw.iter().enumerate() {
+        let back = e.get(&format!("p{i}")).unwrap().expect("on disk");
+        assert_eq!(back.encoding(), Encoding::Packed, "p{i}");
+        assert_eq!(&back.decoded().unwrap(), t, "p{i}");
+        assert_eq!(e.digest(&format!("p{i}")).unwrap(), Some(t.digest()));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 fn written_out(dir: &Path) -> Vec<PathBuf> {
     let e = engine(dir, 2 << 20, 64 << 20);
     put_all(&e, 12, 256 << 10);
