@@ -37,8 +37,18 @@ class Native:
         connect_timeout: float = 5.0,
         timeout: Optional[float] = None,
         max_tensor: Optional[int] = None,
+        l1: Optional[int] = None,
+        l1_ttl: Optional[float] = None,
     ) -> None: ...
-    def put(self, key: str, dtype: int, shape: Sequence[int], layout: int, data: npt.NDArray[np.uint8]) -> None: ...
+    def put(
+        self,
+        key: str,
+        dtype: int,
+        shape: Sequence[int],
+        layout: int,
+        data: npt.NDArray[np.uint8],
+        compress: Optional[str] = None,
+    ) -> None: ...
     def get(self, key: str) -> Optional[Parts]: ...
     def get_into(
         self, key: str, out: npt.NDArray[np.uint8], expect: Optional[MetaParts] = None
@@ -48,7 +58,15 @@ class Native:
     def stats(self) -> Dict[str, Any]: ...
     # The same calls started on Redstone's threads: (future of the running
     # loop, abort). See redstone._aio.run.
-    def aput(self, key: str, dtype: int, shape: Sequence[int], layout: int, data: npt.NDArray[np.uint8]) -> Started: ...
+    def aput(
+        self,
+        key: str,
+        dtype: int,
+        shape: Sequence[int],
+        layout: int,
+        data: npt.NDArray[np.uint8],
+        compress: Optional[str] = None,
+    ) -> Started: ...
     def aget(self, key: str) -> Started: ...
     def aget_into(self, key: str, out: npt.NDArray[np.uint8], expect: Optional[MetaParts] = None) -> Started: ...
     def aget_many(self, keys: Sequence[str]) -> Started: ...

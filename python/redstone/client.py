@@ -18,6 +18,8 @@ def _native(
     connect_timeout: float,
     timeout: Optional[float],
     max_tensor: Optional[int],
+    l1: Optional[int],
+    l1_ttl: Optional[float],
 ) -> Native:
     if addr is not None and nodes is not None:
         raise ValueError("give either an address or nodes=[...], not both")
@@ -27,6 +29,8 @@ def _native(
         connect_timeout=connect_timeout,
         timeout=timeout,
         max_tensor=max_tensor,
+        l1=l1,
+        l1_ttl=l1_ttl,
     )
     if nodes is not None:
         if isinstance(nodes, str):
@@ -58,8 +62,12 @@ class _Connected:
         connect_timeout: float = 5.0,
         timeout: Optional[float] = None,
         max_tensor: Optional[int] = None,
+        l1: Optional[int] = None,
+        l1_ttl: Optional[float] = None,
     ) -> None:
-        self._native = _native(addr, nodes, replicas, write_quorum, connect_timeout, timeout, max_tensor)
+        self._native = _native(
+            addr, nodes, replicas, write_quorum, connect_timeout, timeout, max_tensor, l1, l1_ttl
+        )
 
 
 class Client(_Connected):
@@ -101,9 +109,21 @@ class Client(_Connected):
             client allocate (default 64 GiB). A larger reply, or one the
             process cannot allocate, is :class:`redstone.ConnectionError`
             and ends the connection (the calls sharing it fail too).
+        l1: bytes of a local cache (off by default): tensors this client got
+            or put are kept in this process, and a ``get`` of one makes no
+            request (it still copies it into a new array; ``get_into``
+            copies into yours). Concurrent misses of one key make one
+            request. Bounded by bytes; a tensor over a quarter of it is not
+            kept. This client's ``delete`` drops the key at once; another
+            client's delete (and re-put) is not seen until the entry leaves:
+            see ``l1_ttl``. ``stats()["l1"]`` has its counters. With an
+            L1, ``put`` copies the array once (the L1 keeps the copy; the
+            array is yours again as soon as ``put`` returns).
+        l1_ttl: seconds an L1 entry may be served (``None``: until evicted
+            or deleted by this client).
     """
 
-    def put(self, key: str, value: Any) -> None:
+    def put(self, key: str, value: Any, *, compress: Optional[str] = None) -> None:
         """Stores ``value`` under ``key``.
 
         ``value`` is a numpy array, a torch CPU tensor, an object with
@@ -116,6 +136,12 @@ class Client(_Connected):
         it) to drop them. A non-contiguous array is copied once into a
         contiguous one first.
 
+        With ``compress="lz4"``, the tensor is packed here (zero masks for
+        sparse data such as ReLU activations, byte shuffle and LZ4 for the
+        rest) and the server stores, and charges, the packed bytes; every
+        ``get`` returns it unpacked. A tensor that packs by less than 10 %
+        is sent as it is.
+
         Raises:
             AlreadyExistsError: the key is cached (values are immutable).
             OutOfMemoryError: the tensor is larger than the server takes (its
@@ -124,7 +150,7 @@ class Client(_Connected):
             UnsupportedDtypeError: a dtype Redstone has no code for.
         """
         code, shape, layout, flat = _convert.to_parts(value)
-        self._native.put(key, code, shape, layout, flat)
+        self._native.put(key, code, shape, layout, flat, compress)
 
     def get(self, key: str, *, torch: bool = False) -> Any:
         """The tensor under ``key`` as a numpy array with its stored dtype and
@@ -201,10 +227,10 @@ class AsyncClient(_Connected):
     calls sharing it).
     """
 
-    async def put(self, key: str, value: Any) -> None:
+    async def put(self, key: str, value: Any, *, compress: Optional[str] = None) -> None:
         """:meth:`Client.put`."""
         code, shape, layout, flat = _convert.to_parts(value)
-        await _aio.run(self._native.aput(key, code, shape, layout, flat))
+        await _aio.run(self._native.aput(key, code, shape, layout, flat, compress))
 
     async def get(self, key: str, *, torch: bool = False) -> Any:
         """:meth:`Client.get`."""

@@ -1,11 +1,12 @@
 //! One node or a cluster, behind one set of calls.
 
 use bytes::Bytes;
-use redstone::client::ClientError;
+use redstone::client::{ClientError, L1Stats};
 use redstone::cluster::{ClusterClient, NodeStats};
 use redstone::disk::DiskStats;
 use redstone::fast::FastClient;
 use redstone::stats::Stats;
+use redstone::tensor::codec::Compression;
 use redstone::tensor::meta::TensorMeta;
 use redstone::tensor::Tensor;
 
@@ -35,23 +36,47 @@ fn sole(tensor: Tensor) -> Result<Tensor, ClientError> {
 #[derive(Debug)]
 pub struct Report {
     pub total: Stats,
+    /// The client's L1, if it has one.
+    pub l1: Option<L1Stats>,
     pub nodes: Option<Vec<NodeStats>>,
     /// One server's disk tier: `Some(None)` if it has none.
     pub disk: Option<Option<DiskStats>>,
 }
 
 impl Backend {
-    pub async fn put(&self, key: &str, tensor: Tensor) -> Result<(), ClientError> {
+    pub async fn put(
+        &self,
+        key: &str,
+        tensor: Tensor,
+        compression: Compression,
+    ) -> Result<(), ClientError> {
+        // The tensor views the caller's array, which is theirs again once
+        // `put` returns: an L1 that keeps a put's tensor keeps a copy.
+        let tensor = if self.l1_stats().is_some() {
+            let (meta, data) = tensor.into_parts();
+            Tensor::new(meta, Bytes::copy_from_slice(&data))?
+        } else {
+            tensor
+        };
         match self {
-            Backend::Node(c) => c.put_tensor(key, tensor).await,
-            Backend::Cluster(c) => c.put_tensor(key, tensor).await,
+            Backend::Node(c) => c.put_with(key, tensor, compression).await,
+            Backend::Cluster(c) => c.put_with(key, tensor, compression).await,
         }
     }
 
+    /// With an L1 the payload may be shared with it: then copied (`sole`).
     pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
         match self {
-            Backend::Node(c) => c.get(key).await,
+            Backend::Node(c) => c.get(key).await?.map(sole).transpose(),
             Backend::Cluster(c) => c.get(key).await?.map(sole).transpose(),
+        }
+    }
+
+    /// The L1's counters, if the client has one.
+    pub fn l1_stats(&self) -> Option<L1Stats> {
+        match self {
+            Backend::Node(c) => c.l1().map(|l1| l1.stats()),
+            Backend::Cluster(c) => c.l1().map(|l1| l1.stats()),
         }
     }
 
@@ -110,7 +135,12 @@ impl Backend {
     /// cluster asks each key's replicas, all keys at once.
     pub async fn get_many(&self, keys: Vec<String>) -> Result<Vec<Option<Tensor>>, ClientError> {
         match self {
-            Backend::Node(c) => c.get_many(&keys).await,
+            Backend::Node(c) => c
+                .get_many(&keys)
+                .await?
+                .into_iter()
+                .map(|t| t.map(sole).transpose())
+                .collect(),
             Backend::Cluster(c) => {
                 let reads: Vec<_> = keys
                     .into_iter()
@@ -143,6 +173,7 @@ impl Backend {
         match self {
             Backend::Node(c) => Ok(Report {
                 total: c.stats().await?,
+                l1: self.l1_stats(),
                 nodes: None,
                 disk: Some(c.disk_stats().await?),
             }),
@@ -161,6 +192,7 @@ impl Backend {
                 };
                 Ok(Report {
                     total,
+                    l1: self.l1_stats(),
                     nodes: Some(nodes),
                     disk: None,
                 })

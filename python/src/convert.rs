@@ -70,6 +70,18 @@ impl<'py> IntoPyObject<'py> for Report {
     /// server's has `disk`: its disk tier's counters, or `None`.
     fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let dict = stats_dict(py, &self.total)?;
+        if let Some(l1) = self.l1 {
+            let entry = PyDict::new(py);
+            entry.set_item("hits", l1.hits)?;
+            entry.set_item("misses", l1.misses)?;
+            entry.set_item("evictions", l1.evictions)?;
+            entry.set_item("entries", l1.entries)?;
+            entry.set_item("bytes", l1.bytes)?;
+            entry.set_item("capacity", l1.capacity)?;
+            dict.set_item("l1", entry)?;
+        } else {
+            dict.set_item("l1", py.None())?;
+        }
         if let Some(disk) = self.disk {
             let disk = disk.map(|d| disk_dict(py, &d)).transpose()?;
             dict.set_item("disk", disk)?;

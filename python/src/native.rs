@@ -10,7 +10,9 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use redstone::client::ClientError;
 use redstone::cluster::{ClusterClient, ClusterConfig};
+use redstone::client::L1Options;
 use redstone::fast::{FastClient, FastClientOptions};
+use redstone::tensor::codec::Compression;
 use redstone::tensor::meta::TensorMeta;
 use redstone::tensor::Tensor;
 
@@ -64,7 +66,8 @@ impl Native {
     /// (`nodes`, connected on first use). Timeouts are in seconds.
     #[new]
     #[pyo3(signature = (addr=None, *, nodes=None, replicas=None, write_quorum=None,
-                        connect_timeout=5.0, timeout=None, max_tensor=None))]
+                        connect_timeout=5.0, timeout=None, max_tensor=None, l1=None,
+                        l1_ttl=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -75,15 +78,26 @@ impl Native {
         connect_timeout: f64,
         timeout: Option<f64>,
         max_tensor: Option<u64>,
+        l1: Option<u64>,
+        l1_ttl: Option<f64>,
     ) -> PyResult<Native> {
         let connect_timeout = seconds("connect_timeout", connect_timeout)?;
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
+        let l1 = match (l1, l1_ttl) {
+            (None, None) => None,
+            (None, Some(_)) => return Err(PyValueError::new_err("l1_ttl needs l1=BYTES")),
+            (Some(capacity), ttl) => Some(L1Options {
+                capacity,
+                ttl: ttl.map(|t| seconds("l1_ttl", t)).transpose()?,
+            }),
+        };
         let mut options = FastClientOptions {
             connect_timeout,
             request_timeout: timeout,
             // Python callers hold whole checkpoints: allow tensors far
             // larger than the Rust default's 4 GiB.
             max_payload: 64 << 30,
+            l1: l1.clone(),
             ..FastClientOptions::default()
         };
         if let Some(max) = max_tensor {
@@ -101,6 +115,7 @@ impl Native {
             (None, Some(nodes)) => {
                 let mut config = ClusterConfig::new(nodes);
                 config.connect_timeout = connect_timeout;
+                config.l1 = l1;
                 config.max_payload = options.max_payload;
                 if let Some(timeout) = timeout {
                     config.timeout = timeout;
@@ -128,8 +143,11 @@ impl Native {
     }
 
     /// Stores a tensor: dtype and layout codes, shape, and its bytes as a
-    /// flat uint8 array, sent from the array's own memory. Returns only
-    /// once nothing reads the array any more, whatever the outcome.
+    /// flat uint8 array, sent from the array's own memory (or compressed
+    /// from it: `compress="lz4"`). Returns only once nothing reads the
+    /// array any more, whatever the outcome.
+    #[pyo3(signature = (key, dtype, shape, layout, data, compress=None))]
+    #[allow(clippy::too_many_arguments)]
     fn put(
         &self,
         py: Python<'_>,
@@ -138,11 +156,13 @@ impl Native {
         shape: Vec<u64>,
         layout: i64,
         data: Bound<'_, PyArray1<u8>>,
+        compress: Option<&str>,
     ) -> PyResult<()> {
+        let compression = compression(compress)?;
         let backend = self.backend(py)?;
         let (tensor, released) = tensor(dtype, shape, layout, &data)?;
         let sender = backend.clone();
-        let result = wait(py, async move { sender.put(&key, tensor?).await });
+        let result = wait(py, async move { sender.put(&key, tensor?, compression).await });
         // Dropped here, with the GIL.
         drop(py.detach(|| block_on(release(backend, released))));
         result
@@ -194,6 +214,8 @@ impl Native {
 
     /// `put`, as `(future, abort)`. The future resolves once nothing reads
     /// the array any more.
+    #[pyo3(signature = (key, dtype, shape, layout, data, compress=None))]
+    #[allow(clippy::too_many_arguments)]
     fn aput<'py>(
         &self,
         py: Python<'py>,
@@ -202,11 +224,13 @@ impl Native {
         shape: Vec<u64>,
         layout: i64,
         data: Bound<'py, PyArray1<u8>>,
+        compress: Option<&str>,
     ) -> PyResult<Bound<'py, PyAny>> {
+        let compression = compression(compress)?;
         let backend = self.backend(py)?;
         let (tensor, released) = tensor(dtype, shape, layout, &data)?;
         let sender = backend.clone();
-        let work = async move { sender.put(&key, tensor?).await };
+        let work = async move { sender.put(&key, tensor?, compression).await };
         aio::spawn(py, work, release(backend, released))
     }
 
@@ -383,4 +407,12 @@ fn seconds(name: &str, value: f64) -> PyResult<Duration> {
             "{name} must be a non-negative number of seconds, not {value}"
         ))
     })
+}
+
+/// A put's `compress=` argument: `None`/`"none"` or `"lz4"`.
+fn compression(compress: Option<&str>) -> PyResult<Compression> {
+    compress
+        .unwrap_or("none")
+        .parse()
+        .map_err(PyValueError::new_err)
 }

@@ -419,7 +419,7 @@ fn unmask(index: usize, width: usize, stored: &[u8], out: &mut [u8]) -> Result<(
     let n = out.len() / width;
     let (bitmap, values) = stored.split_at(n.div_ceil(8));
     let set: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();
-    let stray = n % 8 != 0 && bitmap.last().is_some_and(|b| b >> (n % 8) != 0);
+    let stray = !n.is_multiple_of(8) && bitmap.last().is_some_and(|b| b >> (n % 8) != 0);
     if stray || set * width != values.len() {
         return Err(corrupt(index, "has a zero mask that does not match its elements"));
     }
