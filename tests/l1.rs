@@ -212,3 +212,44 @@ async fn a_cluster_client_has_one_too() {
     a.shutdown().await.unwrap();
     b.shutdown().await.unwrap();
 }
+
+#[test]
+fn a_task_looping_over_hits_lets_the_runtime_run() {
+    // One thread runs everything: a hit that never yielded would keep the
+    // timer below from ever firing, and this test from ending.
+    let (done, finished) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let server = start_server(16 << 20).await;
+            let client = with_l1(&server, L1Options::new(8 << 20)).await;
+            client.put_tensor("k", tensor(1024, 8)).await.unwrap();
+            let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let looping = {
+                let (client, stop) = (client.clone(), Arc::clone(&stop));
+                tokio::spawn(async move {
+                    let mut n = 0u64;
+                    let mut buf = vec![0u8; 1024];
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        client.get("k").await.unwrap().unwrap();
+                        client.get_into("k", &mut buf).await.unwrap().unwrap();
+                        client.get_many(&["k"]).await.unwrap();
+                        n += 1;
+                    }
+                    n
+                })
+            };
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            stop.store(true, std::sync::atomic::Ordering::Relaxed);
+            assert!(looping.await.unwrap() > 0);
+            server.shutdown().await.unwrap();
+        });
+        let _ = done.send(());
+    });
+    finished
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the timer ran while a task looped over L1 hits");
+}

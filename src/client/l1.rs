@@ -166,6 +166,11 @@ impl L1 {
         Fut: std::future::Future<Output = Result<Option<Tensor>, ClientError>>,
     {
         if let Some(tensor) = self.lookup(key) {
+            // A hit never waits: without this, a task looping over hits
+            // would never yield and could starve its runtime's other tasks
+            // (timers included). This yields once tokio's per-task budget
+            // is spent, which costs a hit nothing otherwise.
+            tokio::task::consume_budget().await;
             return Ok(Some(tensor));
         }
         let flight = {
