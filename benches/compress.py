@@ -4,13 +4,16 @@
     cargo build --release --bins
     python3 benches/compress.py              # both tables (~10 min)
     python3 benches/compress.py --l1-only    # the L1 table
+    sudo python3 benches/compress.py --rate 10gbit   # + the table on a 10 Gbit/s link
 
 Compression: for each kind of synthetic tensor (`redstone-bench --data`),
 1 MiB gets through the fast path with the values put raw and put with
 `--compress lz4`, each against a fresh release server (so `stored_bytes`,
 the server's `memory_used`, counts only that run's tensors). Throughput is
 in raw (uncompressed) bytes per second. The cells are interleaved, three
-runs each, and the table shows medians.
+runs each, and the table shows medians. Loopback moves bytes at memory
+speed, so unpacking costs more than the bytes it saves; `--rate 10gbit`
+limits loopback with `tc` (token bucket) to stand for a 10 GbE link.
 
 L1: repeated 1 MiB gets over a hot set that fits the L1 (64 keys, L1 256
 MiB) and over one 4x larger than the L1 (256 keys, L1 64 MiB), each beside
@@ -80,21 +83,40 @@ def one(args, duration):
         server.stop()
 
 
-def compression(repeats, duration, concurrency):
+class Link:
+    """Loopback limited to `rate` (tc tbf on lo; needs root), or as it is."""
+
+    def __init__(self, rate):
+        self.rate = rate
+
+    def __enter__(self):
+        if self.rate:
+            subprocess.run(["tc", "qdisc", "add", "dev", "lo", "root", "tbf", "rate", self.rate,
+                            "burst", "4mb", "latency", "100ms"], check=True)
+        return self
+
+    def __exit__(self, *exc):
+        if self.rate:
+            subprocess.run(["tc", "qdisc", "del", "dev", "lo", "root"], check=True)
+
+
+def compression(repeats, duration, concurrency, rate, kinds):
     keys = 256
     rows = []
-    for kind in ["relu", "normal", "bf16", "int8"]:
+    label = f"loopback limited to {rate} (tc tbf)" if rate else "loopback"
+    for kind in kinds:
         runs = {"none": [], "lz4": []}
         for _ in range(repeats):
             for compress in ["none", "lz4"]:
-                runs[compress].append(one(
-                    ["--size", "1MiB", "--keys", str(keys), "--data", kind,
-                     "--compress", compress, "--concurrency", str(concurrency)], duration))
+                with Link(rate):
+                    runs[compress].append(one(
+                        ["--size", "1MiB", "--keys", str(keys), "--data", kind,
+                         "--compress", compress, "--concurrency", str(concurrency)], duration))
         med = {c: statistics.median(r["mb_per_sec"] for r in runs[c]) for c in runs}
         stored = {c: runs[c][0]["stored_bytes"] / keys for c in runs}
         rows.append((kind, med, stored, runs))
-    print(f"\n1 MiB gets, {concurrency} workers, {keys} keys, fresh server per run; "
-          "MB/s of raw tensor bytes (median of {repeats}); stored = server memory_used per tensor\n")
+    print(f"\n{label}: 1 MiB gets, {concurrency} workers, {keys} keys, fresh server per run; "
+          f"MB/s of raw tensor bytes (median of {repeats}); stored = server memory_used per tensor\n")
     print("| data | stored raw | stored lz4 | lz4 / raw memory | get raw MB/s | get lz4 MB/s | lz4 / raw speed |")
     print("|---|---|---|---|---|---|---|")
     for kind, med, stored, runs in rows:
@@ -135,12 +157,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--duration", type=float, default=3.0)
-    parser.add_argument("--concurrency", type=int, default=2)
+    parser.add_argument("--concurrency", type=int, default=4)
     parser.add_argument("--l1-only", action="store_true")
+    parser.add_argument("--no-l1", action="store_true", help="skip the L1 table")
+    parser.add_argument("--data", default="relu,normal,bf16,int8",
+                        help="the kinds of tensor in the compression table")
+    parser.add_argument("--rate", action="append", default=None,
+                        help="also run the compression table over loopback limited to this rate "
+                             "with tc (e.g. 10gbit; needs root); repeatable")
     args = parser.parse_args()
     if not args.l1_only:
-        compression(args.repeats, args.duration, args.concurrency)
-    l1(args.repeats, args.duration)
+        for rate in [None] + (args.rate or []):
+            compression(args.repeats, args.duration, args.concurrency, rate,
+                        args.data.split(","))
+    if not args.no_l1:
+        l1(args.repeats, args.duration)
 
 
 if __name__ == "__main__":

@@ -154,7 +154,9 @@ fn main() -> std::io::Result<()> {
 
     // packed: a sparse f32 tensor packed (then decoded as a claim of its
     // element count), a dense one, raw bytes to pack.
-    let sparse: Vec<f32> = (0..20_000).map(|i| if i % 2 == 0 { 0.0 } else { i as f32 }).collect();
+    let sparse: Vec<f32> = (0..20_000)
+        .map(|i| if i % 2 == 0 { 0.0 } else { i as f32 })
+        .collect();
     let sparse = Tensor::from_slice(vec![sparse.len() as u64], &sparse).unwrap();
     let runs = Tensor::from_slice::<f32>(vec![70_000], &[1.5; 70_000]).unwrap();
     let claim = |t: &Tensor| {

@@ -396,7 +396,8 @@ pub fn packed(data: &[u8]) {
         return;
     };
     let dtype = DType::ALL[usize::from(choice & 0x0f) % DType::ALL.len()];
-    let vector = |n: u64| TensorMeta::new(dtype, vec![n], StorageLayout::RowMajor).expect("a vector");
+    let vector =
+        |n: u64| TensorMeta::new(dtype, vec![n], StorageLayout::RowMajor).expect("a vector");
     if choice & 0x80 == 0 {
         let (claim, encoded) = rest.split_at(rest.len().min(4));
         let mut count = [0u8; 4];

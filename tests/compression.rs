@@ -4,12 +4,11 @@
 
 mod common;
 
-use common::{start_server, RawConn};
+use common::{start_server, start_server_with, RawConn};
 use redstone::client::{ClientError, FastClient, RemoteCacheClient};
 use redstone::engine::Engine;
-use redstone::fast::wire::{
-    encode, encode_head, Body, Opcode, Request, Status, WireMeta,
-};
+use redstone::fast::wire::{encode, encode_head, Body, Opcode, Request, Status, WireMeta};
+use redstone::fast::FastConfig;
 use redstone::tensor::codec::{self, Compression, Encoding};
 use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use redstone::tensor::synthetic::Kind;
@@ -45,7 +44,11 @@ async fn every_dtype_round_trips_through_every_read() {
         let stored = server.engine().get(&key).unwrap().unwrap();
         assert_eq!(stored.encoding(), Encoding::Packed, "{dtype}");
         assert!(stored.data().len() < raw.data().len() * 2 / 3, "{dtype}");
-        assert_eq!(client.get(&key).await.unwrap().as_ref(), Some(&raw), "{dtype}");
+        assert_eq!(
+            client.get(&key).await.unwrap().as_ref(),
+            Some(&raw),
+            "{dtype}"
+        );
         let mut buf = vec![0u8; raw.data().len()];
         let meta = client.get_into(&key, &mut buf).await.unwrap();
         assert_eq!(meta.as_ref(), Some(raw.meta()));
@@ -55,7 +58,11 @@ async fn every_dtype_round_trips_through_every_read() {
         // The digest is the raw tensor's, wherever it is computed.
         assert_eq!(client.digest(&key).await.unwrap(), Some(raw.digest()));
         // The gRPC door keeps the original contract: plain tensors.
-        assert_eq!(grpc.get(&key).await.unwrap().as_ref(), Some(&raw), "{dtype}");
+        assert_eq!(
+            grpc.get(&key).await.unwrap().as_ref(),
+            Some(&raw),
+            "{dtype}"
+        );
     }
     server.shutdown().await.unwrap();
 }
@@ -128,17 +135,33 @@ async fn corrupt_packed_puts_are_refused_and_the_connection_goes_on() {
         },
     };
     // Framing that does not hold: a block claiming more than follows.
-    conn.send(1, &put(1), &[0xff, 0xff, 0xff, 0x3f, 1, 2, 3]).await;
+    conn.send(1, &put(1), &[0xff, 0xff, 0xff, 0x3f, 1, 2, 3])
+        .await;
     let (_, response, _) = conn.recv().await.unwrap();
-    assert_eq!(response.status(), Status::InvalidEncoding, "{}", response.message);
+    assert_eq!(
+        response.status(),
+        Status::InvalidEncoding,
+        "{}",
+        response.message
+    );
     // An unknown encoding.
     conn.send(2, &put(9), &[0; 16]).await;
     let (_, response, _) = conn.recv().await.unwrap();
-    assert_eq!(response.status(), Status::InvalidEncoding, "{}", response.message);
+    assert_eq!(
+        response.status(),
+        Status::InvalidEncoding,
+        "{}",
+        response.message
+    );
     // Longer than any packing of 4000 bytes: refused before it is read.
     conn.send(3, &put(1), &vec![0; 4100]).await;
     let (_, response, _) = conn.recv().await.unwrap();
-    assert_eq!(response.status(), Status::InvalidSize, "{}", response.message);
+    assert_eq!(
+        response.status(),
+        Status::InvalidSize,
+        "{}",
+        response.message
+    );
     assert!(server.engine().get("bad").unwrap().is_none());
     conn.send(4, &Request::Ping, &[]).await;
     let (prefix, response, _) = conn.recv().await.unwrap();
@@ -197,5 +220,33 @@ async fn the_raw_side_is_unchanged() {
         server.engine().stats().memory_used,
         Engine::charge("plain", t.meta()) + Engine::charge("none", t.meta())
     );
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_packed_put_may_not_unpack_past_the_largest_tensor() {
+    // 64 MiB of zeros packs to ~260 KiB: under a 1 MiB --max-tensor as
+    // sent, but a gRPC or version-1 reader would have the server unpack
+    // 64 MiB. Refused, and the connection goes on.
+    let fast = FastConfig {
+        max_payload: 1 << 20,
+        ..FastConfig::for_budget(256 << 20)
+    };
+    let server = start_server_with(256 << 20, fast).await;
+    let zeros = Tensor::new(
+        TensorMeta::new(DType::U8, vec![64 << 20], StorageLayout::RowMajor).unwrap(),
+        vec![0u8; 64 << 20],
+    )
+    .unwrap();
+    let packed = codec::compress(&zeros).unwrap();
+    assert!(packed.data().len() < 1 << 20);
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
+    let err = client.put_tensor("zeros", packed).await.unwrap_err();
+    assert!(
+        matches!(&err, ClientError::OutOfMemory(m) if m.contains("--max-tensor")),
+        "{err:?}"
+    );
+    assert!(server.engine().get("zeros").unwrap().is_none());
+    client.ping().await.unwrap();
     server.shutdown().await.unwrap();
 }

@@ -9,8 +9,8 @@ use numpy::PyArray1;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use redstone::client::ClientError;
-use redstone::cluster::{ClusterClient, ClusterConfig};
 use redstone::client::L1Options;
+use redstone::cluster::{ClusterClient, ClusterConfig};
 use redstone::fast::{FastClient, FastClientOptions};
 use redstone::tensor::codec::Compression;
 use redstone::tensor::meta::TensorMeta;
@@ -162,7 +162,10 @@ impl Native {
         let backend = self.backend(py)?;
         let (tensor, released) = tensor(dtype, shape, layout, &data)?;
         let sender = backend.clone();
-        let result = wait(py, async move { sender.put(&key, tensor?, compression).await });
+        let result = wait(
+            py,
+            async move { sender.put(&key, tensor?, compression).await },
+        );
         // Dropped here, with the GIL.
         drop(py.detach(|| block_on(release(backend, released))));
         result

@@ -46,7 +46,10 @@ pub(crate) async fn prefill(
     let size = meta.byte_size() as usize;
     for (i, v) in values.iter().enumerate() {
         let tensor = Tensor::new(meta.clone(), v.clone())?;
-        match conn.put_with(&key_for(size, i as u64), tensor, compression).await {
+        match conn
+            .put_with(&key_for(size, i as u64), tensor, compression)
+            .await
+        {
             Ok(()) | Err(ClientError::AlreadyExists(_)) => {}
             Err(e) => return Err(e),
         }

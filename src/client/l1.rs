@@ -174,7 +174,11 @@ impl L1 {
             return Ok(Some(tensor));
         }
         let flight = {
-            let mut flights = self.inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut flights = self
+                .inner
+                .flights
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             Arc::clone(flights.entry(key.to_owned()).or_default())
         };
         let mut fetched = false;
@@ -186,7 +190,11 @@ impl L1 {
             .await
             .clone();
         {
-            let mut flights = self.inner.flights.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut flights = self
+                .inner
+                .flights
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
             if flights.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
                 flights.remove(key);
             }
@@ -220,11 +228,7 @@ impl L1 {
     /// otherwise. An expired entry is dropped.
     pub fn lookup(&self, key: &str) -> Option<Tensor> {
         let entry = self.inner.cache.get(key)?;
-        if self
-            .inner
-            .ttl
-            .is_some_and(|ttl| entry.at.elapsed() >= ttl)
-        {
+        if self.inner.ttl.is_some_and(|ttl| entry.at.elapsed() >= ttl) {
             self.inner.cache.remove_if(key, |e| e.at == entry.at);
             return None;
         }
@@ -315,13 +319,28 @@ impl Collector for L1Collector {
             metric.encode(encoder.encode_descriptor(name, help, None, metric.metric_type())?)?;
         }
         let gauges = [
-            ("bytes", "Bytes the L1 holds (payloads, keys, overhead)", None, s.bytes),
+            (
+                "bytes",
+                "Bytes the L1 holds (payloads, keys, overhead)",
+                None,
+                s.bytes,
+            ),
             ("entries", "Tensors the L1 holds", None, s.entries),
-            ("capacity", "The L1's byte budget", Some(Unit::Bytes), s.capacity),
+            (
+                "capacity",
+                "The L1's byte budget",
+                Some(Unit::Bytes),
+                s.capacity,
+            ),
         ];
         for (name, help, unit, value) in gauges {
             let metric = ConstGauge::new(i64::try_from(value).unwrap_or(i64::MAX));
-            metric.encode(encoder.encode_descriptor(name, help, unit.as_ref(), metric.metric_type())?)?;
+            metric.encode(encoder.encode_descriptor(
+                name,
+                help,
+                unit.as_ref(),
+                metric.metric_type(),
+            )?)?;
         }
         Ok(())
     }

@@ -12,9 +12,9 @@
 mod l1;
 mod store;
 
-pub use l1::{L1Options, L1Stats, L1, L1_ENTRY_OVERHEAD};
 pub use crate::fast::{FastClient, FastClientOptions};
 pub use crate::grpc::RemoteCacheClient;
+pub use l1::{L1Options, L1Stats, L1, L1_ENTRY_OVERHEAD};
 pub use store::TensorStore;
 
 use crate::fast::wire::EncodeError;

@@ -297,7 +297,11 @@ mod tests {
         let head = decode(&tensor_head("z", &packed, zeros.digest())).unwrap();
         assert_eq!(head.encoding, Encoding::Packed);
         assert_eq!(head.payload_len, packed.data().len() as u64);
-        assert_eq!(packed.digest(), zeros.digest(), "the digest is the raw tensor's");
+        assert_eq!(
+            packed.digest(),
+            zeros.digest(),
+            "the digest is the raw tensor's"
+        );
     }
 
     #[test]

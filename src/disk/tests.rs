@@ -106,7 +106,8 @@ fn packed_tensors_spill_and_come_back_packed_after_a_restart() {
     {
         let e = engine(&dir, 2 << 20, 64 << 20);
         for (i, t) in raw.iter().enumerate() {
-            e.put(&format!("p{i}"), codec::compress(t).unwrap()).unwrap();
+            e.put(&format!("p{i}"), codec::compress(t).unwrap())
+                .unwrap();
             assert!(e.flush_disk(FLUSH));
         }
         assert!(e.disk_stats().unwrap().writes >= 4);

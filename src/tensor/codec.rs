@@ -242,7 +242,10 @@ fn frame(data: &[u8], index: usize, raw_len: usize, width: usize) -> Result<Fram
         }
     };
     if !ok {
-        return Err(corrupt(index, &format!("has a length ({len}) its mode cannot have")));
+        return Err(corrupt(
+            index,
+            &format!("has a length ({len}) its mode cannot have"),
+        ));
     }
     let (stored, rest) = after.split_at(len);
     Ok(Framed { mode, stored, rest })
@@ -277,6 +280,12 @@ pub fn check(meta: &TensorMeta, data: &[u8]) -> Result<(), Error> {
 /// Decodes `data` (checked with [`check`] first) into `out`, which must be
 /// exactly `meta.byte_size()` bytes.
 pub fn decode_into(meta: &TensorMeta, data: &[u8], out: &mut [u8]) -> Result<(), Error> {
+    unpack(meta, data, out, false)
+}
+
+/// [`decode_into`]; `zeroed`: `out` is known to be all zeros already (a
+/// fresh buffer), so zero-masked blocks need not clear it first.
+fn unpack(meta: &TensorMeta, data: &[u8], out: &mut [u8], zeroed: bool) -> Result<(), Error> {
     check(meta, data)?;
     if out.len() as u64 != meta.byte_size() {
         return Err(Error::InvalidSize {
@@ -285,14 +294,23 @@ pub fn decode_into(meta: &TensorMeta, data: &[u8], out: &mut [u8]) -> Result<(),
         });
     }
     let width = meta.dtype().width();
-    let mut scratch = Vec::new();
-    let mut rest = data;
-    for (index, block) in out.chunks_mut(BLOCK).enumerate() {
-        let framed = frame(rest, index, block.len(), width)?;
-        rest = framed.rest;
-        decode_block(&framed, index, width, block, &mut scratch)?;
-    }
-    Ok(())
+    SCRATCH.with(|scratch| {
+        // A block-sized buffer per thread, kept: a fresh 256 KiB one per
+        // call would be mapped and faulted in each time.
+        let mut scratch = scratch.borrow_mut();
+        let mut rest = data;
+        for (index, block) in out.chunks_mut(BLOCK).enumerate() {
+            let framed = frame(rest, index, block.len(), width)?;
+            rest = framed.rest;
+            decode_block(&framed, index, width, block, &mut scratch, zeroed)?;
+        }
+        Ok(())
+    })
+}
+
+thread_local! {
+    /// Each thread's LZ4 output buffer for [`decode_into`].
+    static SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
 }
 
 /// Decodes one framed block into `out` (its raw length), through
@@ -303,12 +321,16 @@ fn decode_block(
     width: usize,
     out: &mut [u8],
     scratch: &mut Vec<u8>,
+    zeroed: bool,
 ) -> Result<(), Error> {
     match framed.mode {
         Mode::Raw => out.copy_from_slice(framed.stored),
-        Mode::ZeroMask => unmask(index, width, framed.stored, out)?,
+        Mode::ZeroMask => unmask(index, width, framed.stored, out, zeroed)?,
         Mode::Lz4 => {
-            scratch.resize(out.len(), 0);
+            if scratch.len() < out.len() {
+                scratch.resize(out.len(), 0);
+            }
+            let scratch = &mut scratch[..out.len()];
             match lz4_flex::block::decompress_into(framed.stored, scratch) {
                 Ok(n) if n == out.len() => unshuffle(width, scratch, out),
                 Ok(n) => {
@@ -342,7 +364,14 @@ pub(crate) fn visit_raw(
         let raw_len = raw_left.min(BLOCK);
         let framed = frame(rest, index, raw_len, width)?;
         rest = framed.rest;
-        decode_block(&framed, index, width, &mut block[..raw_len], &mut scratch)?;
+        decode_block(
+            &framed,
+            index,
+            width,
+            &mut block[..raw_len],
+            &mut scratch,
+            false,
+        )?;
         f(&block[..raw_len]);
         raw_left -= raw_len;
         index += 1;
@@ -356,7 +385,7 @@ pub fn decode(meta: &TensorMeta, data: &[u8]) -> Result<Bytes, Error> {
     let len = usize::try_from(meta.byte_size())
         .map_err(|_| Error::InvalidEncoding("the raw size does not fit in memory".into()))?;
     let mut out = BytesMut::zeroed(len);
-    decode_into(meta, data, &mut out)?;
+    unpack(meta, data, &mut out, true)?;
     Ok(out.freeze())
 }
 
@@ -367,7 +396,7 @@ fn corrupt(index: usize, what: &str) -> Error {
 /// Elements of `block` whose bytes are all zero.
 fn count_zero_elements(width: usize, block: &[u8]) -> usize {
     match width {
-        1 => count_zero_n::<1>(block),
+        1 => block.iter().filter(|b| **b == 0).count(),
         2 => count_zero_n::<2>(block),
         4 => count_zero_n::<4>(block),
         _ => count_zero_n::<8>(block),
@@ -415,13 +444,25 @@ fn zero_mask_n<const W: usize>(block: &[u8], out: &mut Vec<u8>) {
 
 /// Expands a zero-masked block into `out`, checking that the mask names
 /// exactly as many elements as follow it.
-fn unmask(index: usize, width: usize, stored: &[u8], out: &mut [u8]) -> Result<(), Error> {
+fn unmask(
+    index: usize,
+    width: usize,
+    stored: &[u8],
+    out: &mut [u8],
+    zeroed: bool,
+) -> Result<(), Error> {
     let n = out.len() / width;
     let (bitmap, values) = stored.split_at(n.div_ceil(8));
     let set: usize = bitmap.iter().map(|b| b.count_ones() as usize).sum();
     let stray = !n.is_multiple_of(8) && bitmap.last().is_some_and(|b| b >> (n % 8) != 0);
     if stray || set * width != values.len() {
-        return Err(corrupt(index, "has a zero mask that does not match its elements"));
+        return Err(corrupt(
+            index,
+            "has a zero mask that does not match its elements",
+        ));
+    }
+    if !zeroed {
+        out.fill(0);
     }
     match width {
         1 => unmask_n::<1>(bitmap, values, out),
@@ -432,11 +473,10 @@ fn unmask(index: usize, width: usize, stored: &[u8], out: &mut [u8]) -> Result<(
     Ok(())
 }
 
-/// [`unmask`] for width `W`, the mask already checked against `values`:
-/// zero the block, then drop each value where its set bit says (walking
-/// the set bits 64 at a time, so no branch depends on each bit).
+/// [`unmask`] for width `W`, the mask already checked against `values`
+/// and `out` zeroed: drop each value where its set bit says (walking the
+/// set bits 64 at a time, so no branch depends on each bit).
 fn unmask_n<const W: usize>(bitmap: &[u8], values: &[u8], out: &mut [u8]) {
-    out.fill(0);
     let mut next = values.chunks_exact(W);
     for (word_index, chunk) in bitmap.chunks(8).enumerate() {
         let mut bytes = [0u8; 8];

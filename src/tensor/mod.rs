@@ -201,8 +201,7 @@ impl Tensor {
         match self.encoding {
             Encoding::Raw => hasher.update(&self.data),
             Encoding::Packed => {
-                if codec::visit_raw(&self.meta, &self.data, |block| hasher.update(block)).is_err()
-                {
+                if codec::visit_raw(&self.meta, &self.data, |block| hasher.update(block)).is_err() {
                     hasher.update(b"corrupt encoded payload");
                     hasher.update(&self.data);
                 }

@@ -34,7 +34,13 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 5] = [Kind::Bytes, Kind::Relu, Kind::Normal, Kind::Bf16, Kind::Int8];
+    pub const ALL: [Kind; 5] = [
+        Kind::Bytes,
+        Kind::Relu,
+        Kind::Normal,
+        Kind::Bf16,
+        Kind::Int8,
+    ];
 
     /// The name `FromStr` reads.
     pub fn name(self) -> &'static str {

@@ -13,8 +13,8 @@ mod exclusive;
 mod link;
 mod reply;
 
-use std::sync::atomic::Ordering;
 use std::future::Future;
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -279,7 +279,8 @@ impl FastClient {
                 key: key.to_owned(),
             })
             .await?;
-        reply.map(tensor_from).transpose()
+        let max = self.inner.options.max_payload;
+        reply.map(|r| tensor_from(r, max)).transpose()
     }
 
     /// Reads the tensor under `key` straight from the socket into `dst`,
@@ -479,7 +480,7 @@ impl FastClient {
                     Status::NotFound => {}
                     status => {
                         check(status, &reply.response.message)?;
-                        out[index] = Some(tensor_from(reply)?);
+                        out[index] = Some(tensor_from(reply, self.inner.options.max_payload)?);
                     }
                 }
             }
@@ -495,7 +496,9 @@ impl FastClient {
         let request = Request::Delete {
             key: key.to_owned(),
         };
-        let reply = self.forgetting(key, self.call(request, Bytes::new())).await?;
+        let reply = self
+            .forgetting(key, self.call(request, Bytes::new()))
+            .await?;
         match reply.response.body {
             Body::Deleted(deleted) => Ok(deleted),
             other => Err(unexpected(&other)),
@@ -539,7 +542,9 @@ impl FastClient {
             key: key.to_owned(),
             digest: digest.to_le_bytes(),
         };
-        let reply = self.forgetting(key, self.call(request, Bytes::new())).await?;
+        let reply = self
+            .forgetting(key, self.call(request, Bytes::new()))
+            .await?;
         match reply.response.body {
             Body::Deleted(deleted) => Ok(deleted),
             other => Err(unexpected(&other)),

@@ -21,9 +21,7 @@ pub(super) fn check(status: Status, message: &str) -> Result<(), ClientError> {
         Status::InvalidKey
         | Status::InvalidMetadata
         | Status::InvalidSize
-        | Status::InvalidEncoding => {
-            ClientError::InvalidArgument(message)
-        }
+        | Status::InvalidEncoding => ClientError::InvalidArgument(message),
         Status::TooLarge => ClientError::TooLarge(message),
         Status::Busy | Status::ShuttingDown | Status::Timeout => ClientError::Unavailable(message),
         Status::NotFound
@@ -49,9 +47,17 @@ pub(super) fn meta_from(body: Body) -> Result<(TensorMeta, Encoding), ClientErro
 
 /// The raw tensor a successful GET reply carries: an encoded payload is
 /// decoded here (corrupt → [`ClientError::Invalid`] with
-/// `InvalidEncoding`).
-pub(super) fn tensor_from(reply: Reply) -> Result<Tensor, ClientError> {
+/// `InvalidEncoding`), if its raw size is at most `max_payload` (the
+/// client's [`max_payload`](super::FastClientOptions::max_payload), which
+/// bounds raw replies in the frame reader).
+pub(super) fn tensor_from(reply: Reply, max_payload: u64) -> Result<Tensor, ClientError> {
     let (meta, encoding) = meta_from(reply.response.body)?;
+    if encoding != Encoding::Raw && meta.byte_size() > max_payload {
+        return Err(ClientError::TooLarge(format!(
+            "a packed reply unpacks to {} bytes, over this client's max_payload ({max_payload})",
+            meta.byte_size()
+        )));
+    }
     let tensor = Tensor::from_encoded(meta, encoding, reply.payload).map_err(|e| match e {
         crate::Error::InvalidEncoding(_) => ClientError::Invalid(e),
         e => ClientError::Protocol(e.to_string()),

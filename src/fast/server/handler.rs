@@ -116,6 +116,7 @@ pub(crate) async fn serve_connection<R, W>(
         let conn = Conn {
             engine: &engine,
             queue: &queue,
+            max_tensor: config.max_payload,
         };
         let op = prefix.opcode;
         // Free unless debug logging is on for this module.
@@ -367,6 +368,8 @@ impl From<Closed> for Fatal {
 struct Conn<'a> {
     engine: &'a Engine,
     queue: &'a Queue,
+    /// `--max-tensor`: the largest raw size a packed put may claim.
+    max_tensor: u64,
 }
 
 impl Conn<'_> {
@@ -480,6 +483,23 @@ impl Conn<'_> {
                 return Ok(refuse(e)?);
             }
         };
+        // A packed tensor is unpacked whole for version-1 and gRPC readers:
+        // its raw size is held to the largest tensor this server takes, as
+        // a raw one's is (LZ4 could otherwise claim 255 times its bytes).
+        if encoding != Encoding::Raw && meta.byte_size() > self.max_tensor {
+            reader.skip_payload(len).await?;
+            let e = ProtocolError::new(
+                Status::OutOfMemory,
+                id,
+                format!(
+                    "OutOfMemory: the packed tensor unpacks to {} bytes, over this server's \
+                     largest tensor ({} bytes, --max-tensor)",
+                    meta.byte_size(),
+                    self.max_tensor
+                ),
+            );
+            return Ok(error_frame(version, opcode, &e).map(|f| (f, e.status))?);
+        }
         // Room among the payloads being received, before allocating this
         // one; held until the engine has it.
         let _receiving = self.queue.receive(len).await?;
