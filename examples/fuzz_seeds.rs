@@ -171,8 +171,8 @@ fn main() -> std::io::Result<()> {
         vec![
             claim(&sparse),
             claim(&runs),
-            [vec![0x80], vec![0, 0, 0, 0, 1, 0, 0, 0].repeat(64)].concat(),
-            [vec![0x86], vec![0x3f, 0x80, 0, 0].repeat(100)].concat(),
+            [vec![0x80], [0, 0, 0, 0, 1, 0, 0, 0].repeat(64)].concat(),
+            [vec![0x86], [0x3f, 0x80, 0, 0].repeat(100)].concat(),
         ],
     ));
     let root = Path::new(env!("CARGO_MANIFEST_DIR"))
