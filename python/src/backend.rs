@@ -51,13 +51,8 @@ impl Backend {
         compression: Compression,
     ) -> Result<(), ClientError> {
         // The tensor views the caller's array, which is theirs again once
-        // `put` returns: an L1 that keeps a put's tensor keeps a copy.
-        let tensor = if self.l1_stats().is_some() {
-            let (meta, data) = tensor.into_parts();
-            Tensor::new(meta, Bytes::copy_from_slice(&data))?
-        } else {
-            tensor
-        };
+        // `put` returns: an L1 keeps a copy of a put's tensor
+        // (`L1::put_done`), never the array.
         match self {
             Backend::Node(c) => c.put_with(key, tensor, compression).await,
             Backend::Cluster(c) => c.put_with(key, tensor, compression).await,

@@ -130,8 +130,10 @@ impl L1 {
     /// An empty L1.
     pub fn new(options: &L1Options) -> L1 {
         let evictions = Arc::new(AtomicU64::new(0));
-        // Estimated items only size the cache's tables; 64 KiB a tensor.
-        let items = (options.capacity / (64 << 10)).clamp(16, 1 << 20) as usize;
+        // Estimated items size the cache's tables (64 KiB a tensor); at
+        // least 32 a shard, or quick_cache uses fewer shards (and a shard's
+        // share of the budget, the largest tensor kept, grows).
+        let items = (options.capacity / (64 << 10)).clamp(32 * SHARDS as u64, 1 << 20) as usize;
         let cache = Cache::with_options(
             quick_cache::OptionsBuilder::new()
                 .estimated_items_capacity(items)
@@ -259,6 +261,19 @@ impl L1 {
             self.inner.cache.insert(key.to_owned(), entry);
             // A delete that began meanwhile may have missed this insert.
             if self.epoch() != epoch {
+                self.inner.cache.remove(key);
+            }
+        }
+    }
+
+    /// After this client's successful put of `key`: keeps `raw` (the
+    /// tensor as put, in a buffer of its own: a tensor sliced out of a
+    /// larger buffer would keep all of it alive, uncharged), or, when only
+    /// its packed form is at hand, drops whatever an earlier value left.
+    pub fn put_done(&self, key: &str, raw: Option<Tensor>, epoch: u64) {
+        match raw {
+            Some(raw) => self.keep(key, &raw.compacted(), epoch),
+            None => {
                 self.inner.cache.remove(key);
             }
         }

@@ -236,8 +236,8 @@ impl ClusterClient {
         tensor: Tensor,
         compression: Compression,
     ) -> Result<(), ClientError> {
-        let encoded = compression.apply(&tensor);
-        self.put_keeping(key, encoded, Some(tensor)).await
+        let raw = (tensor.encoding() == Encoding::Raw).then(|| tensor.clone());
+        self.put_keeping(key, compression.apply(&tensor), raw).await
     }
 
     async fn put_keeping(
@@ -251,13 +251,19 @@ impl ClusterClient {
         // timeout around this call) does not cancel the take-back of a
         // failed put halfway.
         let inner = Arc::clone(&self.inner);
-        tokio::spawn(inner.put(key.to_owned(), tensor))
+        let put = tokio::spawn(inner.put(key.to_owned(), tensor))
             .await
-            .unwrap_or_else(|e| Err(ClientError::Protocol(format!("put task failed: {e}"))))?;
-        if let (Some(l1), Some(epoch), Some(raw)) = (&self.inner.l1, epoch, raw) {
-            l1.keep(key, &raw, epoch);
+            .unwrap_or_else(|e| Err(ClientError::Protocol(format!("put task failed: {e}"))));
+        if let (Some(l1), Some(epoch)) = (&self.inner.l1, epoch) {
+            match &put {
+                Ok(()) => l1.put_done(key, raw, epoch),
+                // A failed put takes its value back from the replicas it
+                // reached (a delete of its own): a get that read it
+                // meanwhile must not keep it.
+                Err(_) => l1.invalidate(key),
+            }
         }
-        Ok(())
+        put
     }
 
     /// The tensor under `key`, from the first replica that has it. With

@@ -541,6 +541,18 @@ impl Engine {
         ram.or_else(|| self.shared.disk.as_ref()?.len_of(key))
     }
 
+    /// [`peek_len`](Engine::peek_len), but of the tensor unpacked: its
+    /// metadata's byte size (for RAM; a tensor on disk gives its stored
+    /// length, which a caller learns is short once it reads the record).
+    pub fn peek_raw_len(&self, key: &str) -> Option<u64> {
+        let ram = self
+            .shared
+            .index
+            .get(key)
+            .map(|entry| entry.tensor.meta().byte_size());
+        ram.or_else(|| self.shared.disk.as_ref()?.len_of(key))
+    }
+
     /// The [`Tensor::digest`] of the tensor under `key`, if cached, without
     /// counting a hit or a miss. Computed outside every lock.
     pub fn digest(&self, key: &str) -> Result<Option<u64>, Error> {

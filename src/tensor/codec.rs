@@ -45,7 +45,7 @@
 //! # Ok::<(), redstone::Error>(())
 //! ```
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 
 use super::meta::TensorMeta;
 use super::Tensor;
@@ -384,9 +384,15 @@ pub fn decode(meta: &TensorMeta, data: &[u8]) -> Result<Bytes, Error> {
     check(meta, data)?;
     let len = usize::try_from(meta.byte_size())
         .map_err(|_| Error::InvalidEncoding("the raw size does not fit in memory".into()))?;
-    let mut out = BytesMut::zeroed(len);
+    // Fallible: a size the framing allows but memory does not is an error
+    // for this tensor, not the end of the process.
+    let mut out = Vec::new();
+    out.try_reserve_exact(len).map_err(|_| {
+        Error::InvalidEncoding(format!("cannot allocate {len} bytes to unpack the tensor"))
+    })?;
+    out.resize(len, 0);
     unpack(meta, data, &mut out, true)?;
-    Ok(out.freeze())
+    Ok(Bytes::from(out))
 }
 
 fn corrupt(index: usize, what: &str) -> Error {

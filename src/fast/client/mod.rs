@@ -200,8 +200,8 @@ impl FastClient {
             meta: WireMeta::of(&tensor),
         };
         self.call(request, tensor.into_parts().1).await?;
-        if let (Some(l1), Some(epoch), Some(raw)) = (&self.inner.l1, epoch, raw) {
-            l1.keep(key, &raw, epoch);
+        if let (Some(l1), Some(epoch)) = (&self.inner.l1, epoch) {
+            l1.put_done(key, raw, epoch);
         }
         Ok(())
     }
@@ -231,8 +231,8 @@ impl FastClient {
         tensor: Tensor,
         compression: Compression,
     ) -> Result<(), ClientError> {
-        let encoded = compression.apply(&tensor);
-        self.put_keeping(key, encoded, Some(tensor)).await
+        let raw = (tensor.encoding() == Encoding::Raw).then(|| tensor.clone());
+        self.put_keeping(key, compression.apply(&tensor), raw).await
     }
 
     /// Stores a tensor under `key` unless the key was deleted at or after
@@ -245,12 +245,18 @@ impl FastClient {
         tensor: Tensor,
         since_us: u64,
     ) -> Result<(), ClientError> {
+        let epoch = self.inner.l1.as_ref().map(L1::epoch);
+        let raw = (tensor.encoding() == Encoding::Raw).then(|| tensor.clone());
         let request = Request::PutIf(Box::new(ConditionalPut {
             key: key.to_owned(),
             meta: WireMeta::of(&tensor),
             since: since_us.to_le_bytes(),
         }));
-        self.call(request, tensor.into_parts().1).await.map(drop)
+        self.call(request, tensor.into_parts().1).await?;
+        if let (Some(l1), Some(epoch)) = (&self.inner.l1, epoch) {
+            l1.put_done(key, raw, epoch);
+        }
+        Ok(())
     }
 
     /// The tensor under `key`, or `None`. A raw payload arrives in one
@@ -309,8 +315,8 @@ impl FastClient {
     /// For callers whose buffer has a dtype, shape or order of its own.
     ///
     /// Whatever the outcome, `dst` is written only when this returns
-    /// `Ok(Some(_))`, or when it fails while reading the payload (then
-    /// partly).
+    /// `Ok(Some(_))`, or when it fails while reading the payload or
+    /// unpacking a packed one (then partly).
     pub async fn get_into_with(
         &self,
         key: &str,

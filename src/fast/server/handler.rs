@@ -116,7 +116,7 @@ pub(crate) async fn serve_connection<R, W>(
         let conn = Conn {
             engine: &engine,
             queue: &queue,
-            max_tensor: config.max_payload,
+            max_tensor: limits.max_payload,
         };
         let op = prefix.opcode;
         // Free unless debug logging is on for this module.
@@ -469,7 +469,12 @@ impl Conn<'_> {
             error_frame(version, opcode, &e).map(|f| (f, e.status))
         };
         let admitted = meta.to_meta().and_then(|m| {
-            let encoding = meta.encoding()?;
+            // Version 1 had padding where `encoding` is: whatever a
+            // version-1 client left there, its payload is raw.
+            let encoding = match version {
+                1 => Encoding::Raw,
+                _ => meta.encoding()?,
+            };
             engine
                 .admit_encoded(key, &m, encoding, len)
                 .map(|_| (m, encoding))
@@ -484,8 +489,10 @@ impl Conn<'_> {
             }
         };
         // A packed tensor is unpacked whole for version-1 and gRPC readers:
-        // its raw size is held to the largest tensor this server takes, as
-        // a raw one's is (LZ4 could otherwise claim 255 times its bytes).
+        // its raw size is held to the largest payload this server takes
+        // (`--max-tensor`, and `--max-ingress`, which bounds the unpacked
+        // copies), as a raw one's is (LZ4 could otherwise claim 255 times
+        // its bytes).
         if encoding != Encoding::Raw && meta.byte_size() > self.max_tensor {
             reader.skip_payload(len).await?;
             let e = ProtocolError::new(
@@ -534,19 +541,26 @@ impl Conn<'_> {
         flags: u8,
         index: u32,
     ) -> Result<Status, Fatal> {
-        let mut estimate =
-            self.engine.peek_len(key).unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
+        // A version-1 reader is sent a packed tensor unpacked: room for
+        // its raw size.
+        let len = match prefix.version {
+            1 => self.engine.peek_raw_len(key),
+            _ => self.engine.peek_len(key),
+        };
+        let mut estimate = len.unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
         loop {
             let reservation = self.queue.reserve(estimate).await?;
             let mut found = self.find(key).await?;
-            if prefix.version < 2 {
-                if let Ok(Some(tensor)) = &found {
-                    if tensor.encoding() != Encoding::Raw {
-                        let tensor = tensor.clone();
-                        found = tokio::task::spawn_blocking(move || tensor.decoded().map(Some))
-                            .await
-                            .map_err(|e| Fatal::Task(e.to_string()))?;
+            if let (1, Ok(Some(tensor))) = (prefix.version, &found) {
+                if tensor.encoding() != Encoding::Raw {
+                    let raw = tensor.meta().byte_size();
+                    if raw + HEAD_ESTIMATE + key.len() as u64 > estimate {
+                        // Not the size peeked (read from disk, or
+                        // replaced): wait for room for the real one.
+                        estimate = raw + HEAD_ESTIMATE + key.len() as u64;
+                        continue;
                     }
+                    found = self.unpack(tensor.clone()).await?.map(Some);
                 }
             }
             let (frame, status) = get_frame(found, key, prefix, flags, index)?;
@@ -558,6 +572,20 @@ impl Conn<'_> {
             // let go of it and wait for room for its real size.
             estimate = frame.len();
         }
+    }
+
+    /// `tensor` unpacked, for a version-1 reader, on the blocking pool. The
+    /// unpacked copy is memory outside the budget: it is charged to the
+    /// payloads-being-received budget (`--max-ingress`) until it is sent.
+    async fn unpack(&self, tensor: Tensor) -> Result<Result<Tensor, Error>, Fatal> {
+        let room = self.queue.receive(tensor.meta().byte_size()).await?;
+        let unpacked = tokio::task::spawn_blocking(move || tensor.decoded())
+            .await
+            .map_err(|e| Fatal::Task(e.to_string()))?;
+        Ok(unpacked.and_then(|t| {
+            let (meta, data) = t.into_parts();
+            Tensor::new(meta, Bytes::from_owner(Unpacked { data, _room: room }))
+        }))
     }
 
     /// The tensor under `key`, from RAM, or read from the disk tier on the
@@ -573,6 +601,19 @@ impl Conn<'_> {
                 .map_err(|e| Fatal::Task(e.to_string()))?),
             Err(e) => Err(e),
         })
+    }
+}
+
+/// An unpacked payload and the budget room it holds until it is dropped
+/// (sent, or its connection gone).
+struct Unpacked {
+    data: Bytes,
+    _room: super::budget::Taken,
+}
+
+impl AsRef<[u8]> for Unpacked {
+    fn as_ref(&self) -> &[u8] {
+        &self.data
     }
 }
 
@@ -620,6 +661,19 @@ fn response_frame(
     response: &Response,
     payload: Bytes,
 ) -> Result<OutFrame, EncodeError> {
+    // Version 1 has no `InvalidEncoding`: its readers are told `Internal`
+    // (a stored tensor that does not unpack is the server's problem to
+    // them), with the same message.
+    let v1;
+    let response = if version == 1 && response.status == Status::InvalidEncoding as u16 {
+        v1 = Response {
+            status: Status::Internal as u16,
+            ..response.clone()
+        };
+        &v1
+    } else {
+        response
+    };
     let head = encode_frame_as(
         version,
         opcode,
