@@ -6,24 +6,14 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{pattern, start_server, u8_meta};
-use redstone::client::{FastClient, FastClientOptions, L1Options, L1_ENTRY_OVERHEAD};
+use common::{pattern, start_server, u8_meta, with_l1};
+use redstone::client::{FastClient, L1Options, L1_ENTRY_OVERHEAD};
 use redstone::cluster::{ClusterClient, ClusterConfig};
 use redstone::server::ServerHandle;
 use redstone::tensor::Tensor;
 
 fn tensor(len: usize, seed: u64) -> Tensor {
     Tensor::new(u8_meta(len as u64), pattern(len, seed)).unwrap()
-}
-
-async fn with_l1(server: &ServerHandle, l1: L1Options) -> FastClient {
-    let options = FastClientOptions {
-        l1: Some(l1),
-        ..FastClientOptions::default()
-    };
-    FastClient::connect_with(server.fast_addr(), options)
-        .await
-        .unwrap()
 }
 
 /// Gets the server answered (hits + misses).

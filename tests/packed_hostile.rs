@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{pattern, rss_bytes, start_server, start_server_with, u8_meta, RawConn};
+use common::{pattern, rss_bytes, start_server, start_server_with, u8_meta, with_l1, RawConn};
 use redstone::client::{ClientError, FastClient, FastClientOptions, L1Options};
 use redstone::cluster::{ClusterClient, ClusterConfig};
 use redstone::engine::unix_micros;
@@ -24,7 +24,6 @@ use redstone::fast::wire::{
     WireMeta, FLAG_END, FLAG_RESPONSE,
 };
 use redstone::fast::FastConfig;
-use redstone::server::ServerHandle;
 use redstone::tensor::codec::{self, Compression, Encoding, BLOCK};
 use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use redstone::tensor::synthetic::Kind;
@@ -48,16 +47,6 @@ fn sparse_f32(n: usize) -> Tensor {
     }
     let meta = TensorMeta::new(DType::F32, vec![n as u64], StorageLayout::RowMajor).unwrap();
     Tensor::new(meta, bytes).unwrap()
-}
-
-async fn with_l1(server: &ServerHandle, l1: L1Options) -> FastClient {
-    let options = FastClientOptions {
-        l1: Some(l1),
-        ..FastClientOptions::default()
-    };
-    FastClient::connect_with(server.fast_addr(), options)
-        .await
-        .unwrap()
 }
 
 /// Sends `request` as a version-1 client would (version byte 1).

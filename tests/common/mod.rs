@@ -287,3 +287,14 @@ pub async fn slow_proxy_at(listen: SocketAddr, target: SocketAddr, delay: Durati
 pub async fn slow_proxy(target: SocketAddr, delay: Duration) -> SocketAddr {
     slow_proxy_at("127.0.0.1:0".parse().unwrap(), target, delay).await
 }
+
+/// A fast-path client of `server` with an L1 cache.
+pub async fn with_l1(server: &ServerHandle, l1: redstone::client::L1Options) -> FastClient {
+    let options = redstone::client::FastClientOptions {
+        l1: Some(l1),
+        ..redstone::client::FastClientOptions::default()
+    };
+    FastClient::connect_with(server.fast_addr(), options)
+        .await
+        .unwrap()
+}
