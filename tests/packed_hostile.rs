@@ -248,8 +248,14 @@ async fn a_version_1_get_of_a_packed_tensor_is_looked_up_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_version_1_readers_of_packed_tensors_hold_at_most_the_ingress_budget() {
     let budget: u64 = 64 << 20;
-    // The server's defaults for this budget: --max-ingress = the budget.
-    let server = start_server_with(budget, FastConfig::for_budget(budget)).await;
+    // --max-ingress = the budget (the server's default), and queues that
+    // would hold every reply: only the ingress budget bounds the unpacked
+    // copies (without it, 8 x 48 MiB).
+    let fast = FastConfig {
+        max_queued_total: 1 << 30,
+        ..FastConfig::for_budget(budget)
+    };
+    let server = start_server_with(budget, fast).await;
     let client = FastClient::connect(server.fast_addr()).await.unwrap();
     let raw_len: u64 = 48 << 20;
     {
@@ -285,13 +291,15 @@ async fn stalled_version_1_readers_of_packed_tensors_hold_at_most_the_ingress_bu
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
         grown = rss_bytes().saturating_sub(before);
-        if grown > 2 * budget {
+        if grown > 3 * budget {
             break;
         }
     }
     drop(conns);
+    // One unpacked copy at a time (48 MiB), plus what the tests running
+    // beside this one in the process allocate meanwhile.
     assert!(
-        grown < budget,
+        grown < 2 * budget,
         "8 stalled version-1 readers grew the server by {} MiB; its budget is {} MiB and it \
          stores {} KiB",
         grown >> 20,
