@@ -84,9 +84,9 @@ struct Entry {
 }
 
 #[derive(Debug, Clone, Copy)]
-struct Bytes;
+struct ByteWeight;
 
-impl Weighter<String, Entry> for Bytes {
+impl Weighter<String, Entry> for ByteWeight {
     fn weight(&self, key: &String, entry: &Entry) -> u64 {
         entry.tensor.data().len() as u64 + key.len() as u64 + L1_ENTRY_OVERHEAD
     }
@@ -113,7 +113,7 @@ pub struct L1 {
 
 #[derive(Debug)]
 struct Inner {
-    cache: Cache<String, Entry, Bytes, DefaultHashBuilder, CountEvictions>,
+    cache: Cache<String, Entry, ByteWeight, DefaultHashBuilder, CountEvictions>,
     capacity: u64,
     ttl: Option<Duration>,
     /// Bumped by every delete of this client: a fetch or put that saw
@@ -141,7 +141,7 @@ impl L1 {
                 .shards(SHARDS)
                 .build()
                 .expect("valid L1 options"),
-            Bytes,
+            ByteWeight,
             DefaultHashBuilder::default(),
             CountEvictions(Arc::clone(&evictions)),
         );

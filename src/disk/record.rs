@@ -40,7 +40,7 @@ use bytes::Bytes;
 use super::log::Loc;
 use super::pool::Pool;
 use crate::engine::MAX_KEY_LEN;
-use crate::tensor::codec::{self, Encoding};
+use crate::tensor::codec::Encoding;
 use crate::tensor::meta::{DType, StorageLayout, TensorMeta, MAX_RANK};
 use crate::tensor::Tensor;
 
@@ -163,11 +163,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Head, BadHead> {
         StorageLayout::from_code(i64::from(head[6])).map_err(|_| BadHead::Corrupt("bad layout"))?,
     )
     .map_err(|_| BadHead::Corrupt("bad shape"))?;
-    let fits = match encoding {
-        Encoding::Raw => meta.byte_size() == payload_len,
-        Encoding::Packed => payload_len <= codec::max_encoded_len(meta.byte_size()),
-    };
-    if !fits {
+    if !encoding.fits(&meta, payload_len) {
         return Err(BadHead::Corrupt("the payload length is not the shape's"));
     }
     Ok(Head {
@@ -292,6 +288,7 @@ mod tests {
 
     #[test]
     fn an_encoded_tensor_keeps_its_encoding() {
+        use crate::tensor::codec;
         let zeros = Tensor::from_slice::<f32>(vec![4096], &[0.0; 4096]).unwrap();
         let packed = codec::compress(&zeros).unwrap();
         let head = decode(&tensor_head("z", &packed, zeros.digest())).unwrap();

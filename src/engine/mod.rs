@@ -39,7 +39,7 @@ use dashmap::DashMap;
 use crate::disk::{DiskStats, DiskTier, Found, Refusal, StoredRef};
 use crate::stats::{Counters, Stats};
 use crate::striped::StripedCounter;
-use crate::tensor::codec::{self, Encoding};
+use crate::tensor::codec::Encoding;
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 use crate::Error;
@@ -352,11 +352,7 @@ impl Engine {
         payload_len: u64,
     ) -> Result<u64, Error> {
         validate_key(key)?;
-        let fits = match encoding {
-            Encoding::Raw => meta.byte_size() == payload_len,
-            Encoding::Packed => payload_len <= codec::max_encoded_len(meta.byte_size()),
-        };
-        if !fits {
+        if !encoding.fits(meta, payload_len) {
             return Err(Error::InvalidSize {
                 expected: meta.byte_size(),
                 actual: payload_len,

@@ -107,6 +107,17 @@ impl Encoding {
         }
     }
 
+    /// Whether a payload of `len` bytes in this encoding can hold a tensor
+    /// described by `meta`: exactly its byte size raw, at most
+    /// [`max_encoded_len`] of it packed. Checked before a payload is read,
+    /// wherever one arrives (a put, a reply, a disk record).
+    pub fn fits(self, meta: &TensorMeta, len: u64) -> bool {
+        match self {
+            Encoding::Raw => meta.byte_size() == len,
+            Encoding::Packed => len <= max_encoded_len(meta.byte_size()),
+        }
+    }
+
     /// The encoding with wire code `code`.
     pub fn from_code(code: u8) -> Result<Encoding, Error> {
         match code {

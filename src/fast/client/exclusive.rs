@@ -93,11 +93,7 @@ impl Exclusive {
             }
         }
         let (meta, encoding) = meta_from(response.body)?;
-        let fits = match encoding {
-            Encoding::Raw => meta.byte_size() == len,
-            Encoding::Packed => len <= codec::max_encoded_len(meta.byte_size()),
-        };
-        if !fits {
+        if !encoding.fits(&meta, len) {
             return Err(ClientError::Protocol(format!(
                 "payload of {len} bytes for a tensor of {}",
                 meta.byte_size()
