@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod alloc;
 pub mod client;
 pub mod cluster;
 pub mod disk;

@@ -282,7 +282,7 @@ async fn fatal_errors_get_an_error_frame_then_close() {
         (0, Status::Malformed)
     );
     assert_eq!(
-        fatal_status(&server, &prefix_bytes(3, 2, 5, 0, 0)).await,
+        fatal_status(&server, &prefix_bytes(4, 2, 5, 0, 0)).await,
         (5, Status::UnsupportedVersion)
     );
     assert_eq!(

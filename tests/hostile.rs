@@ -357,7 +357,7 @@ async fn stalled_uploads_cannot_pin_more_than_the_ingress_bound() {
     };
     let server = start_server_with(64 * MIB, fast).await;
     let good = GoodClient::start(server.fast_addr(), "ingress").await;
-    let len = 60 * MIB;
+    let len = 56 * MIB;
     let body = std::sync::Arc::new(pattern(len as usize - 1, 7));
     let rss_before = common::rss_bytes();
     let mut uploads = Vec::new();
@@ -379,14 +379,14 @@ async fn stalled_uploads_cannot_pin_more_than_the_ingress_bound() {
     }
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let grown = common::rss_bytes().saturating_sub(rss_before);
-    // One upload's buffer (60 MiB) at a time, not eight (480 MiB).
+    // One upload's buffer (56 MiB) at a time, not eight (448 MiB).
     assert!(grown < 200 * MIB, "memory grew by {} MiB", grown / MIB);
     assert!(
         !server.engine().contains("upload/0"),
         "nothing half-sent is stored"
     );
     // The stalled uploads are cut by the frame timeout and free their room:
-    // a whole 60 MiB put goes through.
+    // a whole 56 MiB put goes through.
     tokio::time::sleep(Duration::from_secs(3)).await;
     let client = FastClient::connect(server.fast_addr()).await.unwrap();
     tokio::time::timeout(

@@ -98,6 +98,9 @@ impl Native {
             // larger than the Rust default's 4 GiB.
             max_payload: 64 << 30,
             l1: l1.clone(),
+            // Arrays take their buffer over (no copy) only from a `Bytes`
+            // over a plain `Vec`; a pooled one would be copied.
+            buffer_pool: 0,
             ..FastClientOptions::default()
         };
         if let Some(max) = max_tensor {

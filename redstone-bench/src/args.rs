@@ -122,4 +122,10 @@ pub(crate) struct Args {
     /// (e.g. 256MiB).
     #[arg(long, value_parser = parse_size)]
     pub(crate) l1: Option<u64>,
+    /// fast only: one more worker, on the first connection's client (a
+    /// clone, sharing its connection), loops plain gets of one tensor of
+    /// this size (e.g. 64MiB) for the whole run; the measured op's figures
+    /// show what that stream does to them (head-of-line blocking).
+    #[arg(long, value_parser = parse_size, value_name = "SIZE")]
+    pub(crate) background_get: Option<u64>,
 }

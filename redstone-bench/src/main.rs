@@ -20,9 +20,9 @@ use clap::Parser;
 
 use args::{Args, Op, Target};
 use conn::{cluster_from, prefill, Conn};
-use redstone::client::{FastClient, FastClientOptions, L1Options, RemoteCacheClient};
+use redstone::client::{ClientError, FastClient, FastClientOptions, L1Options, RemoteCacheClient};
 use redstone::tensor::codec::Compression;
-use redstone::tensor::meta::{StorageLayout, TensorMeta};
+use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use workers::{batch_worker, redis_worker, store_worker, Ctx, Tally};
 
 #[tokio::main]
@@ -200,6 +200,19 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
 
+    let background = match (args.background_get, &first) {
+        (None, _) => None,
+        (Some(bytes), Some(Conn::Fast(client))) => Some(
+            background_gets(
+                client.clone(),
+                bytes,
+                Arc::clone(&stop),
+                Arc::clone(&measuring),
+            )
+            .await?,
+        ),
+        (Some(_), _) => return Err("--background-get drives the fast path's gets and puts".into()),
+    };
     let stalled = match (args.stall, args.target) {
         (0, _) => Vec::new(),
         (n, Target::Fast) => soak::stallers(&addr, n, keys, size).await?,
@@ -244,6 +257,12 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         pipeline,
     };
     let mut extra = String::new();
+    if let Some(background) = background {
+        let bytes = background.await??;
+        let mb_per_sec = bytes as f64 / elapsed / 1e6;
+        eprintln!("background gets: {mb_per_sec:.1} MB/s");
+        extra += &format!(",\"background_mb_per_sec\":{mb_per_sec:.2}");
+    }
     if let Some(conn) = &first {
         // What the run's values hold in the server(s): `memory_used`.
         let stats = conn.stats().await?;
@@ -261,6 +280,33 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     report(&args, &shape, elapsed, all, peaks, &extra);
     Ok(())
+}
+
+/// Stores one tensor of `bytes` and loops plain gets of it on `client`
+/// until `stop`; the task returns the bytes got while `measuring`.
+async fn background_gets(
+    client: FastClient,
+    bytes: u64,
+    stop: Arc<AtomicBool>,
+    measuring: Arc<AtomicBool>,
+) -> Result<tokio::task::JoinHandle<Result<u64, ClientError>>, ClientError> {
+    let key = format!("bench:background:{bytes}");
+    let meta = TensorMeta::new(DType::U8, vec![bytes], StorageLayout::RowMajor)?;
+    let data = Bytes::from(vec![0x5Au8; bytes as usize]);
+    match client.put(&key, meta, data).await {
+        Ok(()) | Err(ClientError::AlreadyExists(_)) => {}
+        Err(e) => return Err(e),
+    }
+    Ok(tokio::spawn(async move {
+        let mut got = 0;
+        while !stop.load(Ordering::Relaxed) {
+            let tensor = client.get(&key).await?;
+            if measuring.load(Ordering::Relaxed) {
+                got += tensor.map_or(0, |t| t.data().len() as u64);
+            }
+        }
+        Ok(got)
+    }))
 }
 
 /// Latency percentiles in µs: p50, p99, p999.

@@ -170,7 +170,7 @@ fn a_torn_tail_is_skipped_and_new_records_go_to_a_new_segment() {
     assert_eq!(stats.corrupt, 1);
     assert_eq!(stats.entries, 11, "all but the torn record");
     e.put("new", tensor(7, 300 << 10)).unwrap();
-    e.put("pusher", tensor(8, 900 << 10)).unwrap();
+    e.put("pusher", tensor(8, 800 << 10)).unwrap();
     assert!(e.flush_disk(FLUSH));
     drop(e);
     let e = engine(&dir, 2 << 20, 64 << 20);

@@ -75,21 +75,7 @@ pub const MAX_KEY_LEN: usize = 4096;
 /// headers for the key, shape and payload allocations.
 pub const ENTRY_OVERHEAD: u64 = 320;
 
-/// Payloads at least this large are mapped by the allocator in whole pages.
-const PAGE_MAPPED_FROM: u64 = 128 * 1024;
-const PAGE: u64 = 4096;
-
-/// The memory a payload of `len` bytes really occupies: large allocations
-/// are whole pages (glibc maps them, with a 16-byte header, from 128 KiB up),
-/// so a 1 MiB tensor costs 1 MiB + 4 KiB. Smaller ones carry a header that
-/// [`ENTRY_OVERHEAD`] covers.
-pub fn payload_footprint(len: u64) -> u64 {
-    if len >= PAGE_MAPPED_FROM {
-        len.saturating_add(16).div_ceil(PAGE).saturating_mul(PAGE)
-    } else {
-        len
-    }
-}
+pub use crate::alloc::payload_footprint;
 
 /// Lock shards of the index. A get takes its shard's read lock, which
 /// writes the lock's cache line; with DashMap's default (4 × cores) two

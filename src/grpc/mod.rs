@@ -5,6 +5,8 @@
 //! - `convert`: proto ↔ domain types, and [`Error`](crate::Error) → gRPC
 //!   status, each in one place.
 //! - [`GrpcService`]: the service, a thin layer over the engine.
+//! - `get`: `Get` answered without copying the payload into tonic's
+//!   encode buffer.
 //! - `limits`: [`GrpcConfig`]: connections at once (held by a permit from
 //!   accept to close), streams per connection, idle connections closed.
 //! - [`RemoteCacheClient`]: the client, and the one mapping of gRPC
@@ -12,12 +14,14 @@
 
 mod client;
 mod convert;
+mod get;
 mod limits;
 mod service;
 
 pub use client::RemoteCacheClient;
 pub(crate) use convert::meta_from_proto;
 pub use convert::{oversize_request_status, status_from_error};
+pub(crate) use get::CopyFreeGet;
 pub(crate) use limits::incoming;
 pub use limits::GrpcConfig;
 pub use service::GrpcService;

@@ -72,6 +72,33 @@ impl GrpcService {
         result.map(Response::new)
     }
 
+    /// The raw tensor under `key` (an encoded one decoded: the original
+    /// contract has no encodings), counted and logged as a `get`. Both the
+    /// tonic method and the copy-free route (`get.rs`) answer from here.
+    pub(crate) async fn get_raw(&self, key: String) -> Result<Tensor, Status> {
+        let response = self
+            .observe(GET, &key, 0, async {
+                let found = match self.engine.lookup(&key)? {
+                    Lookup::Found(tensor) => Some(tensor),
+                    // A disk read blocks: off the runtime's workers.
+                    Lookup::OnDisk(read) => tokio::task::spawn_blocking(move || read.read())
+                        .await
+                        .map_err(|e| Status::internal(format!("a server task failed: {e}")))?,
+                    Lookup::Missing => None,
+                };
+                let tensor = found.ok_or_else(|| Error::NotFound(key.clone()))?;
+                if tensor.encoding() == Encoding::Raw {
+                    return Ok(tensor);
+                }
+                // Decoded off the runtime's workers.
+                Ok(tokio::task::spawn_blocking(move || tensor.decoded())
+                    .await
+                    .map_err(|e| Status::internal(format!("a server task failed: {e}")))??)
+            })
+            .await?;
+        Ok(response.into_inner())
+    }
+
     /// The tonic server wrapping this service, with message limits raised to
     /// the largest tensor the engine can hold (capped by gRPC's 4 GiB frame
     /// length), instead of tonic's default of 4 MiB.
@@ -90,31 +117,11 @@ impl GrpcService {
 #[tonic::async_trait]
 impl RedStone for GrpcService {
     async fn get(&self, request: Request<GetRequest>) -> Result<Response<GetResponse>, Status> {
-        let key = request.into_inner().key;
-        self.observe(GET, &key, 0, async {
-            let found = match self.engine.lookup(&key)? {
-                Lookup::Found(tensor) => Some(tensor),
-                // A disk read blocks: off the runtime's workers.
-                Lookup::OnDisk(read) => tokio::task::spawn_blocking(move || read.read())
-                    .await
-                    .map_err(|e| Status::internal(format!("a server task failed: {e}")))?,
-                Lookup::Missing => None,
-            };
-            let mut tensor = found.ok_or_else(|| Error::NotFound(key.clone()))?;
-            if tensor.encoding() != Encoding::Raw {
-                // The original contract has no encodings: gRPC clients get
-                // the raw tensor, decoded off the runtime's workers.
-                tensor = tokio::task::spawn_blocking(move || tensor.decoded())
-                    .await
-                    .map_err(|e| Status::internal(format!("a server task failed: {e}")))??;
-            }
-            let (meta, data) = tensor.into_parts();
-            Ok(GetResponse {
-                meta: Some((&meta).into()),
-                data,
-            })
-        })
-        .await
+        let (meta, data) = self.get_raw(request.into_inner().key).await?.into_parts();
+        Ok(Response::new(GetResponse {
+            meta: Some((&meta).into()),
+            data,
+        }))
     }
 
     async fn put(&self, request: Request<PutRequest>) -> Result<Response<PutResponse>, Status> {

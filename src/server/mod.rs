@@ -11,8 +11,6 @@
 //! # }
 //! ```
 
-mod alloc;
-
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -126,9 +124,9 @@ pub struct Server {
 impl Server {
     /// Creates the engine and binds the listening sockets. Applies the
     /// process's allocator policy, which the engine's accounting assumes
-    /// (see `server/alloc.rs`).
+    /// (see `src/alloc.rs`).
     pub async fn bind(mut config: Config) -> Result<Server, ServerError> {
-        alloc::apply_policy();
+        crate::alloc::apply_policy();
         config.fast.max_payload = config.fast.max_payload.min(config.memory_limit);
         // The disk tier first: its recovery may take a while, and the ports
         // should not accept connections before the server can answer them.
@@ -228,6 +226,7 @@ impl Server {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let limits = &self.config.grpc;
         let incoming = crate::grpc::incoming(self.grpc, limits, self.metrics.clone());
+        let service = GrpcService::with_metrics(self.engine, self.metrics.clone());
         let grpc = tonic::transport::Server::builder()
             .initial_stream_window_size(H2_STREAM_WINDOW)
             .initial_connection_window_size(H2_CONNECTION_WINDOW)
@@ -238,7 +237,8 @@ impl Server {
             .layer(tower::util::MapResponseLayer::new(
                 crate::grpc::oversize_request_status,
             ))
-            .add_service(GrpcService::with_metrics(self.engine, self.metrics.clone()).into_server())
+            .layer(crate::grpc::CopyFreeGet::new(service.clone()))
+            .add_service(service.into_server())
             .serve_with_incoming_shutdown(incoming, async {
                 stop_rx.await.ok();
             });

@@ -1,18 +1,24 @@
-//! A connection used by one call at a time, so that a reply's payload can
-//! be read straight into the caller's own buffer (`get_into`).
+//! A connection used by one call at a time: a reply's payload can be read
+//! straight into the caller's own buffer (`get_into`), and a large one
+//! (`get` of a tensor over `BULK_THRESHOLD`) holds up no other call.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+
+use bytes::Bytes;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
-use super::reply::{check, meta_from, read_error};
+use super::pool::BufferPool;
+use super::reply::{check, meta_from, read_error, tensor_of};
 use super::{connect_stream, FastClientOptions};
 use crate::client::ClientError;
 use crate::fast::stream::{FrameReader, ReadError};
 use crate::fast::wire::{decode_response, encode_frame, Limits, Request, Status};
 use crate::tensor::codec::{self, Encoding};
 use crate::tensor::meta::TensorMeta;
+use crate::tensor::Tensor;
 
 #[derive(Debug)]
 pub(super) struct Exclusive {
@@ -45,15 +51,14 @@ impl Exclusive {
         self.payload_started
     }
 
-    pub(super) async fn get_into(
+    /// Sends a GET of `key` and reads its reply up to the payload: the
+    /// tensor's metadata, the payload's encoding and length, or `None` if
+    /// the key is not cached (the reply read whole).
+    async fn ask(
         &mut self,
         key: &str,
-        dst: &mut [u8],
         limits: &Limits,
-        accept: &mut Option<impl FnOnce(&TensorMeta) -> Result<(), ClientError>>,
-    ) -> Result<Option<TensorMeta>, ClientError> {
-        self.payload_started = false;
-        let lost = |e: ReadError| ClientError::Unavailable(read_error(e));
+    ) -> Result<Option<(TensorMeta, Encoding, u64)>, ClientError> {
         let id = self.next_id;
         self.next_id += 1;
         let request = Request::Get {
@@ -99,6 +104,46 @@ impl Exclusive {
                 meta.byte_size()
             )));
         }
+        Ok(Some((meta, encoding, len)))
+    }
+
+    /// The tensor under `key`, its payload read into an allocation of its
+    /// own (a plain `get` of a payload too large for the shared
+    /// connection).
+    pub(super) async fn get(
+        &mut self,
+        key: &str,
+        limits: &Limits,
+        pool: Option<&Arc<BufferPool>>,
+    ) -> Result<Option<Tensor>, ClientError> {
+        self.payload_started = false;
+        let Some((meta, encoding, len)) = self.ask(key, limits).await? else {
+            return Ok(None);
+        };
+        let reused = pool.and_then(|pool| pool.take(len as usize));
+        let buf = self
+            .reader
+            .read_payload_in(len, reused.unwrap_or_default())
+            .await
+            .map_err(lost)?;
+        let payload = match pool {
+            Some(pool) => BufferPool::lend(pool, buf),
+            None => Bytes::from(buf),
+        };
+        tensor_of(meta, encoding, payload, limits.max_payload).map(Some)
+    }
+
+    pub(super) async fn get_into(
+        &mut self,
+        key: &str,
+        dst: &mut [u8],
+        limits: &Limits,
+        accept: &mut Option<impl FnOnce(&TensorMeta) -> Result<(), ClientError>>,
+    ) -> Result<Option<TensorMeta>, ClientError> {
+        self.payload_started = false;
+        let Some((meta, encoding, len)) = self.ask(key, limits).await? else {
+            return Ok(None);
+        };
         // From here a failure is not safe to retry: `dst` may be partly
         // written, or `accept` already consumed.
         self.payload_started = true;
@@ -130,4 +175,8 @@ impl Exclusive {
         }
         Ok(Some(meta))
     }
+}
+
+fn lost(e: ReadError) -> ClientError {
+    ClientError::Unavailable(read_error(e))
 }

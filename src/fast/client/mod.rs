@@ -6,11 +6,15 @@
 //! whatever order they come.
 //!
 //! - `link`: the shared connection, its writer and its read loop.
-//! - `exclusive`: a connection of one call's own, for `get_into`.
+//! - `exclusive`: a connection of one call's own, for `get_into` and for
+//!   `get`s of tensors over
+//!   [`BULK_THRESHOLD`](super::wire::BULK_THRESHOLD).
+//! - `pool`: receive buffers reused by `get`s of large tensors.
 //! - `reply`: statuses to [`ClientError`], tensors out of replies.
 
 mod exclusive;
 mod link;
+mod pool;
 mod reply;
 
 use std::future::Future;
@@ -24,7 +28,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::stream::OutFrame;
 use super::wire::{
-    encode_frame, Body, ConditionalPut, Limits, Request, Status, WireMeta, PREFIX_LEN,
+    encode_frame, Body, ConditionalPut, Limits, Request, Status, WireMeta, FLAG_NOT_BULK,
+    PREFIX_LEN,
 };
 use crate::client::{ClientError, L1Options, TensorStore, L1};
 use crate::disk::DiskStats;
@@ -34,6 +39,7 @@ use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 use exclusive::Exclusive;
 use link::{Link, Registration, Reply, Waiter};
+use pool::BufferPool;
 use reply::{check, tensor_from, unexpected};
 
 /// Options for [`FastClient::connect_with`].
@@ -65,6 +71,13 @@ pub struct FastClientOptions {
     /// A local cache of the tensors this client got or put
     /// ([`L1`](crate::client::L1)); `None` (the default) for none.
     pub l1: Option<L1Options>,
+    /// Bytes of idle receive buffers kept for the next `get`s of tensors
+    /// over [`BULK_THRESHOLD`](super::wire::BULK_THRESHOLD): a tensor
+    /// read into one gives it back when its last clone is dropped, so a
+    /// loop of large gets does not page-fault a fresh buffer each time.
+    /// `0` keeps none (each such tensor is a `Bytes` over a `Vec` of its
+    /// own). Default 128 MiB.
+    pub buffer_pool: u64,
 }
 
 impl Default for FastClientOptions {
@@ -78,6 +91,7 @@ impl Default for FastClientOptions {
             write_timeout: Some(Duration::from_secs(30)),
             max_exclusive: 16,
             l1: None,
+            buffer_pool: 128 << 20,
         }
     }
 }
@@ -104,6 +118,9 @@ struct Inner {
     link: Mutex<Arc<Link>>,
     request_timeout: Option<Duration>,
     l1: Option<L1>,
+    /// Receive buffers for large `get`s; `None` when
+    /// [`buffer_pool`](FastClientOptions::buffer_pool) is 0.
+    pool: Option<Arc<BufferPool>>,
 }
 
 /// A client of the fast path. Cheap to clone; clones share one connection
@@ -153,6 +170,7 @@ impl FastClient {
             link: Mutex::new(link),
             request_timeout: options.request_timeout,
             l1: options.l1.as_ref().map(L1::new),
+            pool: (options.buffer_pool > 0).then(|| BufferPool::new(options.buffer_pool)),
             options,
         });
         Ok(FastClient { inner })
@@ -279,14 +297,38 @@ impl FastClient {
         self.inner.l1.as_ref()
     }
 
+    /// A GET on the shared connection; a tensor over
+    /// [`BULK_THRESHOLD`](super::wire::BULK_THRESHOLD)
+    /// is answered `Bulk` there (the request says so: `FLAG_NOT_BULK`) and
+    /// fetched on an exclusive connection, so that its payload never
+    /// holds up the small replies of other calls behind it.
     async fn fetch(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
-        let reply = self
-            .call_allow_missing(Request::Get {
-                key: key.to_owned(),
-            })
-            .await?;
-        let max = self.inner.options.max_payload;
-        reply.map(|r| tensor_from(r, max)).transpose()
+        let request = Request::Get {
+            key: key.to_owned(),
+        };
+        let reply = self.round_trip(request, Bytes::new()).await?;
+        match reply.response.status() {
+            Status::NotFound => Ok(None),
+            Status::Bulk => self.fetch_bulk(key).await,
+            status => {
+                check(status, &reply.response.message)?;
+                tensor_from(reply, self.inner.options.max_payload).map(Some)
+            }
+        }
+    }
+
+    /// A plain GET on an exclusive connection.
+    async fn fetch_bulk(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
+        let limits = limits(&self.inner.options);
+        let (_permit, mut conn, reused) = self.exclusive().await?;
+        let pool = self.inner.pool.as_ref();
+        let mut result = self.with_timeout(conn.get(key, &limits, pool)).await;
+        if retry_on_fresh(reused, &result, &conn) {
+            conn = Exclusive::connect(self.inner.peer, &self.inner.options).await?;
+            result = self.with_timeout(conn.get(key, &limits, pool)).await;
+        }
+        self.keep_exclusive(conn, &result);
+        result
     }
 
     /// Reads the tensor under `key` straight from the socket into `dst`,
@@ -337,8 +379,25 @@ impl FastClient {
             tokio::task::consume_budget().await;
             return Ok(Some(held.meta().clone()));
         }
+        let mut accept = Some(accept);
+        let (_permit, mut conn, reused) = self.exclusive().await?;
+        let mut result = self.get_into_on(&mut conn, key, dst, &mut accept).await;
+        if retry_on_fresh(reused, &result, &conn) {
+            conn = Exclusive::connect(self.inner.peer, &self.inner.options).await?;
+            result = self.get_into_on(&mut conn, key, dst, &mut accept).await;
+        }
+        self.keep_exclusive(conn, &result);
+        result
+    }
+
+    /// An exclusive connection (an idle one kept from an earlier call,
+    /// else a new one, which the bool says) and the permit to use it: at
+    /// most [`max_exclusive`](FastClientOptions::max_exclusive) at once.
+    async fn exclusive(
+        &self,
+    ) -> Result<(tokio::sync::SemaphorePermit<'_>, Exclusive, bool), ClientError> {
         let inner = &self.inner;
-        let _permit = inner
+        let permit = inner
             .exclusive
             .acquire()
             .await
@@ -348,33 +407,32 @@ impl FastClient {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop();
-        let reused = spare.is_some();
-        let mut conn = match spare {
-            Some(conn) => conn,
-            None => Exclusive::connect(inner.peer, &inner.options).await?,
-        };
-        let mut accept = Some(accept);
-        let mut result = self.get_into_on(&mut conn, key, dst, &mut accept).await;
-        if reused && matches!(result, Err(ClientError::Unavailable(_))) && !conn.payload_started() {
-            // The idle connection had died meanwhile (the server's idle
-            // timeout, a restart) before any of `dst` was written: a GET is
-            // safe to send again, on a fresh connection, so an earlier
-            // call's dead connection never fails this one.
-            conn = Exclusive::connect(inner.peer, &inner.options).await?;
-            result = self.get_into_on(&mut conn, key, dst, &mut accept).await;
-        }
-        // Kept only after an answer that leaves the connection in step:
-        // after a fatal status the server closes it.
+        Ok(match spare {
+            Some(conn) => (permit, conn, true),
+            None => (
+                permit,
+                Exclusive::connect(inner.peer, &inner.options).await?,
+                false,
+            ),
+        })
+    }
+
+    /// Keeps `conn` for the next call after an answer that leaves it in
+    /// step (after a fatal status the server closes it).
+    fn keep_exclusive<T>(&self, conn: Exclusive, result: &Result<T, ClientError>) {
         if matches!(
             result,
             Ok(_) | Err(ClientError::Invalid(_) | ClientError::InvalidArgument(_))
         ) {
-            let mut spare = inner.spare.lock().unwrap_or_else(PoisonError::into_inner);
-            if spare.len() < inner.options.max_exclusive {
+            let mut spare = self
+                .inner
+                .spare
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            if spare.len() < self.inner.options.max_exclusive {
                 spare.push(conn);
             }
         }
-        result
     }
 
     async fn get_into_on(
@@ -386,13 +444,7 @@ impl FastClient {
     ) -> Result<Option<TensorMeta>, ClientError> {
         let mut limits = limits(&self.inner.options);
         limits.max_payload = limits.max_payload.max(dst.len() as u64);
-        let work = conn.get_into(key, dst, &limits, accept);
-        match self.inner.request_timeout {
-            Some(limit) => tokio::time::timeout(limit, work)
-                .await
-                .unwrap_or(Err(ClientError::Timeout(limit))),
-            None => work.await,
-        }
+        conn.get_into(key, dst, &limits, accept).await
     }
 
     /// Reads many tensors; the result has one entry per key, in order,
@@ -654,7 +706,13 @@ impl FastClient {
         for attempt in 0..2 {
             let link = self.link().await?;
             let id = link.next_id.fetch_add(1, Ordering::Relaxed);
-            let head = encode_frame(request.opcode(), 0, id, &request, payload.len() as u64)?;
+            // Every GET on the shared connection leaves large payloads to
+            // an exclusive one (see `fetch`).
+            let flags = match request {
+                Request::Get { .. } => FLAG_NOT_BULK,
+                _ => 0,
+            };
+            let head = encode_frame(request.opcode(), flags, id, &request, payload.len() as u64)?;
             let header_len = head.len() - PREFIX_LEN;
             let max_header = self.inner.options.max_header;
             if header_len > max_header as usize {
@@ -749,6 +807,14 @@ pub(super) async fn connect_stream(
         .map_err(|e| connect_err(e.to_string()))?;
     stream.set_nodelay(true).ok();
     Ok(stream)
+}
+
+/// Whether a call that failed on a reused exclusive connection should be
+/// sent again on a fresh one: the idle connection had died meanwhile (the
+/// server's idle timeout, a restart) before any caller's buffer was
+/// written, so an earlier call's dead connection never fails this one.
+fn retry_on_fresh<T>(reused: bool, result: &Result<T, ClientError>, conn: &Exclusive) -> bool {
+    reused && matches!(result, Err(ClientError::Unavailable(_))) && !conn.payload_started()
 }
 
 pub(super) fn limits(options: &FastClientOptions) -> Limits {

@@ -1,6 +1,8 @@
 //! What a reply means to a caller: the one mapping of fast-path statuses
 //! onto [`ClientError`], and tensors out of reply frames.
 
+use bytes::Bytes;
+
 use super::link::Reply;
 use crate::client::ClientError;
 use crate::fast::stream::ReadError;
@@ -28,6 +30,7 @@ pub(super) fn check(status: Status, message: &str) -> Result<(), ClientError> {
         | Status::Malformed
         | Status::UnsupportedVersion
         | Status::UnknownOpcode
+        | Status::Bulk
         | Status::Internal => ClientError::Protocol(format!("{status:?}: {message}")),
     })
 }
@@ -52,13 +55,23 @@ pub(super) fn meta_from(body: Body) -> Result<(TensorMeta, Encoding), ClientErro
 /// bounds raw replies in the frame reader).
 pub(super) fn tensor_from(reply: Reply, max_payload: u64) -> Result<Tensor, ClientError> {
     let (meta, encoding) = meta_from(reply.response.body)?;
+    tensor_of(meta, encoding, reply.payload, max_payload)
+}
+
+/// [`tensor_from`] for a reply already taken apart.
+pub(super) fn tensor_of(
+    meta: TensorMeta,
+    encoding: Encoding,
+    payload: Bytes,
+    max_payload: u64,
+) -> Result<Tensor, ClientError> {
     if encoding != Encoding::Raw && meta.byte_size() > max_payload {
         return Err(ClientError::TooLarge(format!(
             "a packed reply unpacks to {} bytes, over this client's max_payload ({max_payload})",
             meta.byte_size()
         )));
     }
-    let tensor = Tensor::from_encoded(meta, encoding, reply.payload).map_err(|e| match e {
+    let tensor = Tensor::from_encoded(meta, encoding, payload).map_err(|e| match e {
         crate::Error::InvalidEncoding(_) => ClientError::Invalid(e),
         e => ClientError::Protocol(e.to_string()),
     })?;

@@ -25,8 +25,8 @@ use crate::engine::{Engine, Lookup};
 use crate::fast::stream::{write_loop, FrameReader, OutFrame, ReadError};
 use crate::fast::wire::{
     encode_frame_as, AlignedHeader, ArchivedRequest, ArchivedWireMeta, Body, EncodeError, Limits,
-    Opcode, Prefix, ProtocolError, Response, Status, WireMeta, FLAG_END, FLAG_RESPONSE,
-    MIN_VERSION,
+    Opcode, Prefix, ProtocolError, Response, Status, WireMeta, BULK_THRESHOLD, FLAG_END,
+    FLAG_NOT_BULK, FLAG_RESPONSE, MIN_VERSION,
 };
 use crate::metrics::{Door, DoorRecorder, ServerMetrics};
 use crate::tensor::codec::Encoding;
@@ -547,7 +547,15 @@ impl Conn<'_> {
             1 => self.engine.peek_raw_len(key),
             _ => self.engine.peek_len(key),
         };
-        let mut estimate = len.unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
+        // A large tensor a version-3 client fetches on a connection of its
+        // own is answered `Bulk`, without its payload: nothing to make room
+        // for.
+        let not_bulk = prefix.opcode == Opcode::Get && prefix.flags & FLAG_NOT_BULK != 0;
+        let payload = match len {
+            Some(len) if not_bulk && len > BULK_THRESHOLD => 0,
+            len => len.unwrap_or(0),
+        };
+        let mut estimate = payload + HEAD_ESTIMATE + key.len() as u64;
         loop {
             let reservation = self.queue.reserve(estimate).await?;
             let mut found = self.find(key).await?;
@@ -628,7 +636,18 @@ fn get_frame(
     index: u32,
 ) -> Result<(OutFrame, Status), EncodeError> {
     let found = found.and_then(|found| found.ok_or_else(|| Error::NotFound(key.to_owned())));
+    let not_bulk = prefix.opcode == Opcode::Get && prefix.flags & FLAG_NOT_BULK != 0;
     let (mut response, payload) = match found {
+        Ok(tensor) if not_bulk && tensor.data().len() as u64 > BULK_THRESHOLD => (
+            Response::error(
+                Status::Bulk,
+                format!(
+                    "a payload of {} bytes: ask on a connection of its own",
+                    tensor.data().len()
+                ),
+            ),
+            Bytes::new(),
+        ),
         Ok(tensor) => (
             Response::ok(Body::Tensor(WireMeta::of(&tensor))),
             tensor.data().clone(),

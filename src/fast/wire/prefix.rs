@@ -3,9 +3,10 @@
 //! ```text
 //! offset size  field
 //!  0      4    magic        b"RSTN"
-//!  4      1    version      2 (a server also reads and answers 1)
+//!  4      1    version      3 (a server also reads and answers 1 and 2)
 //!  5      1    opcode       see `Opcode`
-//!  6      1    flags        bit 0 RESPONSE, bit 1 END; other bits 0
+//!  6      1    flags        bit 0 RESPONSE, bit 1 END, bit 2 NOT_BULK
+//!                            (version 3); other bits 0
 //!  7      1    reserved     0
 //!  8      8    request_id   u64, chosen by the client, echoed by the server
 //! 16      4    header_len   u32, bytes of rkyv header that follow
@@ -19,8 +20,9 @@ use super::{ProtocolError, Status};
 /// The four bytes every frame starts with.
 pub const MAGIC: [u8; 4] = *b"RSTN";
 /// The protocol version this crate speaks: 2 adds encoded (compressed)
-/// payloads, named by [`WireMeta::encoding`](super::WireMeta::encoding).
-pub const VERSION: u8 = 2;
+/// payloads, named by [`WireMeta::encoding`](super::WireMeta::encoding); 3
+/// adds [`FLAG_NOT_BULK`].
+pub const VERSION: u8 = 3;
 /// The oldest version a server still answers, in that version: a version-1
 /// client is never sent an encoded payload.
 pub const MIN_VERSION: u8 = 1;
@@ -32,6 +34,15 @@ pub const FLAG_RESPONSE: u8 = 1;
 /// Set on the last frame of a response (every response but a batch GET's
 /// non-final frames).
 pub const FLAG_END: u8 = 2;
+/// On a GET (version 3 on): the client fetches a tensor whose payload is
+/// over [`BULK_THRESHOLD`] on a connection of its own, so a large payload
+/// never holds up the small replies behind it on a shared one. The server
+/// answers such a GET [`Status::Bulk`], without the payload.
+pub const FLAG_NOT_BULK: u8 = 4;
+/// The largest payload a GET flagged [`FLAG_NOT_BULK`] is answered with.
+/// At loopback's 3–4 GB/s a 1 MiB reply holds a connection for about
+/// 0.3 ms.
+pub const BULK_THRESHOLD: u64 = 1 << 20;
 const KNOWN_FLAGS: u8 = FLAG_RESPONSE | FLAG_END;
 
 /// What a frame asks for (or answers).
@@ -179,7 +190,12 @@ impl Prefix {
             )
         })?;
         let flags = bytes[6];
-        if flags & !KNOWN_FLAGS != 0 || bytes[7] != 0 || u32_at(20) != 0 {
+        let known = if version >= 3 && opcode == Opcode::Get {
+            KNOWN_FLAGS | FLAG_NOT_BULK
+        } else {
+            KNOWN_FLAGS
+        };
+        if flags & !known != 0 || bytes[7] != 0 || u32_at(20) != 0 {
             return Err(ProtocolError::new(
                 Status::Malformed,
                 request_id,
@@ -245,13 +261,25 @@ mod tests {
         };
         assert_eq!(with(0, b'X'), Status::Malformed);
         assert_eq!(with(4, 0), Status::UnsupportedVersion);
-        assert_eq!(with(4, 3), Status::UnsupportedVersion);
+        assert_eq!(with(4, 4), Status::UnsupportedVersion);
         let mut old = good;
         old[4] = 1;
         assert_eq!(Prefix::parse(&old).unwrap().unwrap().version, 1);
         assert_eq!(with(5, 0), Status::UnknownOpcode);
         assert_eq!(with(5, 200), Status::UnknownOpcode);
-        assert_eq!(with(6, 4), Status::Malformed);
+        assert_eq!(with(6, 8), Status::Malformed);
+        // NOT_BULK: known on a version-3 GET only.
+        let mut flagged = good;
+        flagged[6] = FLAG_NOT_BULK;
+        assert_eq!(
+            Prefix::parse(&flagged).unwrap().unwrap().flags,
+            FLAG_NOT_BULK
+        );
+        flagged[4] = 2;
+        assert_eq!(
+            Prefix::parse(&flagged).unwrap_err().status,
+            Status::Malformed
+        );
         assert_eq!(with(7, 1), Status::Malformed);
         assert_eq!(with(21, 1), Status::Malformed);
     }

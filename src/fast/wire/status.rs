@@ -43,11 +43,15 @@ pub enum Status {
     Deleted = 15,
     /// An encoded payload is corrupt or names an unknown encoding.
     InvalidEncoding = 16,
+    /// The answer to a GET flagged `FLAG_NOT_BULK` (version 3) whose
+    /// tensor's payload is over `BULK_THRESHOLD`: no payload; the client
+    /// asks again on a connection of its own, without the flag.
+    Bulk = 17,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 17] = [
+    pub const ALL: [Status; 18] = [
         Status::Ok,
         Status::NotFound,
         Status::AlreadyExists,
@@ -65,6 +69,7 @@ impl Status {
         Status::Internal,
         Status::Deleted,
         Status::InvalidEncoding,
+        Status::Bulk,
     ];
 
     /// The status with wire code `code`; unknown codes read as `Internal`.
@@ -95,6 +100,7 @@ impl Status {
             Status::Internal => "internal",
             Status::Deleted => "deleted",
             Status::InvalidEncoding => "invalid_encoding",
+            Status::Bulk => "bulk",
         }
     }
 
