@@ -1,9 +1,9 @@
 //! Buffers for disk reads, used again once the tensor read is dropped.
 //!
-//! A large allocation is a fresh mapping (the server pins glibc's mmap
-//! threshold, see `server/alloc.rs`), which faults on every page it is
-//! written into and is unmapped when freed: a 1 MiB read from disk would pay
-//! 256 page faults before its copy. Buffers of at least [`POOLED_FROM`]
+//! A fresh large allocation faults on every page it is written into (and,
+//! on glibc with its mmap threshold pinned, see `src/alloc.rs`, is unmapped
+//! when freed): a 1 MiB read from disk could pay 256 page faults before its
+//! copy. Buffers of at least [`POOLED_FROM`]
 //! bytes come from here instead, and go back when the last `Bytes` of the
 //! tensor read into them is dropped, up to [`POOL_LIMIT`] bytes kept.
 

@@ -1,0 +1,3 @@
+mod common;
+#[tokio::test]
+async fn placeholder() {}
