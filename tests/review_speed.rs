@@ -1,3 +1,0 @@
-mod common;
-#[tokio::test]
-async fn placeholder() {}
