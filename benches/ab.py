@@ -8,6 +8,8 @@ machine hits both sides alike. For "is this change within noise of before".
     python3 benches/ab.py --a /tmp/base/target/release/server --b target/release/server
 
 Prints, per cell, the median MB/s (and ops/s) of each side and B / A.
+`--bench` picks the client binary: the base's `redstone-bench` when B
+speaks a newer fast-path protocol than A (servers answer older versions).
 Servers from #12 on serve metrics on 127.0.0.1:9464 by default: when both
 binaries do, give one of them `--a-args "--metrics 127.0.0.1:0"`.
 """
@@ -24,15 +26,19 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BENCH = os.path.join(ROOT, "target", "release", "redstone-bench")
 
-# (size, op, concurrency, pipeline)
+# (target, size, op, concurrency, pipeline)
 CELLS = [
-    (3 << 10, "get", 1, 1),
-    (3 << 10, "get", 16, 1),
-    (3 << 10, "get", 16, 16),
-    (3 << 10, "put", 16, 1),
-    (1 << 20, "get", 1, 1),
-    (1 << 20, "put", 16, 1),
-    (16 << 20, "get", 1, 1),
+    ("fast", 3 << 10, "get", 1, 1),
+    ("fast", 3 << 10, "get", 16, 1),
+    ("fast", 3 << 10, "get", 16, 16),
+    ("fast", 3 << 10, "put", 1, 1),
+    ("fast", 3 << 10, "put", 16, 1),
+    ("fast", 1 << 20, "get", 1, 1),
+    ("fast", 1 << 20, "put", 16, 1),
+    ("fast", 16 << 20, "get", 1, 1),
+    ("fast", 64 << 20, "put", 1, 1),
+    ("grpc", 1 << 20, "get", 1, 1),
+    ("grpc", 1 << 20, "get", 8, 1),
 ]
 
 
@@ -51,19 +57,19 @@ def start(binary, extra):
     while time.time() < deadline:
         try:
             socket.create_connection(("127.0.0.1", fast), timeout=0.2).close()
-            return proc, f"127.0.0.1:{fast}"
+            return proc, {"fast": f"127.0.0.1:{fast}", "grpc": f"127.0.0.1:{grpc}"}
         except OSError:
             time.sleep(0.05)
     proc.kill()
     sys.exit(f"{binary} did not start")
 
 
-def bench(addr, size, op, conc, pipe, duration):
-    cmd = [BENCH, "--target", "fast", "--addr", addr, "--op", op, "--size", str(size),
+def bench(target, addr, size, op, conc, pipe, duration):
+    cmd = [BENCH, "--target", target, "--addr", addr, "--op", op, "--size", str(size),
            "--concurrency", str(conc), "--pipeline", str(pipe), "--duration", str(duration),
            "--json"]
     if op == "get":
-        cmd += ["--keys", str(max(1, min(1000, (256 << 20) // size)))]
+        cmd += ["--keys", str(max(1, min(1000, (256 << 20) // size)) if target == "fast" else 32)]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 120)
     if out.returncode != 0:
         sys.exit(f"{' '.join(cmd)} failed:\n{out.stderr}")
@@ -78,6 +84,7 @@ def human(n):
 
 
 def main():
+    global BENCH
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--a", required=True, help="the baseline server binary")
     ap.add_argument("--b", required=True, help="the server binary under test")
@@ -85,28 +92,31 @@ def main():
     ap.add_argument("--b-args", default="", help="more flags for B")
     ap.add_argument("--duration", type=float, default=2.0)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--only", default="", help="cells whose 'size/op/conc/pipeline' contains this")
+    ap.add_argument("--only", default="", help="cells whose 'target/size/op/conc/pipeline' contains this")
+    ap.add_argument("--bench", default=BENCH, help="the client: a redstone-bench binary")
     args = ap.parse_args()
+    BENCH = args.bench
     servers = {
         name: start(binary, extra.split())
         for name, binary, extra in (("A", args.a, args.a_args), ("B", args.b, args.b_args))
     }
     try:
         print(f"Medians of {args.repeats} interleaved runs of {args.duration:.0f} s; "
-              "client: redstone-bench --target fast.\n")
-        print("| size | op | conc | pipeline | A MB/s | B MB/s | A ops/s | B ops/s | B ÷ A |")
-        print("|---|---|---|---|---|---|---|---|---|", flush=True)
-        for size, op, conc, pipe in CELLS:
-            if args.only not in f"{human(size)}/{op}/{conc}/{pipe}":
+              f"client: {BENCH}.\n")
+        print("| target | size | op | conc | pipeline | A MB/s | B MB/s | A ops/s | B ops/s | B ÷ A |")
+        print("|---|---|---|---|---|---|---|---|---|---|", flush=True)
+        for target, size, op, conc, pipe in CELLS:
+            if args.only not in f"{target}/{human(size)}/{op}/{conc}/{pipe}":
                 continue
             runs = {"A": [], "B": []}
             for _ in range(args.repeats):
                 for name in ("A", "B"):
-                    runs[name].append(bench(servers[name][1], size, op, conc, pipe, args.duration))
+                    addr = servers[name][1][target]
+                    runs[name].append(bench(target, addr, size, op, conc, pipe, args.duration))
             med = {n: {k: statistics.median(r[k] for r in rs) for k in ("mb_per_sec", "ops_per_sec")}
                    for n, rs in runs.items()}
             a, b = med["A"], med["B"]
-            print(f"| {human(size)} | {op} | {conc} | {pipe} | {a['mb_per_sec']:.0f} | {b['mb_per_sec']:.0f} | "
+            print(f"| {target} | {human(size)} | {op} | {conc} | {pipe} | {a['mb_per_sec']:.0f} | {b['mb_per_sec']:.0f} | "
                   f"{a['ops_per_sec']:.0f} | {b['ops_per_sec']:.0f} | {b['ops_per_sec'] / a['ops_per_sec']:.2f} |",
                   flush=True)
     finally:

@@ -25,6 +25,13 @@
 //! 64 MiB), the freed extents of the old size linger for those 200 ms and
 //! resident memory peaked at 1.2× the budget, settling at 0.95×.
 //!
+//! The settings live in this workspace's `.cargo/config.toml`: a build
+//! from elsewhere (`cargo install` from a registry, a crate depending on
+//! this one) gets jemalloc's defaults (10 s decay, large allocations purged
+//! at once). And a `cargo build --workspace` unifies features, linking
+//! jemalloc into the Python extension too; maturin builds that crate alone,
+//! without it.
+//!
 //! The engine charges a payload its jemalloc size class
 //! ([`payload_footprint`]): sizes are rounded up to one of four classes per
 //! power of two, so a 1 MiB tensor costs exactly 1 MiB and a 1 MiB + 1 byte

@@ -34,6 +34,7 @@ use super::proto::{GetRequest, GetResponse};
 use super::service::GrpcService;
 use super::MESSAGE_SLACK;
 use crate::tensor::Tensor;
+use crate::Error;
 
 /// The path of the method this layer answers.
 const GET_PATH: &str = "/redstone.RedStone/Get";
@@ -122,32 +123,43 @@ async fn read_request(body: Body) -> Result<String, Status> {
         .await
         .map_err(|e| {
             if e.is::<http_body_util::LengthLimitError>() {
-                Status::out_of_range(format!(
-                    "a Get request of over {LIMIT} bytes (a key is at most {} bytes)",
+                // Only a key can make a `GetRequest` this long: the answer
+                // the engine gives an over-long key.
+                Status::from(Error::InvalidKey(format!(
+                    "a Get request of over {LIMIT} bytes; a key is at most {} bytes",
                     crate::engine::MAX_KEY_LEN
-                ))
+                )))
             } else {
                 Status::internal(format!("reading the request: {e}"))
             }
         })?;
     let mut buf = collected.to_bytes();
-    if buf.len() < PREFIX {
-        return Err(Status::internal("Missing request message."));
+    // As tonic does: the first message is the request, and any after it
+    // are read and dropped, but each must be whole; a compression flag
+    // without a declared encoding is a protocol error.
+    let mut first = None;
+    while !buf.is_empty() {
+        if buf.len() < PREFIX {
+            return Err(Status::internal("a truncated message prefix"));
+        }
+        let compressed = buf.get_u8();
+        let len = buf.get_u32() as usize;
+        if compressed != 0 {
+            return Err(Status::internal(
+                "protocol error: received message with compressed-flag but no grpc-encoding was specified",
+            ));
+        }
+        if buf.len() < len {
+            return Err(Status::internal(format!(
+                "a message of {len} bytes, truncated at {}",
+                buf.len()
+            )));
+        }
+        let message = buf.split_to(len);
+        first.get_or_insert(message);
     }
-    let compressed = buf.get_u8();
-    let len = buf.get_u32() as usize;
-    if compressed != 0 {
-        return Err(Status::unimplemented(
-            "the request is compressed, but declares no grpc-encoding",
-        ));
-    }
-    if buf.len() != len {
-        return Err(Status::internal(format!(
-            "the request body holds {} bytes after its prefix, which declares {len} (one message expected)",
-            buf.len()
-        )));
-    }
-    let request = GetRequest::decode(buf).map_err(|e| Status::internal(e.to_string()))?;
+    let message = first.ok_or_else(|| Status::internal("Missing request message."))?;
+    let request = GetRequest::decode(message).map_err(|e| Status::internal(e.to_string()))?;
     Ok(request.key)
 }
 
@@ -226,10 +238,8 @@ impl http_body::Body for Chunks {
         self.chunks.is_empty() && self.trailers.is_none()
     }
 
-    fn size_hint(&self) -> http_body::SizeHint {
-        let len: usize = self.chunks.iter().map(Bytes::len).sum();
-        http_body::SizeHint::with_exact(len as u64)
-    }
+    // No exact size hint: hyper would turn it into a `content-length`
+    // header, which tonic's replies do not carry.
 }
 
 #[cfg(test)]
@@ -297,11 +307,17 @@ mod tests {
         );
     }
 
-    fn framed(bytes: &[u8], flag: u8) -> Body {
+    fn frame_bytes(bytes: &[u8], flag: u8) -> Vec<u8> {
         let mut out = vec![flag];
         out.extend_from_slice(&(bytes.len() as u32).to_be_bytes());
         out.extend_from_slice(bytes);
-        Body::new(http_body_util::Full::new(Bytes::from(out)))
+        out
+    }
+
+    fn framed(bytes: &[u8], flag: u8) -> Body {
+        Body::new(http_body_util::Full::new(Bytes::from(frame_bytes(
+            bytes, flag,
+        ))))
     }
 
     #[tokio::test]
@@ -309,20 +325,30 @@ mod tests {
         let key = GetRequest { key: "k".into() }.encode_to_vec();
         assert_eq!(read_request(framed(&key, 0)).await.unwrap(), "k");
         let compressed = read_request(framed(&key, 1)).await.unwrap_err();
-        assert_eq!(compressed.code(), tonic::Code::Unimplemented);
+        assert_eq!(compressed.code(), tonic::Code::Internal);
         let short = Body::new(http_body_util::Full::new(Bytes::from_static(&[0, 0])));
         assert_eq!(
             read_request(short).await.unwrap_err().code(),
             tonic::Code::Internal
         );
-        let mut two = key.clone();
-        two.extend_from_slice(&key);
-        let mut body = vec![0u8];
-        body.extend_from_slice(&(key.len() as u32).to_be_bytes());
-        body.extend_from_slice(&two);
-        let two = Body::new(http_body_util::Full::new(Bytes::from(body)));
+        let empty = Body::new(http_body_util::Full::new(Bytes::new()));
         assert_eq!(
-            read_request(two).await.unwrap_err().code(),
+            read_request(empty).await.unwrap_err().code(),
+            tonic::Code::Internal
+        );
+        // A second whole message is read and dropped; a cut one is an error.
+        let other = GetRequest {
+            key: "other".into(),
+        }
+        .encode_to_vec();
+        let mut two = frame_bytes(&key, 0);
+        two.extend(frame_bytes(&other, 0));
+        let body = Body::new(http_body_util::Full::new(Bytes::from(two.clone())));
+        assert_eq!(read_request(body).await.unwrap(), "k");
+        two.pop();
+        let cut = Body::new(http_body_util::Full::new(Bytes::from(two)));
+        assert_eq!(
+            read_request(cut).await.unwrap_err().code(),
             tonic::Code::Internal
         );
         let garbage = read_request(framed(&[0xff; 9], 0)).await.unwrap_err();
@@ -330,6 +356,7 @@ mod tests {
         let huge = read_request(framed(&vec![0u8; 2 * MESSAGE_SLACK as usize], 0))
             .await
             .unwrap_err();
-        assert_eq!(huge.code(), tonic::Code::OutOfRange);
+        assert_eq!(huge.code(), tonic::Code::InvalidArgument);
+        assert!(huge.message().starts_with("InvalidKey:"));
     }
 }

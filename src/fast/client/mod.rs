@@ -281,6 +281,12 @@ impl FastClient {
     /// allocation of exactly its size; a compressed one is decoded into
     /// one.
     ///
+    /// A tensor over [`BULK_THRESHOLD`](super::wire::BULK_THRESHOLD) comes
+    /// over an exclusive connection (one more round trip), so that its
+    /// payload never holds up the replies of other calls on the shared one,
+    /// into a buffer from the client's pool
+    /// ([`FastClientOptions::buffer_pool`]) when one of its size is idle.
+    ///
     /// With an L1 ([`FastClientOptions::l1`]), a tensor held there is
     /// returned without a request, and concurrent misses of one key share
     /// one request.
@@ -306,15 +312,20 @@ impl FastClient {
         let request = Request::Get {
             key: key.to_owned(),
         };
-        let reply = self.round_trip(request, Bytes::new()).await?;
-        match reply.response.status() {
-            Status::NotFound => Ok(None),
-            Status::Bulk => self.fetch_bulk(key).await,
-            status => {
-                check(status, &reply.response.message)?;
-                tensor_from(reply, self.inner.options.max_payload).map(Some)
+        // One deadline for the whole get, the bulk fetch included (the wait
+        // for an exclusive connection too).
+        self.with_timeout(async {
+            let reply = self.round_trip(request, Bytes::new()).await?;
+            match reply.response.status() {
+                Status::NotFound => Ok(None),
+                Status::Bulk => self.fetch_bulk(key).await,
+                status => {
+                    check(status, &reply.response.message)?;
+                    tensor_from(reply, self.inner.options.max_payload).map(Some)
+                }
             }
-        }
+        })
+        .await
     }
 
     /// A plain GET on an exclusive connection.
@@ -322,10 +333,10 @@ impl FastClient {
         let limits = limits(&self.inner.options);
         let (_permit, mut conn, reused) = self.exclusive().await?;
         let pool = self.inner.pool.as_ref();
-        let mut result = self.with_timeout(conn.get(key, &limits, pool)).await;
+        let mut result = conn.get(key, &limits, pool).await;
         if retry_on_fresh(reused, &result, &conn) {
             conn = Exclusive::connect(self.inner.peer, &self.inner.options).await?;
-            result = self.with_timeout(conn.get(key, &limits, pool)).await;
+            result = conn.get(key, &limits, pool).await;
         }
         self.keep_exclusive(conn, &result);
         result
@@ -444,7 +455,8 @@ impl FastClient {
     ) -> Result<Option<TensorMeta>, ClientError> {
         let mut limits = limits(&self.inner.options);
         limits.max_payload = limits.max_payload.max(dst.len() as u64);
-        conn.get_into(key, dst, &limits, accept).await
+        self.with_timeout(conn.get_into(key, dst, &limits, accept))
+            .await
     }
 
     /// Reads many tensors; the result has one entry per key, in order,

@@ -548,14 +548,25 @@ impl Conn<'_> {
             _ => self.engine.peek_len(key),
         };
         // A large tensor a version-3 client fetches on a connection of its
-        // own is answered `Bulk`, without its payload: nothing to make room
-        // for.
-        let not_bulk = prefix.opcode == Opcode::Get && prefix.flags & FLAG_NOT_BULK != 0;
-        let payload = match len {
-            Some(len) if not_bulk && len > BULK_THRESHOLD => 0,
-            len => len.unwrap_or(0),
-        };
-        let mut estimate = payload + HEAD_ESTIMATE + key.len() as u64;
+        // own is answered `Bulk` from its peeked size, before it is looked
+        // up: a tensor on disk is read (and counted, and considered for
+        // promotion) once, by the GET that takes its payload.
+        if let Some(len) = len.filter(|&len| wants_bulk(prefix, len)) {
+            let reservation = self.queue.reserve(HEAD_ESTIMATE).await?;
+            let mut response = bulk(len);
+            response.index = index;
+            let frame = response_frame(
+                prefix.version,
+                prefix.opcode,
+                flags,
+                prefix.request_id,
+                &response,
+                Bytes::new(),
+            )?;
+            self.queue.send(frame, reservation).await?;
+            return Ok(Status::Bulk);
+        }
+        let mut estimate = len.unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
         loop {
             let reservation = self.queue.reserve(estimate).await?;
             let mut found = self.find(key).await?;
@@ -636,18 +647,11 @@ fn get_frame(
     index: u32,
 ) -> Result<(OutFrame, Status), EncodeError> {
     let found = found.and_then(|found| found.ok_or_else(|| Error::NotFound(key.to_owned())));
-    let not_bulk = prefix.opcode == Opcode::Get && prefix.flags & FLAG_NOT_BULK != 0;
     let (mut response, payload) = match found {
-        Ok(tensor) if not_bulk && tensor.data().len() as u64 > BULK_THRESHOLD => (
-            Response::error(
-                Status::Bulk,
-                format!(
-                    "a payload of {} bytes: ask on a connection of its own",
-                    tensor.data().len()
-                ),
-            ),
-            Bytes::new(),
-        ),
+        // Peeked smaller (or not at all), found larger: replaced meanwhile.
+        Ok(tensor) if wants_bulk(prefix, tensor.data().len() as u64) => {
+            (bulk(tensor.data().len() as u64), Bytes::new())
+        }
         Ok(tensor) => (
             Response::ok(Body::Tensor(WireMeta::of(&tensor))),
             tensor.data().clone(),
@@ -668,6 +672,20 @@ fn get_frame(
         payload,
     )?;
     Ok((frame, status))
+}
+
+/// Whether a GET framed as `prefix` of a payload of `len` bytes is
+/// answered `Bulk` (docs/PROTOCOL.md, "Bulk replies").
+fn wants_bulk(prefix: &Prefix, len: u64) -> bool {
+    prefix.opcode == Opcode::Get && prefix.flags & FLAG_NOT_BULK != 0 && len > BULK_THRESHOLD
+}
+
+/// The `Bulk` answer to a GET of a payload of `len` bytes.
+fn bulk(len: u64) -> Response {
+    Response::error(
+        Status::Bulk,
+        format!("a payload of {len} bytes: ask on a connection of its own"),
+    )
 }
 
 /// A response frame in protocol `version`: encoded head plus the payload
