@@ -12,8 +12,8 @@
 //! tonic's encode buffers) is a fresh mapping that page-faults on first
 //! touch and is unmapped on free. jemalloc reuses freed extents instead.
 //! Measured with the same client against both builds of the server
-//! (`benches/compare.py`, the README's Performance section): 1 MiB puts
-//! from 16 clients 0.57 → 2.59 GB/s, gRPC 1 MiB gets 2.5× at 8 workers.
+//! (`benches/ab.py`, the README's Memory section): 1 MiB puts from 16
+//! clients 2.4×, single-stream 64 MiB puts 2.0×.
 //!
 //! Its settings (compiled in by `.cargo/config.toml`): freed pages are
 //! returned to the system within about 200 ms by a background thread
