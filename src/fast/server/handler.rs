@@ -553,18 +553,9 @@ impl Conn<'_> {
         // promotion) once, by the GET that takes its payload.
         if let Some(len) = len.filter(|&len| wants_bulk(prefix, len)) {
             let reservation = self.queue.reserve(HEAD_ESTIMATE).await?;
-            let mut response = bulk(len);
-            response.index = index;
-            let frame = response_frame(
-                prefix.version,
-                prefix.opcode,
-                flags,
-                prefix.request_id,
-                &response,
-                Bytes::new(),
-            )?;
+            let (frame, status) = answer(bulk(len), Bytes::new(), prefix, flags, index)?;
             self.queue.send(frame, reservation).await?;
-            return Ok(Status::Bulk);
+            return Ok(status);
         }
         let mut estimate = len.unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
         loop {
@@ -647,7 +638,7 @@ fn get_frame(
     index: u32,
 ) -> Result<(OutFrame, Status), EncodeError> {
     let found = found.and_then(|found| found.ok_or_else(|| Error::NotFound(key.to_owned())));
-    let (mut response, payload) = match found {
+    let (response, payload) = match found {
         // Peeked smaller (or not at all), found larger: replaced meanwhile.
         Ok(tensor) if wants_bulk(prefix, tensor.data().len() as u64) => {
             (bulk(tensor.data().len() as u64), Bytes::new())
@@ -661,6 +652,18 @@ fn get_frame(
             (Response::error(e.status, e.message), Bytes::new())
         }
     };
+    answer(response, payload, prefix, flags, index)
+}
+
+/// The frame of `response` (key `index` of a batch) and `payload`,
+/// answering the request framed as `prefix`, and its status.
+fn answer(
+    mut response: Response,
+    payload: Bytes,
+    prefix: &Prefix,
+    flags: u8,
+    index: u32,
+) -> Result<(OutFrame, Status), EncodeError> {
     response.index = index;
     let status = Status::from_code(response.status);
     let frame = response_frame(
