@@ -223,9 +223,8 @@ const HUGE_PAGES_FROM: usize = 4 << 20;
 /// with transparent huge pages (`MADV_HUGEPAGE`; this machine, like most,
 /// runs THP in `madvise` mode). A fresh buffer is then faulted in 2 MiB at
 /// a time instead of 4 KiB: a 64 MiB payload costs 32 page faults, not
-/// 16 384. Only whole huge pages
-/// inside the allocation are advised, so no huge page spans memory that
-/// is not this payload's.
+/// 16 384. Only whole huge pages inside the allocation are advised, so no
+/// huge page spans memory that is not this payload's.
 #[cfg(target_os = "linux")]
 fn advise_huge_pages(buf: &mut Vec<u8>) {
     const HUGE: usize = 2 << 20;
