@@ -314,7 +314,7 @@ impl Choices<'_> {
 /// frame that decodes to itself.
 pub fn roundtrip(data: &[u8]) {
     let mut c = Choices(data);
-    let request = match c.byte() % 10 {
+    let request = match c.byte() % 11 {
         0 => Request::Ping,
         1 => Request::Get { key: c.string() },
         2 => Request::Put {
@@ -324,6 +324,9 @@ pub fn roundtrip(data: &[u8]) {
         3 => Request::Delete { key: c.string() },
         4 => Request::Stats,
         8 => Request::DiskStats,
+        9 => Request::Release {
+            leases: (0..c.byte() % 8).map(|_| c.u64().to_le_bytes()).collect(),
+        },
         5 => Request::GetMany {
             keys: (0..c.byte() % 8).map(|_| c.string()).collect(),
         },

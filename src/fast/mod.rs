@@ -13,12 +13,13 @@
 //!   [`ClientError`](crate::client::ClientError).
 
 mod client;
+pub mod local;
 mod server;
 pub mod stream;
 pub mod wire;
 
 pub use client::{FastClient, FastClientOptions};
-pub(crate) use server::serve;
 #[cfg(feature = "fuzzing")]
 pub use server::serve_io;
 pub use server::FastConfig;
+pub(crate) use server::{serve, Listener};

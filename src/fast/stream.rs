@@ -20,6 +20,8 @@
 
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -27,6 +29,9 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::wire::{Limits, Prefix, ProtocolError, PREFIX_LEN};
 
+/// The most frames [`write_loop`] takes from its queue at once (and so the
+/// most descriptors one of its writes carries).
+pub const WRITE_BATCH: usize = 32;
 /// How much the reader asks the socket for at a time.
 const READ_CHUNK: usize = 64 * 1024;
 /// The most buffers handed to one `writev`.
@@ -262,6 +267,9 @@ pub struct OutFrame {
     pub head: Bytes,
     /// The payload; empty for most frames.
     pub payload: Bytes,
+    /// The file descriptor a `FLAG_FD` frame passes (the local door only);
+    /// the writer sends it no later than the frame's first byte.
+    pub fd: Option<Arc<OwnedFd>>,
 }
 
 /// A frame in a writer's queue, with what it keeps reserved (the server's
@@ -287,6 +295,7 @@ impl OutFrame {
         OutFrame {
             head: head.into(),
             payload,
+            fd: None,
         }
     }
 
@@ -314,23 +323,42 @@ pub async fn write_frames<W: AsyncWrite + Unpin>(
         &mut chunks,
         &mut holds,
         frames.into_iter().map(Queued::from),
-    );
+        None,
+    )?;
     write_chunks(io, &mut chunks, None).await
 }
 
-/// Moves the frames' buffers onto `chunks` and their holds onto `holds`.
+/// Descriptors waiting for a descriptor-carrying writer's next `sendmsg`.
+pub type Outbox = Arc<Mutex<VecDeque<Arc<OwnedFd>>>>;
+
+/// Moves the frames' buffers onto `chunks`, their descriptors onto
+/// `outbox` (before any of their bytes are written) and their holds onto
+/// `holds`. A descriptor with nowhere to go is an error.
 fn queue_chunks<H>(
     chunks: &mut VecDeque<Bytes>,
     holds: &mut Vec<H>,
     frames: impl IntoIterator<Item = Queued<H>>,
-) {
+    outbox: Option<&Outbox>,
+) -> io::Result<()> {
     for Queued { frame, hold } in frames {
+        if let Some(fd) = frame.fd {
+            let Some(outbox) = outbox else {
+                return Err(io::Error::other(
+                    "a file descriptor to send on a stream that cannot carry one",
+                ));
+            };
+            outbox
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push_back(fd);
+        }
         chunks.push_back(frame.head);
         if !frame.payload.is_empty() {
             chunks.push_back(frame.payload);
         }
         holds.push(hold);
     }
+    Ok(())
 }
 
 /// Writes and empties `chunks`, up to [`MAX_IOV`] buffers per `writev`.
@@ -385,18 +413,25 @@ async fn write_chunks<W: AsyncWrite + Unpin>(
 /// write makes no progress for `stall` (an error of kind `TimedOut`) —
 /// then the queue is dropped with everything it holds, and senders see it
 /// closed.
+///
+/// A frame's descriptor goes onto `outbox` (which `writer` must send
+/// with its next write, see `fast::local`) when the frame is taken.
 pub async fn write_loop<W: AsyncWrite + Unpin, H>(
     mut writer: W,
     mut rx: tokio::sync::mpsc::Receiver<Queued<H>>,
     stall: Option<Duration>,
+    outbox: Option<Outbox>,
 ) -> io::Result<()> {
-    const BATCH: usize = 32;
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut chunks = VecDeque::with_capacity(2 * BATCH);
-    let mut holds = Vec::with_capacity(BATCH);
-    while rx.recv_many(&mut batch, BATCH).await > 0 {
-        queue_chunks(&mut chunks, &mut holds, batch.drain(..));
-        if let Err(e) = write_chunks(&mut writer, &mut chunks, stall).await {
+    let mut batch = Vec::with_capacity(WRITE_BATCH);
+    let mut chunks = VecDeque::with_capacity(2 * WRITE_BATCH);
+    let mut holds = Vec::with_capacity(WRITE_BATCH);
+    while rx.recv_many(&mut batch, WRITE_BATCH).await > 0 {
+        let queued = queue_chunks(&mut chunks, &mut holds, batch.drain(..), outbox.as_ref());
+        let written = match queued {
+            Ok(()) => write_chunks(&mut writer, &mut chunks, stall).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             tracing::debug!("write failed: {e}");
             return Err(e);
         }

@@ -22,17 +22,35 @@ impl std::fmt::Debug for BudgetProbe {
     }
 }
 
+/// Reads the local door's leased bytes.
+pub(super) struct LeaseProbe(pub(super) Box<dyn Fn() -> u64 + Send + Sync>);
+
+impl std::fmt::Debug for LeaseProbe {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("LeaseProbe")
+    }
+}
+
 /// Reads an [`Engine`]'s [`Stats`](crate::stats::Stats) and tombstones,
 /// and the fast path's budgets once it serves, at each scrape.
 #[derive(Debug)]
 pub(super) struct EngineCollector {
     engine: Engine,
     budgets: Arc<OnceLock<BudgetProbe>>,
+    leases: Arc<OnceLock<LeaseProbe>>,
 }
 
 impl EngineCollector {
-    pub(super) fn new(engine: Engine, budgets: Arc<OnceLock<BudgetProbe>>) -> EngineCollector {
-        EngineCollector { engine, budgets }
+    pub(super) fn new(
+        engine: Engine,
+        budgets: Arc<OnceLock<BudgetProbe>>,
+        leases: Arc<OnceLock<LeaseProbe>>,
+    ) -> EngineCollector {
+        EngineCollector {
+            engine,
+            budgets,
+            leases,
+        }
     }
 }
 
@@ -93,6 +111,12 @@ impl Collector for EngineCollector {
                 "Bytes of fast-path PUT payloads being received, over all connections (bounded by --max-ingress)",
                 Some(Unit::Bytes),
                 receiving,
+            ),
+            (
+                "local_leased",
+                "Bytes of stored tensors that local-door clients have mapped, each counted once (bounded by --max-leased)",
+                Some(Unit::Bytes),
+                self.leases.get().map_or(0, |probe| (probe.0)()),
             ),
         ];
         for (name, help, unit, value) in gauges.into_iter().chain(budgets) {

@@ -49,16 +49,19 @@ pub const LATENCY_BUCKETS: [f64; 19] = [
 pub enum Door {
     /// The gRPC API.
     Grpc,
-    /// The fast path.
+    /// The fast path over TCP.
     Fast,
+    /// The fast path over the local door's Unix socket.
+    Local,
 }
 
 impl Door {
-    /// The label value: `grpc` or `fast`.
+    /// The label value: `grpc`, `fast` or `local`.
     pub fn name(self) -> &'static str {
         match self {
             Door::Grpc => "grpc",
             Door::Fast => "fast",
+            Door::Local => "local",
         }
     }
 }
@@ -117,6 +120,7 @@ struct Inner {
     refused: Family<RefusedLabels, Counter>,
     draining: AtomicBool,
     budgets: Arc<OnceLock<engine::BudgetProbe>>,
+    leases: Arc<OnceLock<engine::LeaseProbe>>,
 }
 
 impl ServerMetrics {
@@ -164,9 +168,11 @@ impl ServerMetrics {
             refused.clone(),
         );
         let budgets = Arc::new(OnceLock::new());
+        let leases = Arc::new(OnceLock::new());
         registry.register_collector(Box::new(engine::EngineCollector::new(
             engine,
             Arc::clone(&budgets),
+            Arc::clone(&leases),
         )));
         ServerMetrics {
             inner: Arc::new(Inner {
@@ -179,6 +185,7 @@ impl ServerMetrics {
                 refused,
                 draining: AtomicBool::new(false),
                 budgets,
+                leases,
             }),
         }
     }
@@ -257,6 +264,12 @@ impl ServerMetrics {
         probe: impl Fn() -> (u64, u64) + Send + Sync + 'static,
     ) {
         let _ = self.inner.budgets.set(engine::BudgetProbe(Box::new(probe)));
+    }
+
+    /// Lets a scrape read the local door's leased bytes through `probe`.
+    /// The first call wins.
+    pub(crate) fn watch_leases(&self, probe: impl Fn() -> u64 + Send + Sync + 'static) {
+        let _ = self.inner.leases.set(engine::LeaseProbe(Box::new(probe)));
     }
 
     /// Marks the server as draining (shutting down): `/health` answers

@@ -22,7 +22,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::disk::{DiskConfig, DiskError, DiskTier};
 use crate::engine::Engine;
-use crate::fast::FastConfig;
+use crate::fast::local::{LocalConfig, LocalListener};
+use crate::fast::{FastConfig, Listener};
 use crate::grpc::{GrpcConfig, GrpcService, H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
 use crate::metrics::ServerMetrics;
 
@@ -59,6 +60,9 @@ pub struct Config {
     /// (taking up to another `shutdown_grace`), so that a restart comes
     /// back with them too.
     pub persist_on_shutdown: bool,
+    /// The local door (a Unix socket sharing tensors through memory with
+    /// clients on this host), if any. It takes the fast path's limits.
+    pub local: Option<LocalConfig>,
 }
 
 impl Default for Config {
@@ -74,6 +78,7 @@ impl Default for Config {
             shutdown_grace: Duration::from_secs(10),
             disk: None,
             persist_on_shutdown: false,
+            local: None,
         }
     }
 }
@@ -97,6 +102,14 @@ pub enum ServerError {
         /// Why it failed.
         source: std::io::Error,
     },
+    /// The local door's socket could not be bound.
+    #[error("cannot listen on {path} (see --uds): {source}")]
+    BindLocal {
+        /// The socket's path.
+        path: std::path::PathBuf,
+        /// Why it failed.
+        source: std::io::Error,
+    },
     /// The disk tier could not be opened.
     #[error("{0} (see --disk-dir)")]
     Disk(#[from] DiskError),
@@ -117,6 +130,7 @@ pub struct Server {
     fast: TcpListener,
     fast_addr: SocketAddr,
     http: Option<(TcpListener, SocketAddr)>,
+    local: Option<LocalListener>,
     metrics: ServerMetrics,
     config: Config,
 }
@@ -156,7 +170,18 @@ impl Server {
             })?),
             None => None,
         };
+        let local =
+            match &config.local {
+                Some(local) => Some(crate::fast::local::bind(local).map_err(|source| {
+                    ServerError::BindLocal {
+                        path: local.path.clone(),
+                        source,
+                    }
+                })?),
+                None => None,
+            };
         Ok(Server {
+            local,
             metrics: ServerMetrics::new(engine.clone()),
             engine,
             grpc,
@@ -203,13 +228,23 @@ impl Server {
         // stops with it instead of serving on from a detached task.
         let _stop_fast_on_drop = fast_stop.clone().drop_guard();
         let fast = tokio::spawn(crate::fast::serve(
-            self.fast,
+            Listener::Tcp(self.fast),
             self.engine.clone(),
             self.config.fast.clone(),
             fast_stop.clone(),
             self.config.shutdown_grace,
             self.metrics.clone(),
         ));
+        let local = self.local.map(|local| {
+            tokio::spawn(crate::fast::serve(
+                Listener::Local(local),
+                self.engine.clone(),
+                self.config.fast.clone(),
+                fast_stop.clone(),
+                self.config.shutdown_grace,
+                self.metrics.clone(),
+            ))
+        });
         // The metrics endpoint outlives the doors' grace period: `/health`
         // says 503 while they drain.
         let http_stop = CancellationToken::new();
@@ -266,6 +301,9 @@ impl Server {
         };
         // The fast path bounds its own wait by the same grace period.
         fast.await?;
+        if let Some(local) = local {
+            local.await?;
+        }
         let grace = self.config.shutdown_grace;
         let persist = self.config.persist_on_shutdown;
         if engine.disk_stats().is_some() {

@@ -38,6 +38,9 @@ struct ServerFile {
     disk_size: Option<Size>,
     disk_queue: Option<Size>,
     persist_on_shutdown: Option<bool>,
+    uds: Option<std::path::PathBuf>,
+    uds_mode: Option<String>,
+    max_leased: Option<Size>,
 }
 
 /// A byte size: a number of bytes, or a string such as `"512MiB"`,
@@ -114,6 +117,9 @@ pub(super) fn apply(path: &Path, args: &mut Args, matches: &ArgMatches) -> Resul
         disk_size => |s: Size| s.bytes().map(Some),
         disk_queue => Size::bytes,
         persist_on_shutdown => Ok,
+        uds => |p| Ok(Some(p)),
+        uds_mode => |m: String| super::parse_mode(&m),
+        max_leased => |s: Size| s.bytes().map(Some),
     );
     if args.disk_dir.is_some() != args.disk_size.is_some() {
         return Err(format!(

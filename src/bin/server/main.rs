@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use clap::{CommandFactory, FromArgMatches, Parser, ValueEnum};
 use redstone::disk::DiskConfig;
+use redstone::fast::local::LocalConfig;
 use redstone::fast::FastConfig;
 use redstone::grpc::GrpcConfig;
 use redstone::server::{Config, Server};
@@ -140,6 +141,33 @@ struct Args {
     /// exiting, so that a restart comes back with them.
     #[arg(long, requires = "disk_dir")]
     persist_on_shutdown: bool,
+
+    /// Open the local door on this Unix socket path: clients on this host
+    /// connect with `unix:PATH` and share large tensors through memory
+    /// instead of copying them (Linux). Off by default.
+    #[arg(long, value_name = "PATH")]
+    uds: Option<std::path::PathBuf>,
+
+    /// The local door's socket permissions, in octal: 600 lets only this
+    /// user connect, 660 its group too.
+    #[arg(long, value_name = "MODE", default_value = "600", value_parser = parse_mode)]
+    uds_mode: u32,
+
+    /// The most bytes of stored tensors local clients may have mapped at
+    /// once (pages a mapping keeps alive after eviction are outside
+    /// CACHE_SIZE). Default: CACHE_SIZE.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    max_leased: Option<u64>,
+}
+
+/// Permission bits in octal (`600`, `0660`).
+fn parse_mode(text: &str) -> Result<u32, String> {
+    match u32::from_str_radix(text.trim_start_matches("0o"), 8) {
+        Ok(mode) if mode <= 0o777 => Ok(mode),
+        _ => Err(format!(
+            "{text}: expected octal permission bits such as 600 or 660"
+        )),
+    }
 }
 
 /// An address to listen on, or none (`off`).
@@ -249,6 +277,10 @@ async fn serve(args: Args) -> ExitCode {
                 ..DiskConfig::new(dir, size)
             }),
         persist_on_shutdown: args.persist_on_shutdown,
+        local: args.uds.clone().map(|path| LocalConfig {
+            mode: args.uds_mode,
+            ..LocalConfig::new(path, args.max_leased.unwrap_or(args.cache_size))
+        }),
     };
     let server = match Server::bind(config).await {
         Ok(server) => server,
@@ -273,6 +305,7 @@ async fn serve(args: Args) -> ExitCode {
         idle_timeout_s = args.idle_timeout,
         disk_dir = args.disk_dir.as_ref().map(|d| d.display().to_string()),
         disk_size_bytes = args.disk_size,
+        uds = args.uds.as_ref().map(|p| p.display().to_string()),
         "Redstone is listening"
     );
     match server.run(shutdown_signal()).await {

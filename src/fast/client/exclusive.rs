@@ -2,7 +2,6 @@
 //! straight into the caller's own buffer (`get_into`), and a large one
 //! (`get` of a tensor over `BULK_THRESHOLD`) holds up no other call.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -12,7 +11,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 
 use super::pool::BufferPool;
 use super::reply::{check, meta_from, read_error, tensor_of};
-use super::{connect_stream, FastClientOptions};
+use super::{connect_stream, Endpoint, FastClientOptions};
 use crate::client::ClientError;
 use crate::fast::stream::{FrameReader, ReadError};
 use crate::fast::wire::{decode_response, encode_frame, Limits, Request, Status};
@@ -30,10 +29,17 @@ pub(super) struct Exclusive {
 }
 
 impl Exclusive {
+    /// A new exclusive connection: TCP only (the local door passes large
+    /// payloads as memfds on the shared connection instead).
     pub(super) async fn connect(
-        peer: SocketAddr,
+        peer: &Endpoint,
         options: &FastClientOptions,
     ) -> Result<Exclusive, ClientError> {
+        let Endpoint::Tcp(peer) = peer else {
+            return Err(ClientError::Protocol(
+                "no exclusive connections over the local door".into(),
+            ));
+        };
         let stream = connect_stream(peer, &peer.to_string(), options.connect_timeout).await?;
         let (reader, writer) = stream.into_split();
         Ok(Exclusive {

@@ -3,25 +3,77 @@
 //! for them by request id.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU64;
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 
 use bytes::Bytes;
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{mpsc, oneshot};
 
 use super::reply::read_error;
 use super::{limits, FastClientOptions};
 use crate::client::ClientError;
-use crate::fast::stream::{write_loop, FrameReader, Queued};
-use crate::fast::wire::{decode_response, Limits, Response, Status};
+use crate::fast::local::fds::{Inbox, Outbox};
+use crate::fast::local::memfd;
+use crate::fast::stream::{write_loop, FrameReader, OutFrame, Queued};
+use crate::fast::wire::{
+    decode_response, encode_frame, Limits, Request, Response, Status, FLAG_FD, PREFIX_LEN,
+};
 
-/// A reply frame: its decoded header and payload.
+/// A reply frame: its decoded header and payload, or (the local door) the
+/// sealed memfd its payload is in and that payload's length.
 #[derive(Debug)]
 pub(super) struct Reply {
     pub(super) response: Response,
     pub(super) payload: Bytes,
+    pub(super) fd: Option<Passed>,
+}
+
+/// A tensor's memfd passed with a reply, and the lease it holds on the
+/// server: released when this is dropped unmapped, or when the last clone
+/// of the mapping is.
+#[derive(Debug)]
+pub(super) struct Passed {
+    fd: OwnedFd,
+    len: u64,
+    lease: Lease,
+}
+
+impl Passed {
+    /// Maps the memfd read-only: the tensor's bytes, no copy.
+    pub(super) fn map(self) -> Result<Bytes, ClientError> {
+        let Passed { fd, len, lease } = self;
+        let map = memfd::map(fd, len).map_err(|e| ClientError::Protocol(e.to_string()))?;
+        Ok(Bytes::from_owner(Mapped { map, _lease: lease }))
+    }
+}
+
+/// A mapped tensor and its lease.
+struct Mapped {
+    map: memmap2::Mmap,
+    _lease: Lease,
+}
+
+impl AsRef<[u8]> for Mapped {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+/// Lease `id` on `link`, released on drop.
+#[derive(Debug)]
+struct Lease {
+    id: u64,
+    link: Weak<Link>,
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        if let Some(link) = self.link.upgrade() {
+            link.release(self.id);
+        }
+    }
 }
 
 /// Where the reader sends a request's reply frames.
@@ -57,18 +109,35 @@ pub(super) struct Link {
     /// The writer task, aborted by [`Link::abort`].
     writer: Mutex<Option<tokio::task::AbortHandle>>,
     pub(super) next_id: AtomicU64,
+    /// Whether this is a local-door connection (descriptors pass on it).
+    pub(super) local: bool,
+    /// Leases whose mappings were dropped, not yet released to the
+    /// server.
+    releases: Mutex<Vec<u64>>,
 }
 
 impl Link {
-    /// Starts the writer and reader tasks of a new connection.
-    pub(super) fn open(stream: TcpStream, options: &FastClientOptions) -> Arc<Link> {
-        let (reader, writer) = stream.into_split();
+    /// Starts the writer and reader tasks of a new connection; `fds`
+    /// for the local door's.
+    pub(super) fn open<R, W>(
+        reader: R,
+        writer: W,
+        fds: Option<(Inbox, Outbox)>,
+        options: &FastClientOptions,
+    ) -> Arc<Link>
+    where
+        R: AsyncRead + Unpin + Send + 'static,
+        W: AsyncWrite + Unpin + Send + 'static,
+    {
         let (tx, rx) = mpsc::channel(options.queue.max(1));
+        let (inbox, outbox) = fds.unzip();
         let link = Arc::new(Link {
             tx,
             pending: Mutex::new(Pending::default()),
             writer: Mutex::new(None),
             next_id: AtomicU64::new(1),
+            local: inbox.is_some(),
+            releases: Mutex::default(),
         });
         // A server that stops reading closes the connection after the
         // write timeout: the queued requests and their payloads are
@@ -80,7 +149,7 @@ impl Link {
         let write_timeout = options.write_timeout;
         let writer_link = Arc::downgrade(&link);
         let task = tokio::spawn(async move {
-            let Err(e) = write_loop(writer, rx, write_timeout).await else {
+            let Err(e) = write_loop(writer, rx, write_timeout, outbox).await else {
                 return;
             };
             if e.kind() == std::io::ErrorKind::TimedOut {
@@ -95,10 +164,54 @@ impl Link {
         // connection end and closes its side, and the reader ends.
         tokio::spawn(read_loop(
             FrameReader::new(reader),
+            inbox,
             Arc::downgrade(&link),
             limits(options),
         ));
         link
+    }
+
+    /// Tells the server (now, or with the next request if the queue is
+    /// full) that the mapping of lease `id` is gone.
+    pub(super) fn release(&self, id: u64) {
+        self.releases
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(id);
+        self.flush_releases();
+    }
+
+    /// Sends the releases waiting, if the writer's queue has room; no
+    /// reply is waited for.
+    pub(super) fn flush_releases(&self) {
+        let leases = {
+            let mut waiting = self.releases.lock().unwrap_or_else(PoisonError::into_inner);
+            if waiting.is_empty() {
+                return;
+            }
+            std::mem::take(&mut *waiting)
+        };
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let request = Request::Release {
+            leases: leases.iter().map(|l| l.to_le_bytes()).collect(),
+        };
+        let Ok(head) = encode_frame(request.opcode(), 0, id, &request, 0) else {
+            return;
+        };
+        debug_assert!(head.len() > PREFIX_LEN);
+        match self.tx.try_send(OutFrame::new(head, Bytes::new()).into()) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                // Sent with a later request.
+                self.releases
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .extend(leases);
+            }
+            // The connection is gone, and the server let go of its
+            // leases with it.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
+        }
     }
 
     /// Whether the connection is gone: the reader saw it end, or the
@@ -155,7 +268,12 @@ impl Drop for Registration {
 }
 
 /// Routes reply frames to their waiters until the connection ends.
-async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, link: Weak<Link>, limits: Limits) {
+async fn read_loop<R: AsyncRead + Unpin>(
+    mut reader: FrameReader<R>,
+    inbox: Option<Inbox>,
+    link: Weak<Link>,
+    limits: Limits,
+) {
     let why = loop {
         let head = match reader.read_head(&limits).await {
             Ok(Some(head)) => head,
@@ -167,9 +285,29 @@ async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, link: Weak<Link>, lim
             Ok(response) => response,
             Err(e) => break format!("undecodable reply: {e}"),
         };
-        let payload = match reader.read_payload(prefix.payload_len).await {
-            Ok(payload) => payload,
-            Err(e) => break read_error(e),
+        // A passed memfd (the local door): the payload is not on the
+        // stream, and its descriptor has arrived with or before the frame.
+        let fd = match (prefix.flags & FLAG_FD != 0, &inbox) {
+            (false, _) => None,
+            (true, Some(inbox)) => match inbox.take() {
+                Some(fd) => Some(Passed {
+                    fd,
+                    len: prefix.payload_len,
+                    lease: Lease {
+                        id: prefix.request_id,
+                        link: link.clone(),
+                    },
+                }),
+                None => break "a reply flagged FLAG_FD came without a descriptor".to_owned(),
+            },
+            (true, None) => break "a reply flagged FLAG_FD on a TCP connection".to_owned(),
+        };
+        let payload = match fd {
+            Some(_) => Bytes::new(),
+            None => match reader.read_payload(prefix.payload_len).await {
+                Ok(payload) => payload,
+                Err(e) => break read_error(e),
+            },
         };
         let Some(link) = link.upgrade() else { return };
         if prefix.request_id == 0 && response.status() != Status::Ok {
@@ -186,9 +324,14 @@ async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, link: Weak<Link>, lim
                 }
             }
         };
-        // A reply nobody waits for (timed out, cancelled) is dropped.
+        // A reply nobody waits for (timed out, cancelled) is dropped, and
+        // a passed tensor's lease with it.
         if let Some(waiter) = waiter {
-            waiter.send(Ok(Reply { response, payload }));
+            waiter.send(Ok(Reply {
+                response,
+                payload,
+                fd,
+            }));
         }
     };
     if let Some(link) = link.upgrade() {

@@ -26,9 +26,10 @@ use bytes::Bytes;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 
+use super::local::{fds, memfd, SHARE_THRESHOLD};
 use super::stream::OutFrame;
 use super::wire::{
-    encode_frame, Body, ConditionalPut, Limits, Request, Status, WireMeta, FLAG_NOT_BULK,
+    encode_frame, Body, ConditionalPut, Limits, Request, Status, WireMeta, FLAG_FD, FLAG_NOT_BULK,
     PREFIX_LEN,
 };
 use crate::client::{ClientError, L1Options, TensorStore, L1};
@@ -102,12 +103,24 @@ const GET_MANY_HEADER: u64 = 64;
 /// alignment padding, rounded up.
 const PER_KEY: u64 = 16;
 
+/// Where the server is.
+#[derive(Debug, Clone)]
+enum Endpoint {
+    /// The fast path over TCP.
+    Tcp(std::net::SocketAddr),
+    /// The local door's Unix socket.
+    Local(std::path::PathBuf),
+}
+
+/// The prefix of an address naming the local door's socket.
+const UNIX_PREFIX: &str = "unix:";
+
 #[derive(Debug)]
 struct Inner {
     addr: String,
     /// The resolved server address, for reconnecting and for exclusive
     /// connections.
-    peer: std::net::SocketAddr,
+    peer: Endpoint,
     options: FastClientOptions,
     /// Idle exclusive connections kept for `get_into`.
     spare: Mutex<Vec<Exclusive>>,
@@ -150,18 +163,34 @@ impl FastClient {
         FastClient::connect_with(addr, FastClientOptions::default()).await
     }
 
-    /// Connects to a server's fast path (`--fast`, port 50052 by default).
+    /// Connects to a server's fast path (`--fast`, port 50052 by default),
+    /// or, with an address `unix:PATH`, to its local door (`--uds PATH`):
+    /// the same calls, but large tensors are shared through memory (see
+    /// [`fast::local`](crate::fast::local)).
     pub async fn connect_with(
         addr: impl ToSocketAddrs + std::fmt::Display,
         options: FastClientOptions,
     ) -> Result<FastClient, ClientError> {
         let name = addr.to_string();
-        let stream = connect_stream(addr, &name, options.connect_timeout).await?;
-        let peer = stream.peer_addr().map_err(|e| ClientError::Connect {
-            addr: name.clone(),
-            reason: e.to_string(),
-        })?;
-        let link = Link::open(stream, &options);
+        let (peer, link) = match name.strip_prefix(UNIX_PREFIX) {
+            Some(path) => {
+                let peer = Endpoint::Local(path.into());
+                let link = open_link(&peer, &name, &options).await?;
+                (peer, link)
+            }
+            None => {
+                let stream = connect_stream(addr, &name, options.connect_timeout).await?;
+                let peer = stream.peer_addr().map_err(|e| ClientError::Connect {
+                    addr: name.clone(),
+                    reason: e.to_string(),
+                })?;
+                let (reader, writer) = stream.into_split();
+                (
+                    Endpoint::Tcp(peer),
+                    Link::open(reader, writer, None, &options),
+                )
+            }
+        };
         let inner = Arc::new(Inner {
             addr: name,
             peer,
@@ -321,11 +350,20 @@ impl FastClient {
                 Status::Bulk => self.fetch_bulk(key).await,
                 status => {
                     check(status, &reply.response.message)?;
-                    tensor_from(reply, self.inner.options.max_payload).map(Some)
+                    tensor_from(self.mapped(reply)?, self.inner.options.max_payload).map(Some)
                 }
             }
         })
         .await
+    }
+
+    /// A reply whose payload was passed as a memfd, with the mapping as its
+    /// payload; any other reply as it is.
+    fn mapped(&self, mut reply: Reply) -> Result<Reply, ClientError> {
+        if let Some(passed) = reply.fd.take() {
+            reply.payload = passed.map()?;
+        }
+        Ok(reply)
     }
 
     /// A plain GET on an exclusive connection.
@@ -335,7 +373,7 @@ impl FastClient {
         let pool = self.inner.pool.as_ref();
         let mut result = conn.get(key, &limits, pool).await;
         if retry_on_fresh(reused, &result, &conn) {
-            conn = Exclusive::connect(self.inner.peer, &self.inner.options).await?;
+            conn = Exclusive::connect(&self.inner.peer, &self.inner.options).await?;
             result = conn.get(key, &limits, pool).await;
         }
         self.keep_exclusive(conn, &result);
@@ -390,15 +428,40 @@ impl FastClient {
             tokio::task::consume_budget().await;
             return Ok(Some(held.meta().clone()));
         }
+        if let Endpoint::Local(_) = self.inner.peer {
+            // A large tensor is mapped: copied once, at memory speed.
+            return self.get_into_local(key, dst, accept).await;
+        }
         let mut accept = Some(accept);
         let (_permit, mut conn, reused) = self.exclusive().await?;
         let mut result = self.get_into_on(&mut conn, key, dst, &mut accept).await;
         if retry_on_fresh(reused, &result, &conn) {
-            conn = Exclusive::connect(self.inner.peer, &self.inner.options).await?;
+            conn = Exclusive::connect(&self.inner.peer, &self.inner.options).await?;
             result = self.get_into_on(&mut conn, key, dst, &mut accept).await;
         }
         self.keep_exclusive(conn, &result);
         result
+    }
+
+    /// `get_into` over the local door: a get, then one copy.
+    async fn get_into_local(
+        &self,
+        key: &str,
+        dst: &mut [u8],
+        accept: impl FnOnce(&TensorMeta) -> Result<(), ClientError>,
+    ) -> Result<Option<TensorMeta>, ClientError> {
+        let Some(tensor) = self.fetch(key).await? else {
+            return Ok(None);
+        };
+        accept(tensor.meta())?;
+        if tensor.data().len() != dst.len() {
+            return Err(ClientError::Invalid(crate::Error::InvalidSize {
+                expected: tensor.meta().byte_size(),
+                actual: dst.len() as u64,
+            }));
+        }
+        dst.copy_from_slice(tensor.data());
+        Ok(Some(tensor.meta().clone()))
     }
 
     /// An exclusive connection (an idle one kept from an earlier call,
@@ -422,7 +485,7 @@ impl FastClient {
             Some(conn) => (permit, conn, true),
             None => (
                 permit,
-                Exclusive::connect(inner.peer, &inner.options).await?,
+                Exclusive::connect(&inner.peer, &inner.options).await?,
                 false,
             ),
         })
@@ -689,8 +752,7 @@ impl FastClient {
             return Ok(current);
         }
         let inner = &self.inner;
-        let stream = connect_stream(inner.peer, &inner.addr, inner.options.connect_timeout).await?;
-        let fresh = Link::open(stream, &inner.options);
+        let fresh = open_link(&inner.peer, &inner.addr, &inner.options).await?;
         let mut slot = inner.link.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_closed() {
             *slot = Arc::clone(&fresh);
@@ -717,11 +779,25 @@ impl FastClient {
         let mut waiter = Some(waiter);
         for attempt in 0..2 {
             let link = self.link().await?;
+            link.flush_releases();
             let id = link.next_id.fetch_add(1, Ordering::Relaxed);
-            // Every GET on the shared connection leaves large payloads to
-            // an exclusive one (see `fetch`).
-            let flags = match request {
-                Request::Get { .. } => FLAG_NOT_BULK,
+            // Over TCP, every GET on the shared connection leaves large
+            // payloads to an exclusive one (see `fetch`); over the local
+            // door they are passed as memfds, and a large PUT's payload is
+            // too.
+            let passed = match request {
+                Request::Put { .. } | Request::PutIf(_)
+                    if link.local && payload.len() >= SHARE_THRESHOLD =>
+                {
+                    Some(Arc::new(memfd::fill(&payload).map_err(|e| {
+                        ClientError::Unavailable(format!("cannot fill a memfd: {e}"))
+                    })?))
+                }
+                _ => None,
+            };
+            let flags = match (&request, &passed) {
+                (Request::Get { .. }, _) if !link.local => FLAG_NOT_BULK,
+                (_, Some(_)) => FLAG_FD,
                 _ => 0,
             };
             let head = encode_frame(request.opcode(), flags, id, &request, payload.len() as u64)?;
@@ -741,7 +817,11 @@ impl FastClient {
                 pending.waiters.insert(id, w);
             }
             let call = Registration { link, id };
-            let frame = OutFrame::new(head, payload.clone());
+            let mut frame = match passed {
+                Some(_) => OutFrame::new(head, Bytes::new()),
+                None => OutFrame::new(head, payload.clone()),
+            };
+            frame.fd = passed;
             match call.link.tx.send(frame.into()).await {
                 Ok(()) => return Ok(call),
                 Err(_) if attempt == 0 => {
@@ -798,9 +878,39 @@ fn check_keys(request: &Request) -> Result<(), ClientError> {
         | Request::DeleteIf { key, .. } => validate_key(key)?,
         Request::PutIf(put) => validate_key(&put.key)?,
         Request::GetMany { keys } => keys.iter().try_for_each(|k| validate_key(k))?,
-        Request::Ping | Request::Stats | Request::DiskStats => {}
+        Request::Ping | Request::Stats | Request::DiskStats | Request::Release { .. } => {}
     }
     Ok(())
+}
+
+/// A new shared connection to `peer`.
+async fn open_link(
+    peer: &Endpoint,
+    name: &str,
+    options: &FastClientOptions,
+) -> Result<Arc<Link>, ClientError> {
+    match peer {
+        Endpoint::Tcp(addr) => {
+            let stream = connect_stream(addr, name, options.connect_timeout).await?;
+            let (reader, writer) = stream.into_split();
+            Ok(Link::open(reader, writer, None, options))
+        }
+        Endpoint::Local(path) => {
+            let connect = tokio::net::UnixStream::connect(path);
+            let stream = tokio::time::timeout(options.connect_timeout, connect)
+                .await
+                .map_err(|_| ClientError::Connect {
+                    addr: name.to_owned(),
+                    reason: "timed out".into(),
+                })?
+                .map_err(|e| ClientError::Connect {
+                    addr: name.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            let (reader, writer, inbox, outbox) = fds::split(stream);
+            Ok(Link::open(reader, writer, Some((inbox, outbox)), options))
+        }
+    }
 }
 
 /// A TCP connection with Nagle off, within `timeout`.

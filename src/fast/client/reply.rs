@@ -19,7 +19,7 @@ pub(super) fn check(status: Status, message: &str) -> Result<(), ClientError> {
         Status::Ok => return Ok(()),
         Status::AlreadyExists => ClientError::AlreadyExists(message),
         Status::Deleted => ClientError::Deleted(message),
-        Status::OutOfMemory => ClientError::OutOfMemory(message),
+        Status::OutOfMemory | Status::LeaseLimit => ClientError::OutOfMemory(message),
         Status::InvalidKey
         | Status::InvalidMetadata
         | Status::InvalidSize

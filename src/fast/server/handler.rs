@@ -22,13 +22,15 @@ use tracing::Instrument;
 use super::budget::{Closed, Queue, Shared};
 use super::FastConfig;
 use crate::engine::{Engine, Lookup};
+use crate::fast::local::{memfd, Local};
 use crate::fast::stream::{write_loop, FrameReader, OutFrame, ReadError};
 use crate::fast::wire::{
     encode_frame_as, AlignedHeader, ArchivedRequest, ArchivedWireMeta, Body, EncodeError, Limits,
-    Opcode, Prefix, ProtocolError, Response, Status, WireMeta, BULK_THRESHOLD, FLAG_END,
+    Opcode, Prefix, ProtocolError, Response, Status, WireMeta, BULK_THRESHOLD, FLAG_END, FLAG_FD,
     FLAG_NOT_BULK, FLAG_RESPONSE, MIN_VERSION,
 };
-use crate::metrics::{Door, DoorRecorder, ServerMetrics};
+pub(super) use crate::metrics::DoorRecorder;
+use crate::metrics::{Door, ServerMetrics};
 use crate::tensor::codec::Encoding;
 use crate::tensor::Tensor;
 use crate::Error;
@@ -41,27 +43,42 @@ const LAST_WORD: Duration = Duration::from_secs(1);
 /// metadata.
 const HEAD_ESTIMATE: u64 = 512;
 
+/// What serving one connection needs from its server.
+pub(crate) struct Serving {
+    pub(crate) engine: Engine,
+    pub(crate) config: Arc<FastConfig>,
+    pub(crate) shared: Arc<Shared>,
+    /// Cancelled when the server shuts down.
+    pub(crate) stop: CancellationToken,
+    pub(crate) recorder: Arc<DoorRecorder>,
+}
+
 /// Serves one connection until the client closes it, it breaks the
 /// protocol, it idles past the timeout, its writer stalls past the write
 /// timeout, or `shutdown` is cancelled.
 pub(crate) async fn serve_connection<R, W>(
     reader: R,
     writer: W,
-    engine: Engine,
-    config: Arc<FastConfig>,
-    shared: Arc<Shared>,
-    shutdown: CancellationToken,
-    recorder: Arc<DoorRecorder>,
+    serving: Serving,
+    local: Option<Local>,
 ) where
     R: AsyncRead + Unpin + Send,
     W: AsyncWrite + Unpin + Send + 'static,
 {
+    let Serving {
+        engine,
+        config,
+        shared,
+        stop: shutdown,
+        recorder,
+    } = serving;
     let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
     // Aborted if this future is dropped (the server's grace period ran out).
     let writer = AbortOnDropHandle::new(tokio::spawn(write_loop(
         writer,
         rx,
         Some(config.write_timeout),
+        local.as_ref().map(|l| Arc::clone(&l.outbox)),
     )));
     let queue = Queue::new(tx, config.max_queued_bytes, shared, shutdown.clone());
     let mut reader = FrameReader::new(reader);
@@ -104,7 +121,7 @@ pub(crate) async fn serve_connection<R, W>(
         let prefix = head.prefix;
         let request = match aligned
             .request(&head.header, prefix.request_id)
-            .and_then(|r| check_framing(&prefix, r))
+            .and_then(|r| check_framing(&prefix, r, local.is_some()))
         {
             Ok(request) => request,
             Err(e) => {
@@ -117,6 +134,7 @@ pub(crate) async fn serve_connection<R, W>(
             engine: &engine,
             queue: &queue,
             max_tensor: limits.max_payload,
+            local: local.as_ref(),
         };
         let op = prefix.opcode;
         // Free unless debug logging is on for this module.
@@ -166,14 +184,14 @@ pub(crate) async fn serve_connection<R, W>(
 
 /// The fast path's recorder: ops by opcode, statuses by code, then
 /// `aborted`.
-pub(super) fn recorder(metrics: &ServerMetrics) -> DoorRecorder {
+pub(super) fn recorder(metrics: &ServerMetrics, door: Door) -> DoorRecorder {
     let ops: Vec<&str> = (1..=u8::MAX)
         .map_while(Opcode::from_u8)
         .map(Opcode::name)
         .collect();
     let mut statuses: Vec<&str> = Status::ALL.iter().map(|s| s.name()).collect();
     statuses.push(ABORTED.1);
-    metrics.recorder(Door::Fast, &ops, &statuses)
+    metrics.recorder(door, &ops, &statuses)
 }
 
 /// A request's status for the metrics: a [`Status`] code, or
@@ -213,7 +231,10 @@ fn request_key(request: &ArchivedRequest) -> &str {
         | ArchivedRequest::DeleteIf { key, .. } => key.as_str(),
         ArchivedRequest::PutIf(args) => args.key.as_str(),
         ArchivedRequest::GetMany { keys } => keys.first().map_or("", |k| k.as_str()),
-        ArchivedRequest::Ping | ArchivedRequest::Stats | ArchivedRequest::DiskStats => "",
+        ArchivedRequest::Ping
+        | ArchivedRequest::Stats
+        | ArchivedRequest::DiskStats
+        | ArchivedRequest::Release { .. } => "",
     }
 }
 
@@ -296,13 +317,22 @@ async fn fail(
 /// the client hung up or stopped reading, or the server is shutting down.
 const ABORTED: Outcome = (Status::ALL.len(), "aborted");
 
-/// A request must be a request, carry the opcode of its header, and carry
-/// a payload only if it is a PUT.
+/// A request must be a request, carry the opcode of its header, carry a
+/// payload only if it is a PUT, and pass a descriptor only over the local
+/// door.
 fn check_framing<'a>(
     prefix: &Prefix,
     request: &'a ArchivedRequest,
+    local: bool,
 ) -> Result<&'a ArchivedRequest, ProtocolError> {
     let id = prefix.request_id;
+    if prefix.flags & FLAG_FD != 0 && !local {
+        return Err(ProtocolError::new(
+            Status::Malformed,
+            id,
+            "FLAG_FD: file descriptors travel only over the local (Unix socket) door",
+        ));
+    }
     if prefix.is_response() {
         return Err(ProtocolError::new(
             Status::Malformed,
@@ -370,6 +400,8 @@ struct Conn<'a> {
     queue: &'a Queue,
     /// `--max-tensor`: the largest raw size a packed put may claim.
     max_tensor: u64,
+    /// The local door's descriptors and leases; `None` over TCP.
+    local: Option<&'a Local>,
 }
 
 impl Conn<'_> {
@@ -433,6 +465,15 @@ impl Conn<'_> {
             ArchivedRequest::DiskStats => reply(Response::ok(Body::DiskStats(
                 engine.disk_stats().map(|d| Box::new(d.into())),
             )))?,
+            ArchivedRequest::Release { leases } => {
+                // Over TCP nothing is leased: nothing to let go of.
+                if let Some(local) = self.local {
+                    for lease in leases.iter() {
+                        local.leases.release(u64::from_le_bytes(*lease));
+                    }
+                }
+                reply(Response::ok(Body::Empty))?
+            }
             ArchivedRequest::GetMany { keys } => {
                 let Some((last, rest)) = keys.split_last() else {
                     queue.push(reply(Response::ok(Body::Empty))?.0).await?;
@@ -468,6 +509,14 @@ impl Conn<'_> {
             let e = ProtocolError::from_error(&e, id);
             error_frame(version, opcode, &e).map(|f| (f, e.status))
         };
+        // The payload is a sealed memfd passed beside the frame (the local
+        // door), taken now so that it is never left for the next frame.
+        let passed = match (prefix.flags & FLAG_FD != 0, self.local) {
+            (true, Some(local)) => Some(local.inbox.take().ok_or_else(|| {
+                malformed(id, "FLAG_FD, but no file descriptor came with the frame")
+            })?),
+            _ => None,
+        };
         let admitted = meta.to_meta().and_then(|m| {
             // Version 1 had padding where `encoding` is: whatever a
             // version-1 client left there, its payload is raw.
@@ -483,8 +532,10 @@ impl Conn<'_> {
             Ok(admitted) => admitted,
             Err(e) => {
                 // Refused before reading: skip the payload without keeping
-                // it, then answer.
-                reader.skip_payload(len).await?;
+                // it (a passed memfd is closed), then answer.
+                if passed.is_none() {
+                    reader.skip_payload(len).await?;
+                }
                 return Ok(refuse(e)?);
             }
         };
@@ -494,7 +545,9 @@ impl Conn<'_> {
         // copies), as a raw one's is (LZ4 could otherwise claim 255 times
         // its bytes).
         if encoding != Encoding::Raw && meta.byte_size() > self.max_tensor {
-            reader.skip_payload(len).await?;
+            if passed.is_none() {
+                reader.skip_payload(len).await?;
+            }
             let e = ProtocolError::new(
                 Status::OutOfMemory,
                 id,
@@ -507,10 +560,17 @@ impl Conn<'_> {
             );
             return Ok(error_frame(version, opcode, &e).map(|f| (f, e.status))?);
         }
-        // Room among the payloads being received, before allocating this
-        // one; held until the engine has it.
-        let _receiving = self.queue.receive(len).await?;
-        let payload = reader.read_payload(len).await?;
+        let _receiving;
+        let payload = match passed {
+            // Mapped, not copied: nothing is allocated for it.
+            Some(fd) => memfd::adopt(fd, len).map_err(|e| malformed(id, e.to_string()))?,
+            None => {
+                // Room among the payloads being received, before
+                // allocating this one; held until the engine has it.
+                _receiving = self.queue.receive(len).await?;
+                reader.read_payload(len).await?
+            }
+        };
         // An encoded payload's framing is checked here; its contents when
         // a reader decodes it.
         let stored = Tensor::from_encoded(meta, encoding, payload).and_then(|t| match since {
@@ -573,7 +633,10 @@ impl Conn<'_> {
                     found = self.unpack(tensor.clone()).await?.map(Some);
                 }
             }
-            let (frame, status) = get_frame(found, key, prefix, flags, index)?;
+            let (frame, status) = match self.shared(&found, prefix, index) {
+                Some(answer) => answer?,
+                None => get_frame(found, key, prefix, flags, index)?,
+            };
             if frame.len() <= estimate {
                 self.queue.send(frame, reservation).await?;
                 return Ok(status);
@@ -582,6 +645,51 @@ impl Conn<'_> {
             // let go of it and wait for room for its real size.
             estimate = frame.len();
         }
+    }
+
+    /// The answer passing a found tensor's memfd instead of its bytes, if
+    /// this is the local door, the request a GET, and the payload a sealed
+    /// memfd the server keeps; the tensor is leased under the request's id
+    /// (or the answer is `LeaseLimit`).
+    fn shared(
+        &self,
+        found: &Result<Option<Tensor>, Error>,
+        prefix: &Prefix,
+        index: u32,
+    ) -> Option<Result<(OutFrame, Status), EncodeError>> {
+        let local = self.local?;
+        let Ok(Some(tensor)) = found else { return None };
+        if prefix.opcode != Opcode::Get || prefix.version < 3 {
+            return None;
+        }
+        let fd = memfd::shared_fd(tensor.data())?;
+        let id = prefix.request_id;
+        Some(match local.leases.grant(id, tensor.data()) {
+            Ok(()) => {
+                let mut response = Response::ok(Body::Tensor(WireMeta::of(tensor)));
+                response.index = index;
+                encode_frame_as(
+                    prefix.version,
+                    prefix.opcode,
+                    FLAG_END | FLAG_RESPONSE | FLAG_FD,
+                    id,
+                    &response,
+                    tensor.data().len() as u64,
+                )
+                .map(|head| {
+                    let mut frame = OutFrame::new(head, Bytes::new());
+                    frame.fd = Some(fd);
+                    (frame, Status::Ok)
+                })
+            }
+            Err(e) => answer(
+                Response::error(Status::LeaseLimit, e.to_string()),
+                Bytes::new(),
+                prefix,
+                FLAG_END,
+                index,
+            ),
+        })
     }
 
     /// `tensor` unpacked, for a version-1 reader, on the blocking pool. The
@@ -723,6 +831,15 @@ fn response_frame(
         payload.len() as u64,
     )?;
     Ok(OutFrame::new(head, payload))
+}
+
+/// The fatal error for a frame that breaks the protocol.
+fn malformed(id: u64, message: impl Into<String>) -> Fatal {
+    Fatal::Read(ReadError::Protocol(ProtocolError::new(
+        Status::Malformed,
+        id,
+        message,
+    )))
 }
 
 /// An error response ending its request, in protocol `version`.

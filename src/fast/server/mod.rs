@@ -20,6 +20,8 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::local::leases::{ConnLeases, Leases};
+use super::local::{fds, Local, LocalListener};
 use super::stream::write_frames;
 use super::wire::{Opcode, ProtocolError, Status, MIN_VERSION};
 use crate::engine::Engine;
@@ -39,8 +41,15 @@ where
     // Nothing ever cancels this token.
     let stop = CancellationToken::new();
     let metrics = ServerMetrics::new(engine.clone());
-    let recorder = Arc::new(handler::recorder(&metrics));
-    handler::serve_connection(reader, writer, engine, config, shared, stop, recorder).await;
+    let recorder = Arc::new(handler::recorder(&metrics, Door::Fast));
+    let serving = handler::Serving {
+        engine,
+        config,
+        shared,
+        stop,
+        recorder,
+    };
+    handler::serve_connection(reader, writer, serving, None).await;
 }
 
 /// Limits and timeouts of the fast path. Every one is a `server` flag.
@@ -102,10 +111,46 @@ fn shared_budgets(config: &FastConfig) -> budget::Shared {
     }
 }
 
+/// Where a fast-path server accepts connections: TCP, or the local door's
+/// Unix socket.
+#[derive(Debug)]
+pub(crate) enum Listener {
+    /// The TCP fast path.
+    Tcp(TcpListener),
+    /// The local door.
+    Local(LocalListener),
+}
+
+/// An accepted connection.
+enum Accepted {
+    Tcp(tokio::net::TcpStream, std::net::SocketAddr),
+    Local(tokio::net::UnixStream, Arc<Leases>),
+}
+
+impl Listener {
+    async fn accept(&self) -> std::io::Result<Accepted> {
+        match self {
+            Listener::Tcp(l) => l.accept().await.map(|(s, peer)| Accepted::Tcp(s, peer)),
+            Listener::Local(l) => l
+                .listener
+                .accept()
+                .await
+                .map(|(s, _)| Accepted::Local(s, Arc::clone(&l.leases))),
+        }
+    }
+
+    fn door(&self) -> Door {
+        match self {
+            Listener::Tcp(_) => Door::Fast,
+            Listener::Local(_) => Door::Local,
+        }
+    }
+}
+
 /// Accepts fast-path connections until `shutdown` is cancelled, then waits
 /// up to `grace` for open connections to finish their current request.
 pub(crate) async fn serve(
-    listener: TcpListener,
+    listener: Listener,
     engine: Engine,
     config: FastConfig,
     shutdown: CancellationToken,
@@ -114,11 +159,20 @@ pub(crate) async fn serve(
 ) {
     let config = Arc::new(config);
     let shared = Arc::new(shared_budgets(&config));
-    let watched = Arc::clone(&shared);
-    metrics.watch_fast_budgets(move || (watched.queued.used(), watched.ingress.used()));
+    let door = listener.door();
+    match &listener {
+        Listener::Tcp(_) => {
+            let watched = Arc::clone(&shared);
+            metrics.watch_fast_budgets(move || (watched.queued.used(), watched.ingress.used()));
+        }
+        Listener::Local(local) => {
+            let leases = Arc::clone(&local.leases);
+            metrics.watch_leases(move || leases.bytes());
+        }
+    }
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let connections = TaskTracker::new();
-    let recorder = Arc::new(handler::recorder(&metrics));
+    let recorder = Arc::new(handler::recorder(&metrics, door));
     // Cancelled once the grace period is over: connections still open then
     // (a request waiting for room, a writer draining to a slow reader) are
     // dropped, their writers aborted, so nothing outlives the server.
@@ -128,8 +182,8 @@ pub(crate) async fn serve(
             () = shutdown.cancelled() => break,
             accepted = listener.accept() => accepted,
         };
-        let (stream, peer) = match accepted {
-            Ok(pair) => pair,
+        let accepted = match accepted {
+            Ok(accepted) => accepted,
             Err(e) => {
                 // Out of file descriptors and the like: back off, go on.
                 tracing::warn!("accept failed: {e}");
@@ -137,30 +191,63 @@ pub(crate) async fn serve(
                 continue;
             }
         };
-        stream.set_nodelay(true).ok();
         let Ok(permit) = Arc::clone(&permits).try_acquire_owned() else {
-            tracing::warn!(%peer, "connection limit reached; refusing");
-            metrics.refused(Door::Fast, "busy");
-            tokio::spawn(refuse_busy(stream));
+            metrics.refused(door, "busy");
+            match accepted {
+                Accepted::Tcp(stream, peer) => {
+                    tracing::warn!(%peer, "connection limit reached; refusing");
+                    tokio::spawn(refuse_busy(stream))
+                }
+                Accepted::Local(stream, _) => {
+                    tracing::warn!("local door: connection limit reached; refusing");
+                    tokio::spawn(refuse_busy(stream))
+                }
+            };
             continue;
         };
-        let (engine, config, shared) = (engine.clone(), Arc::clone(&config), Arc::clone(&shared));
-        let stop = shutdown.child_token();
+        let serving = handler::Serving {
+            engine: engine.clone(),
+            config: Arc::clone(&config),
+            shared: Arc::clone(&shared),
+            stop: shutdown.child_token(),
+            recorder: Arc::clone(&recorder),
+        };
         let kill = kill.clone();
-        let (metrics, recorder) = (metrics.clone(), Arc::clone(&recorder));
+        let metrics = metrics.clone();
         connections.spawn(async move {
-            let open = metrics.connection(Door::Fast);
-            let (reader, writer) = stream.into_split();
-            let (reader, writer) = (
-                metrics.counted(Door::Fast, reader),
-                metrics.counted(Door::Fast, writer),
-            );
+            let open = metrics.connection(door);
+            let served = async {
+                match accepted {
+                    Accepted::Tcp(stream, _) => {
+                        stream.set_nodelay(true).ok();
+                        let (reader, writer) = stream.into_split();
+                        let (reader, writer) =
+                            (metrics.counted(door, reader), metrics.counted(door, writer));
+                        handler::serve_connection(reader, writer, serving, None).await;
+                    }
+                    Accepted::Local(stream, leases) => {
+                        let (reader, writer, inbox, outbox) = fds::split(stream);
+                        let (reader, writer) =
+                            (metrics.counted(door, reader), metrics.counted(door, writer));
+                        let local = Local {
+                            inbox,
+                            outbox,
+                            leases: ConnLeases::new(leases),
+                        };
+                        handler::serve_connection(reader, writer, serving, Some(local)).await;
+                    }
+                }
+            };
             tokio::select! {
-                () = handler::serve_connection(reader, writer, engine, config, shared, stop, recorder) => {}
+                () = served => {}
                 () = kill.cancelled() => {}
             }
             drop((permit, open));
         });
+    }
+    if let Listener::Local(local) = &listener {
+        // The socket file goes with the door (if it is still ours).
+        let _ = std::fs::remove_file(&local.path);
     }
     drop(listener);
     connections.close();
@@ -175,7 +262,7 @@ pub(crate) async fn serve(
 }
 
 /// Tells a connection over the limit why it is closed.
-async fn refuse_busy(mut stream: tokio::net::TcpStream) {
+async fn refuse_busy(mut stream: impl tokio::io::AsyncWrite + Unpin) {
     let err = ProtocolError::new(Status::Busy, 0, "the server is at its connection limit");
     let Ok(frame) = handler::error_frame(MIN_VERSION, Opcode::Ping, &err) else {
         return;

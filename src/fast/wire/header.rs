@@ -138,6 +138,13 @@ pub enum Request {
     PutIf(Box<ConditionalPut>),
     /// `DISK_STATS`: the disk tier's counters.
     DiskStats,
+    /// `RELEASE leases`: the local door's client has dropped the mappings
+    /// of these leases (each the request id of the GET that granted it).
+    Release {
+        /// Lease ids, little-endian (bytes, for the same reason as
+        /// `DeleteIf::digest`).
+        leases: Vec<[u8; 8]>,
+    },
 }
 
 /// The header of a `PUT_IF`.
@@ -166,6 +173,7 @@ impl Request {
             Request::DeleteIf { .. } => Opcode::DeleteIf,
             Request::PutIf(_) => Opcode::PutIf,
             Request::DiskStats => Opcode::DiskStats,
+            Request::Release { .. } => Opcode::Release,
         }
     }
 }
@@ -185,6 +193,7 @@ impl ArchivedRequest {
             ArchivedRequest::DeleteIf { .. } => Opcode::DeleteIf,
             ArchivedRequest::PutIf(_) => Opcode::PutIf,
             ArchivedRequest::DiskStats => Opcode::DiskStats,
+            ArchivedRequest::Release { .. } => Opcode::Release,
         }
     }
 }
@@ -540,6 +549,9 @@ mod tests {
             },
             Request::Stats,
             Request::DiskStats,
+            Request::Release {
+                leases: vec![7u64.to_le_bytes(), u64::MAX.to_le_bytes()],
+            },
             Request::GetMany {
                 keys: vec!["a".into(), "b".into()],
             },

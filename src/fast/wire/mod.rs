@@ -19,8 +19,8 @@ pub use header::{
     Response, WireDiskStats, WireMeta, WireStats,
 };
 pub use prefix::{
-    Opcode, Prefix, BULK_THRESHOLD, FLAG_END, FLAG_NOT_BULK, FLAG_RESPONSE, MAGIC, MIN_VERSION,
-    PREFIX_LEN, VERSION,
+    Opcode, Prefix, BULK_THRESHOLD, FLAG_END, FLAG_FD, FLAG_NOT_BULK, FLAG_RESPONSE, MAGIC,
+    MIN_VERSION, PREFIX_LEN, VERSION,
 };
 pub use status::{ProtocolError, Status};
 

@@ -6,7 +6,8 @@
 //!  4      1    version      3 (a server also reads and answers 1 and 2)
 //!  5      1    opcode       see `Opcode`
 //!  6      1    flags        bit 0 RESPONSE, bit 1 END, bit 2 NOT_BULK
-//!                            (version 3); other bits 0
+//!                            (version 3), bit 3 FD (version 3, the local
+//!                            door); other bits 0
 //!  7      1    reserved     0
 //!  8      8    request_id   u64, chosen by the client, echoed by the server
 //! 16      4    header_len   u32, bytes of rkyv header that follow
@@ -43,6 +44,11 @@ pub const FLAG_NOT_BULK: u8 = 4;
 /// At loopback's 3–4 GB/s a 1 MiB reply holds a connection for about
 /// 0.3 ms.
 pub const BULK_THRESHOLD: u64 = 1 << 20;
+/// The payload is not on the stream: it is the whole of a sealed memfd,
+/// `payload_len` bytes, passed as the next file descriptor on the socket
+/// (`SCM_RIGHTS`). Version 3, on a PUT or PUT_IF request or a GET or
+/// GET_MANY response, and only over the local (Unix socket) door.
+pub const FLAG_FD: u8 = 8;
 const KNOWN_FLAGS: u8 = FLAG_RESPONSE | FLAG_END;
 
 /// What a frame asks for (or answers).
@@ -69,6 +75,8 @@ pub enum Opcode {
     PutIf = 9,
     /// Read the disk tier's counters.
     DiskStats = 10,
+    /// Let go of mapped tensors (the local door's leases).
+    Release = 11,
 }
 
 impl Opcode {
@@ -85,6 +93,7 @@ impl Opcode {
             Opcode::DeleteIf => "delete_if",
             Opcode::PutIf => "put_if",
             Opcode::DiskStats => "disk_stats",
+            Opcode::Release => "release",
         }
     }
 
@@ -101,6 +110,7 @@ impl Opcode {
             8 => Opcode::DeleteIf,
             9 => Opcode::PutIf,
             10 => Opcode::DiskStats,
+            11 => Opcode::Release,
             _ => return None,
         })
     }
@@ -190,11 +200,14 @@ impl Prefix {
             )
         })?;
         let flags = bytes[6];
-        let known = if version >= 3 && opcode == Opcode::Get {
-            KNOWN_FLAGS | FLAG_NOT_BULK
-        } else {
-            KNOWN_FLAGS
-        };
+        let response = flags & FLAG_RESPONSE != 0;
+        let known = KNOWN_FLAGS
+            | match (version >= 3, opcode, response) {
+                (true, Opcode::Get, false) => FLAG_NOT_BULK,
+                (true, Opcode::Put | Opcode::PutIf, false) => FLAG_FD,
+                (true, Opcode::Get | Opcode::GetMany, true) => FLAG_FD,
+                _ => 0,
+            };
         if flags & !known != 0 || bytes[7] != 0 || u32_at(20) != 0 {
             return Err(ProtocolError::new(
                 Status::Malformed,

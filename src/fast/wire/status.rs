@@ -47,11 +47,16 @@ pub enum Status {
     /// tensor's payload is over `BULK_THRESHOLD`: no payload; the client
     /// asks again on a connection of its own, without the flag.
     Bulk = 17,
+    /// A GET on the local door whose tensor would be mapped, but the bytes
+    /// local clients have mapped would pass the server's `--max-leased`
+    /// (or the connection holds too many mappings). Nothing is sent; the
+    /// client may drop mapped tensors and ask again.
+    LeaseLimit = 18,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 18] = [
+    pub const ALL: [Status; 19] = [
         Status::Ok,
         Status::NotFound,
         Status::AlreadyExists,
@@ -70,6 +75,7 @@ impl Status {
         Status::Deleted,
         Status::InvalidEncoding,
         Status::Bulk,
+        Status::LeaseLimit,
     ];
 
     /// The status with wire code `code`; unknown codes read as `Internal`.
@@ -101,6 +107,7 @@ impl Status {
             Status::Deleted => "deleted",
             Status::InvalidEncoding => "invalid_encoding",
             Status::Bulk => "bulk",
+            Status::LeaseLimit => "lease_limit",
         }
     }
 

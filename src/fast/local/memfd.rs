@@ -1,0 +1,207 @@
+//! Sealed memfds: tensors as shared memory.
+//!
+//! A payload shared through the local door lives in a memfd whose size and
+//! contents are sealed (`F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW`):
+//! nobody, not the server nor any client, can change a byte of it or cut it
+//! short, so a mapping of it can never see a torn tensor or fault on a
+//! truncated page. The client fills a memfd, seals it and hands it over
+//! ([`fill`]); the server checks the seals and maps it read-only
+//! ([`adopt`]); a reader maps the same pages read-only ([`map`]).
+//!
+//! The server remembers which stored payloads are such mappings
+//! ([`shared_fd`]), so that a GET can hand out the file instead of the
+//! bytes.
+
+use std::collections::HashMap;
+use std::os::fd::OwnedFd;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+
+use bytes::Bytes;
+use memmap2::{Mmap, MmapOptions};
+use rustix::fs::{MemfdFlags, SealFlags};
+
+/// The seals that make a memfd immutable.
+const IMMUTABLE: SealFlags = SealFlags::WRITE
+    .union(SealFlags::SHRINK)
+    .union(SealFlags::GROW);
+
+/// Why a file descriptor cannot be taken as a payload.
+#[derive(Debug, thiserror::Error)]
+pub enum MemfdError {
+    /// The file is not a memfd sealed against writes, shrinking and growth.
+    #[error("the file descriptor is not a memfd sealed with F_SEAL_WRITE, F_SEAL_SHRINK and F_SEAL_GROW")]
+    NotSealed,
+    /// The file's size is not the payload's.
+    #[error("the memfd holds {actual} bytes, the frame says {expected}")]
+    WrongSize {
+        /// The payload length the frame claims.
+        expected: u64,
+        /// The memfd's size.
+        actual: u64,
+    },
+    /// A system call failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// A read-only mapping of a sealed memfd the server stores, and the memfd
+/// (to share again). Owns the bytes of a [`Bytes`]; dropping the last
+/// clone unmaps it and forgets it.
+struct Region {
+    map: Mmap,
+}
+
+impl AsRef<[u8]> for Region {
+    fn as_ref(&self) -> &[u8] {
+        &self.map
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        registry().remove(&(self.map.as_ptr() as usize, self.map.len()));
+    }
+}
+
+/// Payloads that are sealed memfd mappings, by (address, length).
+type Registry = Mutex<HashMap<(usize, usize), Arc<OwnedFd>>>;
+
+fn registry() -> std::sync::MutexGuard<'static, HashMap<(usize, usize), Arc<OwnedFd>>> {
+    static REGISTRY: OnceLock<Registry> = OnceLock::new();
+    REGISTRY
+        .get_or_init(Registry::default)
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The sealed memfd `payload` is a whole mapping of, if it is one (a
+/// payload put through the local door with a memfd).
+pub(crate) fn shared_fd(payload: &Bytes) -> Option<Arc<OwnedFd>> {
+    if payload.is_empty() {
+        return None;
+    }
+    let key = (payload.as_ptr() as usize, payload.len());
+    registry().get(&key).cloned()
+}
+
+/// Checks that `fd` is a memfd sealed immutable and exactly `len` bytes
+/// long, and maps it read-only: the stored payload of a PUT that handed it
+/// over. Nothing of it is read here.
+pub(crate) fn adopt(fd: OwnedFd, len: u64) -> Result<Bytes, MemfdError> {
+    let size = checked(&fd, len)?;
+    if size == 0 {
+        return Ok(Bytes::new());
+    }
+    // SAFETY: the file is sealed against writes, shrinking and growth (the
+    // seals were checked above and can never be removed), and it is
+    // exactly `size` bytes long: no process can change the mapped bytes
+    // or truncate them under the mapping, which is what `Mmap` requires.
+    let map = unsafe { MmapOptions::new().len(size).map(&fd)? };
+    Ok(register(map, fd))
+}
+
+/// Maps a sealed memfd read from a reply, read-only and with its pages
+/// already mapped (`MAP_POPULATE`), after the same checks as [`adopt`].
+/// The file itself is closed: the mapping keeps its pages.
+pub(crate) fn map(fd: OwnedFd, len: u64) -> Result<Mmap, MemfdError> {
+    let size = checked(&fd, len)?;
+    if size == 0 {
+        return Err(MemfdError::WrongSize {
+            expected: 0,
+            actual: 0,
+        });
+    }
+    // SAFETY: as in `adopt`: sealed immutable, exactly `size` bytes.
+    Ok(unsafe { MmapOptions::new().len(size).populate().map(&fd)? })
+}
+
+/// Checks that `fd` is a regular file sealed immutable and exactly `len`
+/// bytes long; returns the length.
+fn checked(fd: &OwnedFd, len: u64) -> Result<usize, MemfdError> {
+    let seals = rustix::fs::fcntl_get_seals(fd).map_err(|_| MemfdError::NotSealed)?;
+    if !seals.contains(IMMUTABLE) {
+        return Err(MemfdError::NotSealed);
+    }
+    let stat = rustix::fs::fstat(fd).map_err(std::io::Error::from)?;
+    let actual = u64::try_from(stat.st_size).unwrap_or(0);
+    let regular =
+        rustix::fs::FileType::from_raw_mode(stat.st_mode) == rustix::fs::FileType::RegularFile;
+    match usize::try_from(len) {
+        Ok(size) if regular && actual == len => Ok(size),
+        _ => Err(MemfdError::WrongSize {
+            expected: len,
+            actual,
+        }),
+    }
+}
+
+fn register(map: Mmap, fd: OwnedFd) -> Bytes {
+    let key = (map.as_ptr() as usize, map.len());
+    registry().insert(key, Arc::new(fd));
+    Bytes::from_owner(Region { map })
+}
+
+/// A new memfd holding `data`, sealed immutable: what a client hands the
+/// server with a PUT. One copy, at memory speed.
+pub(crate) fn fill(data: &[u8]) -> std::io::Result<OwnedFd> {
+    let fd = rustix::fs::memfd_create(
+        "redstone-tensor",
+        MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING,
+    )?;
+    rustix::fs::ftruncate(&fd, data.len() as u64)?;
+    if !data.is_empty() {
+        // SAFETY: the memfd was just created here and is not shared yet:
+        // nothing else can truncate or write it while it is mapped.
+        let mut map = unsafe { MmapOptions::new().len(data.len()).populate().map_mut(&fd)? };
+        map.copy_from_slice(data);
+        // Unmapped before sealing: F_SEAL_WRITE is refused while a
+        // writable shared mapping exists.
+        drop(map);
+    }
+    rustix::fs::fcntl_add_seals(&fd, IMMUTABLE | SealFlags::SEAL)?;
+    Ok(fd)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_filled_memfd_is_adopted_and_shared() {
+        let data: Vec<u8> = (0..3 << 20).map(|i| (i % 251) as u8).collect();
+        let fd = fill(&data).unwrap();
+        let stored = adopt(fd, data.len() as u64).unwrap();
+        assert!(stored[..] == data[..]);
+        let shared = shared_fd(&stored).expect("registered");
+        let dup = shared.as_fd().try_clone_to_owned().unwrap();
+        let mapped = map(dup, data.len() as u64).unwrap();
+        assert!(mapped[..] == data[..]);
+        // A slice is not the stored payload; dropping the last clone
+        // forgets it.
+        assert!(shared_fd(&stored.slice(1..)).is_none());
+        let key = (stored.as_ptr() as usize, stored.len());
+        drop(stored);
+        assert!(!registry().contains_key(&key));
+    }
+
+    #[test]
+    fn unsealed_or_wrong_sized_memfds_are_refused() {
+        let fd =
+            rustix::fs::memfd_create("t", MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING).unwrap();
+        rustix::fs::ftruncate(&fd, 4096).unwrap();
+        let again = fd.try_clone().unwrap();
+        assert!(matches!(adopt(fd, 4096), Err(MemfdError::NotSealed)));
+        rustix::fs::fcntl_add_seals(&again, IMMUTABLE).unwrap();
+        assert!(matches!(
+            adopt(again, 8192),
+            Err(MemfdError::WrongSize {
+                expected: 8192,
+                actual: 4096
+            })
+        ));
+        // Not a memfd at all: a pipe.
+        let (r, _w) = std::io::pipe().unwrap();
+        assert!(matches!(adopt(r.into(), 0), Err(MemfdError::NotSealed)));
+    }
+}

@@ -1,0 +1,142 @@
+//! The local door: the fast-path protocol over a Unix domain socket, with
+//! tensors shared through memory instead of copied through the socket.
+//!
+//! A client on the same host puts a large tensor by filling a memfd,
+//! sealing it immutable and passing the descriptor (`SCM_RIGHTS`); the
+//! server keeps a read-only mapping of it as the stored payload. A GET of
+//! such a tensor is answered with the descriptor, and the client maps the
+//! same pages read-only: no byte is copied, and a tensor read by eight
+//! processes occupies its size once. Everything else (small tensors,
+//! tensors put through the other doors or read back from disk) travels
+//! through the socket as on the TCP fast path. Linux only.
+//!
+//! - `fds`: the socket halves that carry descriptors beside the bytes.
+//! - `memfd`: sealed memfds: filled, checked, mapped.
+//! - `leases`: what local clients have mapped, counted and bounded.
+//!
+//! `docs/PROTOCOL.md` ("The local door") specifies the frames.
+
+pub(crate) mod fds;
+pub(crate) mod leases;
+pub(crate) mod memfd;
+
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use tokio::net::UnixListener;
+
+pub use memfd::MemfdError;
+
+/// Payloads at least this large are put through a memfd by the client
+/// (smaller ones are cheaper to copy through the socket than to map).
+pub const SHARE_THRESHOLD: usize = 256 * 1024;
+
+/// The local door's settings (`server --uds PATH`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalConfig {
+    /// The socket's path.
+    pub path: PathBuf,
+    /// The socket file's permission bits: `0o600` (the server's user
+    /// only) by default; `0o660` lets its group in.
+    pub mode: u32,
+    /// The most bytes of stored payloads local clients may have mapped at
+    /// once (each payload counted once, however many map it). A GET that
+    /// would pass it is answered `LeaseLimit`.
+    pub max_leased: u64,
+}
+
+impl LocalConfig {
+    /// A door at `path`, mode `0o600`, with up to `max_leased` bytes
+    /// mapped.
+    pub fn new(path: impl Into<PathBuf>, max_leased: u64) -> LocalConfig {
+        LocalConfig {
+            path: path.into(),
+            mode: 0o600,
+            max_leased,
+        }
+    }
+}
+
+/// A bound local door: its listener and the server-wide leases.
+#[derive(Debug)]
+pub(crate) struct LocalListener {
+    pub(crate) listener: UnixListener,
+    pub(crate) leases: Arc<leases::Leases>,
+    pub(crate) path: PathBuf,
+}
+
+/// What a local connection has beyond a TCP one.
+#[derive(Debug)]
+pub(crate) struct Local {
+    /// Descriptors received, for PUTs flagged `FLAG_FD`.
+    pub(crate) inbox: fds::Inbox,
+    /// Where the write loop puts the descriptors of the frames it sends.
+    pub(crate) outbox: fds::Outbox,
+    /// The connection's leases.
+    pub(crate) leases: leases::ConnLeases,
+}
+
+/// Binds the socket at `config.path` with `config.mode`, so that no
+/// process the mode leaves out can connect even for an instant: the socket
+/// is bound in a new directory only this user can enter, given its mode,
+/// then renamed into place. A stale socket file (no server behind it) is
+/// replaced; a live one, or any other file, is an error.
+pub(crate) fn bind(config: &LocalConfig) -> io::Result<LocalListener> {
+    let path = &config.path;
+    clear_stale(path)?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let private = parent.join(format!(
+        ".redstone-bind-{}-{}",
+        std::process::id(),
+        path.file_name()
+            .map_or("sock".into(), |n| n.to_string_lossy())
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", private.display())))?;
+    let inner = private.join("s");
+    let bound = (|| -> io::Result<UnixListener> {
+        let listener = UnixListener::bind(&inner)?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(config.mode & 0o777))?;
+        std::fs::rename(&inner, path)?;
+        Ok(listener)
+    })();
+    let _ = std::fs::remove_file(&inner);
+    let _ = std::fs::remove_dir(&private);
+    Ok(LocalListener {
+        listener: bound?,
+        leases: leases::Leases::new(config.max_leased),
+        path: path.clone(),
+    })
+}
+
+use std::os::unix::fs::DirBuilderExt;
+
+/// Removes a socket file nobody listens on; refuses to touch a live one or
+/// a file of another kind.
+fn clear_stale(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            format!("{} exists and is not a socket", path.display()),
+        ));
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            format!("another server listens on {}", path.display()),
+        ));
+    }
+    std::fs::remove_file(path)
+}
