@@ -251,7 +251,7 @@ mod tests {
     fn opcodes_are_contiguous_from_one() {
         // The metrics index ops by `opcode - 1`.
         let all: Vec<Opcode> = (1..=u8::MAX).map_while(Opcode::from_u8).collect();
-        assert_eq!(all.len(), 10);
+        assert_eq!(all.len(), 11);
         assert!(all.iter().enumerate().all(|(i, op)| *op as usize == i + 1));
         assert_eq!(Opcode::from_u8(all.len() as u8 + 1), None);
     }
