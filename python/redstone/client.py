@@ -88,8 +88,10 @@ class Client(_Connected):
 
     Args:
         addr: ``host:port`` of a server's fast path (default
-            ``127.0.0.1:50052``). Connects now: an unreachable server is
-            :class:`redstone.ConnectionError`.
+            ``127.0.0.1:50052``), or ``unix:PATH``, its local door (a server
+            on this host started with ``--uds PATH``: large tensors are
+            shared through memory, see :meth:`get`). Connects now: an
+            unreachable server is :class:`redstone.ConnectionError`.
         nodes: a cluster's fast-path addresses (a list, or one
             comma-separated string), instead of ``addr``. Every client of a
             cluster must list the same nodes. Nodes are connected on first
@@ -156,6 +158,12 @@ class Client(_Connected):
         """The tensor under ``key`` as a numpy array with its stored dtype and
         shape (writable, owning its memory), or ``None`` if it is not cached.
         The payload is read from the socket into the array's memory.
+
+        Over the local door (``Client("unix:/path/to/socket")``, a server
+        started with ``--uds``), a tensor of 256 KiB or more that was put
+        through the local door is instead a **read-only** array over the
+        server's shared memory: no byte is copied, and every process that
+        reads it shares one copy (``a.copy()`` for a writable one).
 
         With ``torch=True``, a ``torch.Tensor`` over the same memory
         (``torch.from_numpy``).

@@ -18,31 +18,56 @@ use crate::process::PerProcess;
 use tokio::sync::oneshot;
 
 /// The memory of a received payload, owned by the numpy array that views
-/// it (its `base`). Nothing else reaches the buffer.
+/// it (its `base`). Nothing else reaches the buffer, but for a tensor
+/// mapped from the local door, which is shared read-only memory.
 #[pyclass(frozen, module = "redstone._redstone")]
 pub struct Payload {
     // Held, never read: the array views it through a raw pointer.
-    _data: BytesMut,
+    _data: Held,
 }
 
-/// A flat, writable `uint8` array over `data`: the buffer the payload was
-/// read into, not a copy of it.
+enum Held {
+    /// A buffer of the array's own.
+    Owned(BytesMut),
+    /// A read-only mapping of a sealed memfd (the local door).
+    Mapped(Bytes),
+}
+
+/// A flat `uint8` array over `data`, not a copy of it: writable over the
+/// buffer the payload was read into; read-only over a tensor mapped from
+/// the local door (sealed shared memory, which no process can write).
 pub fn into_array(py: Python<'_>, data: Bytes) -> PyResult<Bound<'_, PyArray1<u8>>> {
-    // A reply's payload has one owner, so this takes its buffer over; a
-    // shared one (never from a reply) would be copied rather than aliased.
-    let data = data
-        .try_into_mut()
-        .unwrap_or_else(|shared| BytesMut::from(&shared[..]));
-    let (ptr, len) = (data.as_ptr(), data.len());
-    let owner = Bound::new(py, Payload { _data: data })?;
+    let mapped = redstone::fast::local::is_mapping(&data);
+    let held = if mapped {
+        Held::Mapped(data)
+    } else {
+        // A reply's payload has one owner, so this takes its buffer over;
+        // a shared one (never from a reply) would be copied rather than
+        // aliased.
+        Held::Owned(
+            data.try_into_mut()
+                .unwrap_or_else(|shared| BytesMut::from(&shared[..])),
+        )
+    };
+    let (ptr, len) = match &held {
+        Held::Owned(b) => (b.as_ptr(), b.len()),
+        Held::Mapped(b) => (b.as_ptr(), b.len()),
+    };
+    let owner = Bound::new(py, Payload { _data: held })?;
     // SAFETY: `ptr` and `len` describe `owner`'s buffer, which is never
     // modified or reallocated (`Payload` is frozen and exposes nothing), and
     // `owner` becomes the array's base object, so the memory outlives every
-    // view numpy makes of it.
+    // view numpy makes of it. A mapped buffer is mapped read-only: the
+    // array is made read-only before Python sees it.
     let array = unsafe {
         let view = ArrayView1::from_shape_ptr(len, ptr);
         PyArray1::borrow_from_array(&view, owner.into_any())
     };
+    if mapped {
+        let kwargs = pyo3::types::PyDict::new(py);
+        kwargs.set_item("write", false)?;
+        array.call_method("setflags", (), Some(&kwargs))?;
+    }
     Ok(array)
 }
 

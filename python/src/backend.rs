@@ -21,8 +21,13 @@ pub enum Backend {
 
 /// `tensor` with a payload no one else holds: a cluster's read repair may
 /// still hold the one it got, and the array the caller receives must own
-/// its memory. Copied here, off the interpreter, when it is shared.
+/// its memory. Copied here, off the interpreter, when it is shared. A
+/// tensor mapped from the local door is left as it is: immutable shared
+/// memory, handed out as a read-only array.
 fn sole(tensor: Tensor) -> Result<Tensor, ClientError> {
+    if redstone::fast::local::is_mapping(tensor.data()) {
+        return Ok(tensor);
+    }
     let (meta, data) = tensor.into_parts();
     let data = match data.try_into_mut() {
         Ok(unique) => unique.freeze(),

@@ -11,6 +11,10 @@ pub(crate) enum Target {
     /// name).
     #[value(alias = "tcp")]
     Fast,
+    /// Redstone's local door (`server --uds PATH`): the fast path over a
+    /// Unix socket, large tensors shared through memory. `--addr` is the
+    /// socket's path (default /tmp/redstone.sock).
+    Uds,
     /// Redstone's gRPC API.
     Grpc,
     /// A Redis server (SET / GET).

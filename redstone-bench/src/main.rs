@@ -54,7 +54,18 @@ fn key_for(size: usize, i: u64) -> String {
     format!("bench:{size}:{i}")
 }
 
-async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+async fn run(mut args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    // The local door is the fast path at a `unix:` address.
+    if args.target == Target::Uds {
+        let path = args
+            .addr
+            .take()
+            .unwrap_or_else(|| "/tmp/redstone.sock".into());
+        args.addr = Some(format!("unix:{path}"));
+        if args.stall > 0 {
+            return Err("--stall drives the TCP fast path".into());
+        }
+    }
     let width = args.data.dtype().width() as u64;
     let meta = TensorMeta::new(
         args.data.dtype(),
@@ -74,7 +85,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let addr = args.addr.clone().unwrap_or_else(|| {
         let port = match args.target {
-            Target::Fast => 50052,
+            Target::Fast | Target::Uds => 50052,
             Target::Grpc => 50051,
             Target::Redis => 6379,
         };
@@ -130,7 +141,9 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     if matches!(args.op, Op::Fill | Op::Check | Op::Scan) {
         let conn = match (&cluster, args.target) {
             (Some(c), _) => Conn::Cluster(c.clone()),
-            (None, Target::Fast) => Conn::Fast(FastClient::connect(addr.as_str()).await?),
+            (None, Target::Fast | Target::Uds) => {
+                Conn::Fast(FastClient::connect(addr.as_str()).await?)
+            }
             (None, Target::Grpc) => Conn::Grpc(RemoteCacheClient::connect(addr.as_str()).await?),
             (None, Target::Redis) => {
                 return Err(
@@ -146,7 +159,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             for _ in 0..connections {
                 conns.push(match (&cluster, args.target) {
                     (Some(c), _) => Conn::Cluster(c.clone()),
-                    (None, Target::Fast) => Conn::Fast(
+                    (None, Target::Fast | Target::Uds) => Conn::Fast(
                         FastClient::connect_with(addr.as_str(), fast_options.clone()).await?,
                     ),
                     (None, _) => Conn::Grpc(RemoteCacheClient::connect(addr.as_str()).await?),
@@ -158,8 +171,10 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
             first = Some(conns[0].clone());
             // On the fast path a pipelined read is a batch: one GET_MANY of
             // `pipeline` keys per worker, like Redis' pipelined GETs.
-            let batch =
-                args.target == Target::Fast && args.op == Op::Get && pipeline > 1 && !args.into;
+            let batch = matches!(args.target, Target::Fast | Target::Uds)
+                && args.op == Op::Get
+                && pipeline > 1
+                && !args.into;
             let tasks = if batch {
                 concurrency
             } else {
@@ -220,7 +235,7 @@ async fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     };
     let sampler = match (args.server_pid, args.target) {
         (None, _) | (_, Target::Redis) => None,
-        (pid, Target::Fast) => {
+        (pid, Target::Fast | Target::Uds) => {
             let conn = Conn::Fast(FastClient::connect(addr.as_str()).await?);
             Some(soak::sample(pid, conn, Arc::clone(&stop)))
         }

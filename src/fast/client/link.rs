@@ -45,19 +45,7 @@ impl Passed {
     pub(super) fn map(self) -> Result<Bytes, ClientError> {
         let Passed { fd, len, lease } = self;
         let map = memfd::map(fd, len).map_err(|e| ClientError::Protocol(e.to_string()))?;
-        Ok(Bytes::from_owner(Mapped { map, _lease: lease }))
-    }
-}
-
-/// A mapped tensor and its lease.
-struct Mapped {
-    map: memmap2::Mmap,
-    _lease: Lease,
-}
-
-impl AsRef<[u8]> for Mapped {
-    fn as_ref(&self) -> &[u8] {
-        &self.map
+        Ok(memfd::Mapping::into_bytes(map, lease))
     }
 }
 

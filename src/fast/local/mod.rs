@@ -21,13 +21,13 @@ pub(crate) mod leases;
 pub(crate) mod memfd;
 
 use std::io;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use tokio::net::UnixListener;
 
-pub use memfd::MemfdError;
+pub use memfd::{is_mapping, MemfdError};
 
 /// Payloads at least this large are put through a memfd by the client
 /// (smaller ones are cheaper to copy through the socket than to map).
@@ -109,14 +109,33 @@ pub(crate) fn bind(config: &LocalConfig) -> io::Result<LocalListener> {
     })();
     let _ = std::fs::remove_file(&inner);
     let _ = std::fs::remove_dir(&private);
+    let listener = bound?;
+    if let Some(setting) = shmem_huge_pages().filter(|s| s == "never" || s == "deny") {
+        tracing::info!(
+            shmem_enabled = %setting,
+            "local door: shared memory uses 4 KiB pages; with `within_size` in \
+             {SHMEM_ENABLED}, large tensors map and fill several times faster (README, \
+             \"The local door\")"
+        );
+    }
     Ok(LocalListener {
-        listener: bound?,
+        listener,
         leases: leases::Leases::new(config.max_leased),
         path: path.clone(),
     })
 }
 
-use std::os::unix::fs::DirBuilderExt;
+/// Where Linux says whether shared memory (memfds) gets huge pages.
+const SHMEM_ENABLED: &str = "/sys/kernel/mm/transparent_hugepage/shmem_enabled";
+
+/// The host's shmem huge page setting (`never`, `within_size`, ...), if
+/// it can be read.
+fn shmem_huge_pages() -> Option<String> {
+    let text = std::fs::read_to_string(SHMEM_ENABLED).ok()?;
+    let start = text.find('[')? + 1;
+    let end = start + text[start..].find(']')?;
+    Some(text[start..end].to_owned())
+}
 
 /// Removes a socket file nobody listens on; refuses to touch a live one or
 /// a file of another kind.

@@ -46,8 +46,8 @@ pub const FLAG_NOT_BULK: u8 = 4;
 pub const BULK_THRESHOLD: u64 = 1 << 20;
 /// The payload is not on the stream: it is the whole of a sealed memfd,
 /// `payload_len` bytes, passed as the next file descriptor on the socket
-/// (`SCM_RIGHTS`). Version 3, on a PUT or PUT_IF request or a GET or
-/// GET_MANY response, and only over the local (Unix socket) door.
+/// (`SCM_RIGHTS`). Version 3, on a PUT or PUT_IF request or a GET
+/// response, and only over the local (Unix socket) door.
 pub const FLAG_FD: u8 = 8;
 const KNOWN_FLAGS: u8 = FLAG_RESPONSE | FLAG_END;
 
@@ -205,7 +205,7 @@ impl Prefix {
             | match (version >= 3, opcode, response) {
                 (true, Opcode::Get, false) => FLAG_NOT_BULK,
                 (true, Opcode::Put | Opcode::PutIf, false) => FLAG_FD,
-                (true, Opcode::Get | Opcode::GetMany, true) => FLAG_FD,
+                (true, Opcode::Get, true) => FLAG_FD,
                 _ => 0,
             };
         if flags & !known != 0 || bytes[7] != 0 || u32_at(20) != 0 {
@@ -295,5 +295,34 @@ mod tests {
         );
         assert_eq!(with(7, 1), Status::Malformed);
         assert_eq!(with(21, 1), Status::Malformed);
+    }
+
+    #[test]
+    fn fd_is_known_on_version_3_puts_and_get_responses_only() {
+        let parse = |version: u8, opcode: Opcode, flags: u8| {
+            let p = Prefix {
+                version,
+                opcode,
+                flags,
+                request_id: 1,
+                header_len: 0,
+                payload_len: 0,
+            };
+            Prefix::parse(&p.encode()).map(|p| p.is_some())
+        };
+        let response = FLAG_RESPONSE | FLAG_END;
+        for (version, opcode, flags, ok) in [
+            (3, Opcode::Put, FLAG_FD, true),
+            (3, Opcode::PutIf, FLAG_FD, true),
+            (3, Opcode::Get, response | FLAG_FD, true),
+            (2, Opcode::Put, FLAG_FD, false),
+            (3, Opcode::Get, FLAG_FD, false),
+            (3, Opcode::Put, response | FLAG_FD, false),
+            (3, Opcode::GetMany, response | FLAG_FD, false),
+            (3, Opcode::Delete, FLAG_FD, false),
+        ] {
+            let parsed = parse(version, opcode, flags);
+            assert_eq!(parsed.is_ok(), ok, "v{version} {opcode:?} flags {flags}");
+        }
     }
 }
