@@ -15,7 +15,9 @@
 //! - [`fast`]: the fast path, length-prefixed binary frames over TCP:
 //!   [`fast::wire`] (the bytes, sans I/O), [`fast::stream`] (frames over a
 //!   socket), the server side ([`fast::FastConfig`]) and
-//!   [`FastClient`](fast::FastClient).
+//!   [`FastClient`](fast::FastClient); and [`fast::local`], the same
+//!   protocol over a Unix socket, large tensors shared as sealed memfds
+//!   with clients on the server's host.
 //! - [`grpc`]: the original gRPC API: generated code, conversions, the
 //!   service and [`RemoteCacheClient`](grpc::RemoteCacheClient).
 //!
@@ -29,7 +31,7 @@
 //!   client, over [`FastClient`](fast::FastClient).
 //! - [`metrics`]: what the doors count, in a Prometheus registry, and the
 //!   `/metrics` + `/health` endpoint.
-//! - [`server`]: binds both doors and the metrics endpoint over one
+//! - [`server`]: binds the doors and the metrics endpoint over one
 //!   engine, serves them, shuts them down.
 //! - `fuzzing` (feature `fuzzing`): the fuzz targets' entry points, shared
 //!   with the corpus replay test.

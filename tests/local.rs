@@ -216,8 +216,13 @@ async fn a_client_that_goes_away_releases_its_leases() {
     assert!(held.iter().all(|t| t.data()[..] == data[..]));
     // And a raw client that is handed a memfd and then disappears.
     let mut raw = RawLocal::connect(&local.path).await;
-    raw.send(Opcode::Get, &Request::Get { key: "t".into() }, 0, None)
-        .await;
+    raw.send(
+        Opcode::Get,
+        &Request::Get { key: "t".into() },
+        FLAG_FD,
+        None,
+    )
+    .await;
     let (prefix, _, fd) = raw.recv().await;
     assert_eq!(prefix.flags & FLAG_FD, FLAG_FD);
     assert!(fd.is_some());
@@ -251,8 +256,13 @@ async fn a_client_cannot_write_through_its_mapping_or_its_descriptor() {
     assert_eq!(rc, -1, "mprotect(PROT_WRITE) on a mapped tensor succeeded");
     // Nor can the descriptor itself be written, mapped writable, or resized.
     let mut raw = RawLocal::connect(&local.path).await;
-    raw.send(Opcode::Get, &Request::Get { key: "w".into() }, 0, None)
-        .await;
+    raw.send(
+        Opcode::Get,
+        &Request::Get { key: "w".into() },
+        FLAG_FD,
+        None,
+    )
+    .await;
     let (_, _, fd) = raw.recv().await;
     let fd = fd.expect("a memfd");
     assert!(rustix::io::write(&fd, b"x").is_err(), "write(2)");
@@ -291,21 +301,43 @@ async fn the_lease_limit_is_a_clear_status_and_frees_up_on_drop() {
             .unwrap();
     }
     let x = client.get("x").await.unwrap().unwrap();
-    let refused = tokio::time::timeout(Duration::from_secs(5), client.get("y"))
+    assert!(is_memfd_mapping(x.data()));
+    // On the wire: a clear status, at once.
+    let mut raw = RawLocal::connect(&local.path).await;
+    raw.send(
+        Opcode::Get,
+        &Request::Get { key: "y".into() },
+        FLAG_FD,
+        None,
+    )
+    .await;
+    let (_, response, fd) = raw.recv().await;
+    assert_eq!(response.status(), Status::LeaseLimit);
+    assert!(
+        response.message.contains("--max-leased"),
+        "{}",
+        response.message
+    );
+    assert!(fd.is_none());
+    // The client takes the bytes through the socket instead: a get is
+    // never refused for want of a lease.
+    let y = tokio::time::timeout(Duration::from_secs(5), client.get("y"))
         .await
-        .expect("an answer, not a hang");
-    match refused {
-        Err(ClientError::OutOfMemory(message)) => {
-            assert!(message.contains("--max-leased"), "{message}")
-        }
-        other => panic!("expected the lease limit, got {other:?}"),
-    }
-    // get_into is refused too (it maps), but the same tensor again is not
-    // a new payload.
+        .expect("an answer, not a hang")
+        .unwrap()
+        .unwrap();
+    assert!(!is_memfd_mapping(y.data()));
+    assert!(y.data()[..] == pattern(3 * MIB, 1)[..]);
+    let mut dst = vec![0u8; 3 * MIB];
+    assert!(client.get_into("y", &mut dst).await.unwrap().is_some());
+    // The same tensor again is not a new payload.
     let again = client.get("x").await.unwrap().unwrap();
+    assert!(is_memfd_mapping(again.data()));
     drop((x, again));
     local.leased_becomes(0).await;
-    assert!(client.get("y").await.unwrap().is_some());
+    assert!(is_memfd_mapping(
+        client.get("y").await.unwrap().unwrap().data()
+    ));
     drop(local.server.shutdown().await);
 }
 

@@ -11,6 +11,8 @@
 //! - `client`: [`FastClient`]: a shared pipelined connection, exclusive
 //!   connections for `get_into`, and the mapping of statuses onto
 //!   [`ClientError`](crate::client::ClientError).
+//! - [`local`]: the local door: this protocol over a Unix socket, with
+//!   large tensors passed as sealed memfds instead of bytes.
 
 mod client;
 pub mod local;
@@ -22,4 +24,4 @@ pub use client::{FastClient, FastClientOptions};
 #[cfg(feature = "fuzzing")]
 pub use server::serve_io;
 pub use server::FastConfig;
-pub(crate) use server::{serve, Listener};
+pub(crate) use server::{serve, Budgets, Listener};

@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::disk::{DiskConfig, DiskError, DiskTier};
 use crate::engine::Engine;
 use crate::fast::local::{LocalConfig, LocalListener};
-use crate::fast::{FastConfig, Listener};
+use crate::fast::{Budgets, FastConfig, Listener};
 use crate::grpc::{GrpcConfig, GrpcService, H2_CONNECTION_WINDOW, H2_MAX_FRAME, H2_STREAM_WINDOW};
 use crate::metrics::ServerMetrics;
 
@@ -227,10 +227,13 @@ impl Server {
         // If this future is dropped (aborted, lost a select), the fast path
         // stops with it instead of serving on from a detached task.
         let _stop_fast_on_drop = fast_stop.clone().drop_guard();
+        // One set of byte budgets for both fast-path doors.
+        let budgets = Budgets::new(&self.config.fast, &self.metrics);
         let fast = tokio::spawn(crate::fast::serve(
             Listener::Tcp(self.fast),
             self.engine.clone(),
             self.config.fast.clone(),
+            budgets.clone(),
             fast_stop.clone(),
             self.config.shutdown_grace,
             self.metrics.clone(),
@@ -240,6 +243,7 @@ impl Server {
                 Listener::Local(local),
                 self.engine.clone(),
                 self.config.fast.clone(),
+                budgets.clone(),
                 fast_stop.clone(),
                 self.config.shutdown_grace,
                 self.metrics.clone(),

@@ -102,6 +102,10 @@ pub(super) struct Link {
     /// Leases whose mappings were dropped, not yet released to the
     /// server.
     releases: Mutex<Vec<u64>>,
+    /// The runtime the link's tasks run on: a release that finds the
+    /// queue full waits for room on it (a mapping may be dropped on any
+    /// thread).
+    runtime: tokio::runtime::Handle,
 }
 
 impl Link {
@@ -126,6 +130,7 @@ impl Link {
             next_id: AtomicU64::new(1),
             local: inbox.is_some(),
             releases: Mutex::default(),
+            runtime: tokio::runtime::Handle::current(),
         });
         // A server that stops reading closes the connection after the
         // write timeout: the queued requests and their payloads are
@@ -169,8 +174,8 @@ impl Link {
         self.flush_releases();
     }
 
-    /// Sends the releases waiting, if the writer's queue has room; no
-    /// reply is waited for.
+    /// Sends the releases waiting (no reply is waited for): now if the
+    /// writer's queue has room, else from a task that waits for room.
     pub(super) fn flush_releases(&self) {
         let leases = {
             let mut waiting = self.releases.lock().unwrap_or_else(PoisonError::into_inner);
@@ -189,12 +194,13 @@ impl Link {
         debug_assert!(head.len() > PREFIX_LEN);
         match self.tx.try_send(OutFrame::new(head, Bytes::new()).into()) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                // Sent with a later request.
-                self.releases
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .extend(leases);
+            Err(mpsc::error::TrySendError::Full(frame)) => {
+                // Bounded: the writer drains the queue, or gives up after
+                // the write timeout and closes it.
+                let tx = self.tx.clone();
+                self.runtime.spawn(async move {
+                    let _ = tx.send(frame).await;
+                });
             }
             // The connection is gone, and the server let go of its
             // leases with it.

@@ -112,6 +112,10 @@ enum Endpoint {
     Local(std::path::PathBuf),
 }
 
+/// Payloads at least this large are copied into a memfd on the blocking
+/// pool (a 4 MiB copy into fresh pages takes about a millisecond).
+const BLOCKING_FILL: usize = 4 << 20;
+
 /// The prefix of an address naming the local door's socket.
 const UNIX_PREFIX: &str = "unix:";
 
@@ -319,6 +323,11 @@ impl FastClient {
     /// With an L1 ([`FastClientOptions::l1`]), a tensor held there is
     /// returned without a request, and concurrent misses of one key share
     /// one request.
+    ///
+    /// Over the local door (`unix:PATH`), a tensor the server keeps as a
+    /// memfd comes back as a read-only mapping of the server's pages
+    /// ([`fast::local`](crate::fast::local)); when the server's leases are
+    /// used up (`--max-leased`), its bytes come through the socket instead.
     pub async fn get(&self, key: &str) -> Result<Option<Tensor>, ClientError> {
         match &self.inner.l1 {
             Some(l1) => l1.get(key, || self.fetch(key)).await,
@@ -348,6 +357,10 @@ impl FastClient {
             match reply.response.status() {
                 Status::NotFound => Ok(None),
                 Status::Bulk => self.fetch_bulk(key).await,
+                // The local door's leases are used up: the bytes through
+                // the socket instead (a `GET_MANY` is never answered with
+                // a memfd).
+                Status::LeaseLimit => Ok(self.fetch_many(&[key]).await?.pop().flatten()),
                 status => {
                     check(status, &reply.response.message)?;
                     tensor_from(self.mapped(reply)?, self.inner.options.max_payload).map(Some)
@@ -443,7 +456,8 @@ impl FastClient {
         result
     }
 
-    /// `get_into` over the local door: a get, then one copy.
+    /// `get_into` over the local door: the tensor mapped (or received:
+    /// see `fetch`), then one copy.
     async fn get_into_local(
         &self,
         key: &str,
@@ -777,6 +791,7 @@ impl FastClient {
     ) -> Result<Registration, ClientError> {
         check_keys(&request)?;
         let mut waiter = Some(waiter);
+        let passed = self.passed(&request, &payload).await?;
         for attempt in 0..2 {
             let link = self.link().await?;
             link.flush_releases();
@@ -785,18 +800,9 @@ impl FastClient {
             // payloads to an exclusive one (see `fetch`); over the local
             // door they are passed as memfds, and a large PUT's payload is
             // too.
-            let passed = match request {
-                Request::Put { .. } | Request::PutIf(_)
-                    if link.local && payload.len() >= SHARE_THRESHOLD =>
-                {
-                    Some(Arc::new(memfd::fill(&payload).map_err(|e| {
-                        ClientError::Unavailable(format!("cannot fill a memfd: {e}"))
-                    })?))
-                }
-                _ => None,
-            };
             let flags = match (&request, &passed) {
                 (Request::Get { .. }, _) if !link.local => FLAG_NOT_BULK,
+                (Request::Get { .. }, _) => FLAG_FD,
                 (_, Some(_)) => FLAG_FD,
                 _ => 0,
             };
@@ -817,11 +823,11 @@ impl FastClient {
                 pending.waiters.insert(id, w);
             }
             let call = Registration { link, id };
-            let mut frame = match passed {
+            let mut frame = match &passed {
                 Some(_) => OutFrame::new(head, Bytes::new()),
                 None => OutFrame::new(head, payload.clone()),
             };
-            frame.fd = passed;
+            frame.fd = passed.clone();
             match call.link.tx.send(frame.into()).await {
                 Ok(()) => return Ok(call),
                 Err(_) if attempt == 0 => {
@@ -832,6 +838,34 @@ impl FastClient {
             }
         }
         Err(ClientError::Unavailable("the connection closed".into()))
+    }
+
+    /// A large PUT's payload over the local door: a sealed memfd holding it
+    /// (filled off the runtime's workers when it takes a while).
+    async fn passed(
+        &self,
+        request: &Request,
+        payload: &Bytes,
+    ) -> Result<Option<Arc<std::os::fd::OwnedFd>>, ClientError> {
+        let is_put = matches!(request, Request::Put { .. } | Request::PutIf(_));
+        if !is_put
+            || payload.len() < SHARE_THRESHOLD
+            || !matches!(self.inner.peer, Endpoint::Local(_))
+        {
+            return Ok(None);
+        }
+        let failed =
+            |e: std::io::Error| ClientError::Unavailable(format!("cannot fill a memfd: {e}"));
+        let fd = if payload.len() < BLOCKING_FILL {
+            memfd::fill(payload).map_err(failed)?
+        } else {
+            let payload = payload.clone();
+            tokio::task::spawn_blocking(move || memfd::fill(&payload))
+                .await
+                .map_err(|e| ClientError::Unavailable(format!("cannot fill a memfd: {e}")))?
+                .map_err(failed)?
+        };
+        Ok(Some(Arc::new(fd)))
     }
 
     /// Ends the shared connection now, failing the calls in flight on it and
@@ -907,7 +941,10 @@ async fn open_link(
                     addr: name.to_owned(),
                     reason: e.to_string(),
                 })?;
-            let (reader, writer, inbox, outbox) = fds::split(stream);
+            // A client claims what its one server sends; the per-connection
+            // bound is all it needs.
+            let budget = fds::FdBudget::new(usize::MAX);
+            let (reader, writer, inbox, outbox) = fds::split(stream, budget);
             Ok(Link::open(reader, writer, Some((inbox, outbox)), options))
         }
     }

@@ -20,6 +20,7 @@ use std::io::{self, IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 
@@ -33,38 +34,101 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 /// The most descriptors one `sendmsg` carries. The write loop takes at
 /// most 32 frames at a time, so this is never reached by an honest peer.
 pub(crate) const MAX_FDS_PER_MESSAGE: usize = 64;
-/// The most descriptors received and not yet claimed by a frame; a peer
-/// that sends more is cut off.
-pub(crate) const MAX_WAITING_FDS: usize = 256;
+/// The most descriptors received and not yet claimed by a frame, per
+/// connection; a peer that sends more is cut off. (An honest peer's wait
+/// only for the frames of its last two writes: at most 64.)
+pub(crate) const MAX_WAITING_FDS: usize = 128;
 /// The most bytes one `recvmsg` reads.
 const READ_CHUNK: usize = 256 * 1024;
 
 pub(crate) use crate::fast::stream::Outbox;
 
-/// Descriptors received and not yet claimed, in arrival order.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Inbox(Arc<Mutex<VecDeque<OwnedFd>>>);
+/// Descriptors held unclaimed over many connections (a server's), and
+/// the most there may be: each is a slot of the process's descriptor
+/// table.
+#[derive(Debug)]
+pub(crate) struct FdBudget {
+    held: AtomicUsize,
+    limit: usize,
+}
 
-impl Inbox {
-    /// The next descriptor received, if one has arrived.
-    pub(crate) fn take(&self) -> Option<OwnedFd> {
-        self.0
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .pop_front()
+impl FdBudget {
+    pub(crate) fn new(limit: usize) -> Arc<FdBudget> {
+        Arc::new(FdBudget {
+            held: AtomicUsize::new(0),
+            limit,
+        })
     }
 
-    fn push(&self, fds: impl Iterator<Item = OwnedFd>) -> io::Result<()> {
-        let mut waiting = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        waiting.extend(fds);
-        if waiting.len() > MAX_WAITING_FDS {
-            waiting.clear();
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidData,
-                format!("more than {MAX_WAITING_FDS} file descriptors sent ahead of their frames"),
-            ));
+    pub(crate) fn limit(&self) -> usize {
+        self.limit
+    }
+}
+
+/// Descriptors received and not yet claimed, in arrival order.
+#[derive(Debug, Clone)]
+pub(crate) struct Inbox(Arc<Waiting>);
+
+#[derive(Debug)]
+struct Waiting {
+    fds: Mutex<VecDeque<OwnedFd>>,
+    budget: Arc<FdBudget>,
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        let held = self
+            .fds
+            .get_mut()
+            .unwrap_or_else(PoisonError::into_inner)
+            .len();
+        self.budget.held.fetch_sub(held, Ordering::Relaxed);
+    }
+}
+
+impl Inbox {
+    /// An empty inbox whose descriptors count against `budget`.
+    pub(crate) fn new(budget: Arc<FdBudget>) -> Inbox {
+        Inbox(Arc::new(Waiting {
+            fds: Mutex::default(),
+            budget,
+        }))
+    }
+
+    /// The next descriptor received, if one has arrived.
+    pub(crate) fn take(&self) -> Option<OwnedFd> {
+        let fd = self.lock().pop_front();
+        if fd.is_some() {
+            self.0.budget.held.fetch_sub(1, Ordering::Relaxed);
         }
-        Ok(())
+        fd
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<OwnedFd>> {
+        self.0.fds.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Keeps `fds`, or closes every descriptor waiting here and fails if
+    /// this connection, or all of them, would hold too many.
+    fn push(&self, fds: Vec<OwnedFd>) -> io::Result<()> {
+        let budget = &self.0.budget;
+        let mut waiting = self.lock();
+        let n = fds.len();
+        let held = budget.held.fetch_add(n, Ordering::Relaxed) + n;
+        waiting.extend(fds);
+        let why = if waiting.len() > MAX_WAITING_FDS {
+            format!("more than {MAX_WAITING_FDS} file descriptors sent ahead of their frames")
+        } else if held > budget.limit {
+            format!(
+                "the server holds {} unclaimed file descriptors; this connection's are dropped",
+                budget.limit
+            )
+        } else {
+            return Ok(());
+        };
+        budget.held.fetch_sub(waiting.len(), Ordering::Relaxed);
+        waiting.clear();
+        Err(io::Error::new(io::ErrorKind::InvalidData, why))
     }
 }
 
@@ -110,16 +174,20 @@ impl AsyncRead for FdReader {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 Err(e) => return Poll::Ready(Err(e)),
             };
+            let mut fds = Vec::new();
             for message in control.drain() {
-                if let RecvAncillaryMessage::ScmRights(fds) = message {
-                    this.inbox.push(fds)?;
+                if let RecvAncillaryMessage::ScmRights(received) = message {
+                    fds.extend(received);
                 }
             }
-            if msg.flags.contains(ReturnFlags::CTRUNC) {
+            if msg.flags.contains(ReturnFlags::CTRUNC) || fds.len() > MAX_FDS_PER_MESSAGE {
                 return Poll::Ready(Err(io::Error::new(
                     io::ErrorKind::InvalidData,
                     format!("more than {MAX_FDS_PER_MESSAGE} file descriptors in one message"),
                 )));
+            }
+            if !fds.is_empty() {
+                this.inbox.push(fds)?;
             }
             buf.advance(msg.bytes);
             return Poll::Ready(Ok(()));
@@ -199,10 +267,14 @@ impl AsyncWrite for FdWriter {
     }
 }
 
-/// Splits a connected Unix stream into descriptor-carrying halves.
-pub(crate) fn split(stream: tokio::net::UnixStream) -> (FdReader, FdWriter, Inbox, Outbox) {
+/// Splits a connected Unix stream into descriptor-carrying halves; the
+/// descriptors it receives count against `budget`.
+pub(crate) fn split(
+    stream: tokio::net::UnixStream,
+    budget: Arc<FdBudget>,
+) -> (FdReader, FdWriter, Inbox, Outbox) {
     let (read, write) = stream.into_split();
-    let inbox = Inbox::default();
+    let inbox = Inbox::new(budget);
     let outbox = Outbox::default();
     (
         FdReader::new(read, inbox.clone()),

@@ -21,6 +21,10 @@ pub(crate) const MAX_LEASES_PER_CONNECTION: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct Leases {
     limit: u64,
+    /// The most leases at once, over all connections: each may be a
+    /// descriptor in flight, which the kernel counts against this user's
+    /// descriptor limit until the client reads it.
+    max_count: usize,
     state: Mutex<State>,
 }
 
@@ -29,6 +33,8 @@ struct State {
     /// Leases per payload, by (address, length).
     held: HashMap<(usize, usize), u32>,
     bytes: u64,
+    /// Leases, however many per payload.
+    count: usize,
 }
 
 /// Why a lease was refused.
@@ -47,15 +53,21 @@ pub(crate) enum LeaseError {
     /// The connection holds [`MAX_LEASES_PER_CONNECTION`] leases.
     #[error("this connection holds {MAX_LEASES_PER_CONNECTION} mapped tensors; drop some first")]
     TooMany,
+    /// All connections together hold the most leases the server allows.
+    #[error("local clients hold {0} mapped tensors, the most this server passes at once (a quarter of its descriptor limit); drop some, or read with get_into")]
+    TooManyInAll(usize),
     /// The lease id is already in use on this connection.
     #[error("lease {0} is already held on this connection")]
     Duplicate(u64),
 }
 
 impl Leases {
-    pub(crate) fn new(limit: u64) -> Arc<Leases> {
+    /// At most `limit` bytes of distinct payloads, and `max_count` leases,
+    /// at once.
+    pub(crate) fn new(limit: u64, max_count: usize) -> Arc<Leases> {
         Arc::new(Leases {
             limit,
+            max_count,
             state: Mutex::default(),
         })
     }
@@ -71,8 +83,12 @@ impl Leases {
 
     fn acquire(&self, key: (usize, usize)) -> Result<(), LeaseError> {
         let mut state = self.lock();
+        if state.count >= self.max_count {
+            return Err(LeaseError::TooManyInAll(state.count));
+        }
         if let Some(count) = state.held.get_mut(&key) {
             *count += 1;
+            state.count += 1;
             return Ok(());
         }
         let len = key.1 as u64;
@@ -84,16 +100,19 @@ impl Leases {
             });
         }
         state.bytes += len;
+        state.count += 1;
         state.held.insert(key, 1);
         Ok(())
     }
 
     fn release(&self, key: (usize, usize)) {
         let mut state = self.lock();
+        let state = &mut *state;
         let Some(count) = state.held.get_mut(&key) else {
             return;
         };
         *count -= 1;
+        state.count -= 1;
         if *count == 0 {
             state.held.remove(&key);
             state.bytes -= key.1 as u64;
@@ -165,7 +184,7 @@ mod tests {
 
     #[test]
     fn a_payload_is_counted_once_and_released_with_its_last_lease() {
-        let leases = Leases::new(100);
+        let leases = Leases::new(100, 5);
         let a = Bytes::from(vec![1u8; 60]);
         let b = Bytes::from(vec![2u8; 50]);
         let one = ConnLeases::new(Arc::clone(&leases));
@@ -192,5 +211,12 @@ mod tests {
         let three = ConnLeases::new(Arc::clone(&leases));
         three.grant(9, &b).unwrap();
         assert_eq!(leases.bytes(), 50);
+        // At most five leases in all, of any payloads.
+        for id in 10..14 {
+            three.grant(id, &b).unwrap();
+        }
+        assert_eq!(three.grant(14, &b), Err(LeaseError::TooManyInAll(5)));
+        three.release(10);
+        three.grant(14, &b).unwrap();
     }
 }

@@ -100,6 +100,38 @@ pub(crate) fn adopt(fd: OwnedFd, len: u64) -> Result<Bytes, MemfdError> {
     Ok(register(map, fd))
 }
 
+/// How many stored payloads are memfd mappings (each holds a descriptor
+/// and a mapping), in this process.
+pub(crate) fn shared_count() -> usize {
+    registry().len()
+}
+
+/// Copies a passed memfd's bytes into an allocation of exactly its size
+/// (after the same checks as [`adopt`]) and closes it: the payload of a
+/// PUT the server does not keep as a memfd (a small one, or past the
+/// door's limit on them).
+pub(crate) fn read(fd: OwnedFd, len: u64) -> Result<Bytes, MemfdError> {
+    let size = checked(&fd, len)?;
+    let mut data = Vec::new();
+    data.try_reserve_exact(size).map_err(|_| {
+        MemfdError::Io(std::io::Error::new(
+            std::io::ErrorKind::OutOfMemory,
+            format!("cannot allocate {size} bytes"),
+        ))
+    })?;
+    data.resize(size, 0);
+    let mut done = 0;
+    while done < size {
+        let n =
+            rustix::io::pread(&fd, &mut data[done..], done as u64).map_err(std::io::Error::from)?;
+        if n == 0 {
+            return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+        }
+        done += n;
+    }
+    Ok(Bytes::from(data))
+}
+
 /// Maps a sealed memfd read from a reply, read-only and with its pages
 /// already mapped (`MAP_POPULATE`), after the same checks as [`adopt`].
 /// The file itself is closed: the mapping keeps its pages.

@@ -59,17 +59,75 @@ impl LocalConfig {
     }
 }
 
-/// A bound local door: its listener and the server-wide leases.
+/// A bound local door: its listener, the server-wide leases and limits.
 #[derive(Debug)]
 pub(crate) struct LocalListener {
     pub(crate) listener: UnixListener,
     pub(crate) leases: Arc<leases::Leases>,
     pub(crate) path: PathBuf,
+    /// The socket file as bound (device, inode): removed on shutdown only
+    /// if the path still names it.
+    pub(crate) identity: (u64, u64),
+    pub(crate) limits: Arc<Limits>,
+}
+
+/// What the local door's file descriptors may add up to, from the
+/// process's descriptor limit (raised to its hard limit when the door
+/// opens) and the kernel's limit on memory mappings.
+#[derive(Debug)]
+pub(crate) struct Limits {
+    /// Stored payloads kept as memfds (each holds a descriptor and a
+    /// mapping); past it, a passed memfd is copied into memory and closed.
+    pub(crate) shared: usize,
+    /// Descriptors received and not yet claimed, over all connections.
+    pub(crate) unclaimed: Arc<fds::FdBudget>,
+}
+
+impl Limits {
+    fn for_this_process() -> Limits {
+        let nofile = raise_nofile();
+        let maps = std::fs::read_to_string("/proc/sys/vm/max_map_count")
+            .ok()
+            .and_then(|s| s.trim().parse::<usize>().ok())
+            .unwrap_or(65_530);
+        Limits {
+            shared: (nofile / 2).min(maps / 4),
+            unclaimed: fds::FdBudget::new((nofile / 8).max(64)),
+        }
+    }
+}
+
+/// Raises this process's soft descriptor limit to its hard limit (every
+/// stored shared tensor holds one); returns the soft limit.
+fn raise_nofile() -> usize {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            tracing::warn!("cannot raise the descriptor limit: {e}");
+        }
+    }
+    let current = getrlimit(Resource::Nofile).current;
+    current.map_or(1 << 20, |n| usize::try_from(n).unwrap_or(usize::MAX))
+}
+
+/// The device and inode of the file at `path`.
+pub(crate) fn identity(path: &Path) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()))
 }
 
 /// What a local connection has beyond a TCP one.
 #[derive(Debug)]
 pub(crate) struct Local {
+    /// The door's limits.
+    pub(crate) limits: Arc<Limits>,
     /// Descriptors received, for PUTs flagged `FLAG_FD`.
     pub(crate) inbox: fds::Inbox,
     /// Where the write loop puts the descriptors of the frames it sends.
@@ -110,6 +168,13 @@ pub(crate) fn bind(config: &LocalConfig) -> io::Result<LocalListener> {
     let _ = std::fs::remove_file(&inner);
     let _ = std::fs::remove_dir(&private);
     let listener = bound?;
+    let identity = identity(path).unwrap_or_default();
+    let limits = Arc::new(Limits::for_this_process());
+    tracing::debug!(
+        shared = limits.shared,
+        unclaimed = limits.unclaimed.limit(),
+        "local door limits"
+    );
     if let Some(setting) = shmem_huge_pages().filter(|s| s == "never" || s == "deny") {
         tracing::info!(
             shmem_enabled = %setting,
@@ -120,8 +185,10 @@ pub(crate) fn bind(config: &LocalConfig) -> io::Result<LocalListener> {
     }
     Ok(LocalListener {
         listener,
-        leases: leases::Leases::new(config.max_leased),
+        leases: leases::Leases::new(config.max_leased, limits.unclaimed.limit() * 2),
         path: path.clone(),
+        identity,
+        limits,
     })
 }
 
@@ -151,11 +218,20 @@ fn clear_stale(path: &Path) -> io::Result<()> {
             format!("{} exists and is not a socket", path.display()),
         ));
     }
-    if std::os::unix::net::UnixStream::connect(path).is_ok() {
-        return Err(io::Error::new(
+    // Only a refused connection means nobody listens: a socket this user
+    // may not connect to (EACCES) may well be alive.
+    match std::os::unix::net::UnixStream::connect(path) {
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => std::fs::remove_file(path),
+        Ok(_) => Err(io::Error::new(
             io::ErrorKind::AddrInUse,
             format!("another server listens on {}", path.display()),
-        ));
+        )),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "{} exists and cannot be checked ({e}); remove it if no server uses it",
+                path.display()
+            ),
+        )),
     }
-    std::fs::remove_file(path)
 }

@@ -22,7 +22,7 @@ use tracing::Instrument;
 use super::budget::{Closed, Queue, Shared};
 use super::FastConfig;
 use crate::engine::{Engine, Lookup};
-use crate::fast::local::{memfd, Local};
+use crate::fast::local::{memfd, Local, SHARE_THRESHOLD};
 use crate::fast::stream::{write_loop, FrameReader, OutFrame, ReadError};
 use crate::fast::wire::{
     encode_frame_as, AlignedHeader, ArchivedRequest, ArchivedWireMeta, Body, EncodeError, Limits,
@@ -561,10 +561,21 @@ impl Conn<'_> {
             return Ok(error_frame(version, opcode, &e).map(|f| (f, e.status))?);
         }
         let _receiving;
-        let payload = match passed {
-            // Mapped, not copied: nothing is allocated for it.
-            Some(fd) => memfd::adopt(fd, len).map_err(|e| malformed(id, e.to_string()))?,
-            None => {
+        let payload = match (passed, self.local) {
+            // Kept as the memfd, mapped, not copied: nothing is allocated
+            // for it. Within the door's limit on such payloads (each holds
+            // a descriptor and a mapping), and only large ones.
+            (Some(fd), Some(local))
+                if len >= SHARE_THRESHOLD as u64 && memfd::shared_count() < local.limits.shared =>
+            {
+                memfd::adopt(fd, len).map_err(|e| malformed(id, e.to_string()))?
+            }
+            (Some(fd), _) => {
+                // Copied out and closed, within the ingress budget.
+                _receiving = self.queue.receive(len).await?;
+                memfd::read(fd, len).map_err(|e| malformed(id, e.to_string()))?
+            }
+            (None, _) => {
                 // Room among the payloads being received, before
                 // allocating this one; held until the engine has it.
                 _receiving = self.queue.receive(len).await?;
@@ -617,7 +628,14 @@ impl Conn<'_> {
             self.queue.send(frame, reservation).await?;
             return Ok(status);
         }
-        let mut estimate = len.unwrap_or(0) + HEAD_ESTIMATE + key.len() as u64;
+        // A GET that may be answered with a memfd reserves room for the
+        // head only; one answered with bytes after all waits for room for
+        // them below.
+        let payload = match (self.local, wants_fd(prefix)) {
+            (Some(_), true) => 0,
+            _ => len.unwrap_or(0),
+        };
+        let mut estimate = payload + HEAD_ESTIMATE + key.len() as u64;
         loop {
             let reservation = self.queue.reserve(estimate).await?;
             let mut found = self.find(key).await?;
@@ -659,7 +677,7 @@ impl Conn<'_> {
     ) -> Option<Result<(OutFrame, Status), EncodeError>> {
         let local = self.local?;
         let Ok(Some(tensor)) = found else { return None };
-        if prefix.opcode != Opcode::Get || prefix.version < 3 {
+        if !wants_fd(prefix) {
             return None;
         }
         let fd = memfd::shared_fd(tensor.data())?;
@@ -789,6 +807,12 @@ fn answer(
 /// answered `Bulk` (docs/PROTOCOL.md, "Bulk replies").
 fn wants_bulk(prefix: &Prefix, len: u64) -> bool {
     prefix.opcode == Opcode::Get && prefix.flags & FLAG_NOT_BULK != 0 && len > BULK_THRESHOLD
+}
+
+/// Whether a GET framed as `prefix` takes its tensor as a memfd, if the
+/// server has it as one (docs/PROTOCOL.md, "The local door").
+fn wants_fd(prefix: &Prefix) -> bool {
+    prefix.opcode == Opcode::Get && prefix.version >= 3 && prefix.flags & FLAG_FD != 0
 }
 
 /// The `Bulk` answer to a GET of a payload of `len` bytes.

@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::local::leases::{ConnLeases, Leases};
-use super::local::{fds, Local, LocalListener};
+use super::local::{fds, Limits, Local, LocalListener};
 use super::stream::write_frames;
 use super::wire::{Opcode, ProtocolError, Status, MIN_VERSION};
 use crate::engine::Engine;
@@ -124,7 +124,7 @@ pub(crate) enum Listener {
 /// An accepted connection.
 enum Accepted {
     Tcp(tokio::net::TcpStream, std::net::SocketAddr),
-    Local(tokio::net::UnixStream, Arc<Leases>),
+    Local(tokio::net::UnixStream, Arc<Leases>, Arc<Limits>),
 }
 
 impl Listener {
@@ -135,7 +135,7 @@ impl Listener {
                 .listener
                 .accept()
                 .await
-                .map(|(s, _)| Accepted::Local(s, Arc::clone(&l.leases))),
+                .map(|(s, _)| Accepted::Local(s, Arc::clone(&l.leases), Arc::clone(&l.limits))),
         }
     }
 
@@ -147,28 +147,39 @@ impl Listener {
     }
 }
 
+/// The server-wide byte budgets (`--max-queued-total`, `--max-ingress`):
+/// one set per server, shared by the TCP fast path and the local door.
+#[derive(Debug, Clone)]
+pub(crate) struct Budgets(Arc<budget::Shared>);
+
+impl Budgets {
+    /// The budgets `config` sets, exposed through `metrics`.
+    pub(crate) fn new(config: &FastConfig, metrics: &ServerMetrics) -> Budgets {
+        let shared = Arc::new(shared_budgets(config));
+        let watched = Arc::clone(&shared);
+        metrics.watch_fast_budgets(move || (watched.queued.used(), watched.ingress.used()));
+        Budgets(shared)
+    }
+}
+
 /// Accepts fast-path connections until `shutdown` is cancelled, then waits
 /// up to `grace` for open connections to finish their current request.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn serve(
     listener: Listener,
     engine: Engine,
     config: FastConfig,
+    budgets: Budgets,
     shutdown: CancellationToken,
     grace: Duration,
     metrics: ServerMetrics,
 ) {
     let config = Arc::new(config);
-    let shared = Arc::new(shared_budgets(&config));
+    let shared = budgets.0;
     let door = listener.door();
-    match &listener {
-        Listener::Tcp(_) => {
-            let watched = Arc::clone(&shared);
-            metrics.watch_fast_budgets(move || (watched.queued.used(), watched.ingress.used()));
-        }
-        Listener::Local(local) => {
-            let leases = Arc::clone(&local.leases);
-            metrics.watch_leases(move || leases.bytes());
-        }
+    if let Listener::Local(local) = &listener {
+        let leases = Arc::clone(&local.leases);
+        metrics.watch_leases(move || leases.bytes());
     }
     let permits = Arc::new(Semaphore::new(config.max_connections));
     let connections = TaskTracker::new();
@@ -198,7 +209,7 @@ pub(crate) async fn serve(
                     tracing::warn!(%peer, "connection limit reached; refusing");
                     tokio::spawn(refuse_busy(stream))
                 }
-                Accepted::Local(stream, _) => {
+                Accepted::Local(stream, ..) => {
                     tracing::warn!("local door: connection limit reached; refusing");
                     tokio::spawn(refuse_busy(stream))
                 }
@@ -225,11 +236,13 @@ pub(crate) async fn serve(
                             (metrics.counted(door, reader), metrics.counted(door, writer));
                         handler::serve_connection(reader, writer, serving, None).await;
                     }
-                    Accepted::Local(stream, leases) => {
-                        let (reader, writer, inbox, outbox) = fds::split(stream);
+                    Accepted::Local(stream, leases, limits) => {
+                        let budget = Arc::clone(&limits.unclaimed);
+                        let (reader, writer, inbox, outbox) = fds::split(stream, budget);
                         let (reader, writer) =
                             (metrics.counted(door, reader), metrics.counted(door, writer));
                         let local = Local {
+                            limits,
                             inbox,
                             outbox,
                             leases: ConnLeases::new(leases),
@@ -246,8 +259,11 @@ pub(crate) async fn serve(
         });
     }
     if let Listener::Local(local) = &listener {
-        // The socket file goes with the door (if it is still ours).
-        let _ = std::fs::remove_file(&local.path);
+        // The socket file goes with the door, if the path still names the
+        // socket this door bound (not one a newer server put there).
+        if super::local::identity(&local.path) == Some(local.identity) {
+            let _ = std::fs::remove_file(&local.path);
+        }
     }
     drop(listener);
     connections.close();

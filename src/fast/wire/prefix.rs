@@ -47,7 +47,8 @@ pub const BULK_THRESHOLD: u64 = 1 << 20;
 /// The payload is not on the stream: it is the whole of a sealed memfd,
 /// `payload_len` bytes, passed as the next file descriptor on the socket
 /// (`SCM_RIGHTS`). Version 3, on a PUT or PUT_IF request or a GET
-/// response, and only over the local (Unix socket) door.
+/// response, and only over the local (Unix socket) door. On a GET request:
+/// the client takes the answer as a memfd if the server can give one.
 pub const FLAG_FD: u8 = 8;
 const KNOWN_FLAGS: u8 = FLAG_RESPONSE | FLAG_END;
 
@@ -203,7 +204,7 @@ impl Prefix {
         let response = flags & FLAG_RESPONSE != 0;
         let known = KNOWN_FLAGS
             | match (version >= 3, opcode, response) {
-                (true, Opcode::Get, false) => FLAG_NOT_BULK,
+                (true, Opcode::Get, false) => FLAG_NOT_BULK | FLAG_FD,
                 (true, Opcode::Put | Opcode::PutIf, false) => FLAG_FD,
                 (true, Opcode::Get, true) => FLAG_FD,
                 _ => 0,
@@ -316,7 +317,8 @@ mod tests {
             (3, Opcode::PutIf, FLAG_FD, true),
             (3, Opcode::Get, response | FLAG_FD, true),
             (2, Opcode::Put, FLAG_FD, false),
-            (3, Opcode::Get, FLAG_FD, false),
+            (3, Opcode::Get, FLAG_FD, true),
+            (3, Opcode::GetMany, FLAG_FD, false),
             (3, Opcode::Put, response | FLAG_FD, false),
             (3, Opcode::GetMany, response | FLAG_FD, false),
             (3, Opcode::Delete, FLAG_FD, false),
