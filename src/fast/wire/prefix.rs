@@ -281,7 +281,7 @@ mod tests {
         assert_eq!(Prefix::parse(&old).unwrap().unwrap().version, 1);
         assert_eq!(with(5, 0), Status::UnknownOpcode);
         assert_eq!(with(5, 200), Status::UnknownOpcode);
-        assert_eq!(with(6, 8), Status::Malformed);
+        assert_eq!(with(6, 16), Status::Malformed);
         // NOT_BULK: known on a version-3 GET only.
         let mut flagged = good;
         flagged[6] = FLAG_NOT_BULK;
