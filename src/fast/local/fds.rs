@@ -40,6 +40,8 @@ pub(crate) const MAX_FDS_PER_MESSAGE: usize = 64;
 pub(crate) const MAX_WAITING_FDS: usize = 128;
 /// The most bytes one `recvmsg` reads.
 const READ_CHUNK: usize = 256 * 1024;
+/// Reads into at least this much room go straight to the caller's buffer.
+const DIRECT_READ: usize = 128 * 1024;
 
 pub(crate) use crate::fast::stream::Outbox;
 
@@ -137,11 +139,17 @@ impl Inbox {
 pub(crate) struct FdReader {
     half: OwnedReadHalf,
     inbox: Inbox,
+    /// Where reads smaller than [`DIRECT_READ`] land first.
+    scratch: Box<[u8]>,
 }
 
 impl FdReader {
     pub(crate) fn new(half: OwnedReadHalf, inbox: Inbox) -> FdReader {
-        FdReader { half, inbox }
+        FdReader {
+            half,
+            inbox,
+            scratch: vec![0; DIRECT_READ].into_boxed_slice(),
+        }
     }
 }
 
@@ -155,8 +163,19 @@ impl AsyncRead for FdReader {
         let stream = this.half.as_ref();
         loop {
             ready!(stream.poll_read_ready(cx))?;
-            let want = buf.remaining().min(READ_CHUNK);
-            let dst = buf.initialize_unfilled_to(want);
+            // `recvmsg` wants initialized memory. A large read (a payload)
+            // goes straight into the caller's buffer, zeroed first; a small
+            // one (frame heads) into a scratch buffer zeroed once, then is
+            // copied: zeroing the caller's whole spare room on every read
+            // would cost more than the bytes read.
+            let direct = buf.remaining() >= DIRECT_READ;
+            let dst: &mut [u8] = if direct {
+                let want = buf.remaining().min(READ_CHUNK);
+                buf.initialize_unfilled_to(want)
+            } else {
+                let want = buf.remaining().min(this.scratch.len());
+                &mut this.scratch[..want]
+            };
             let mut space =
                 [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS_PER_MESSAGE))];
             let mut control = RecvAncillaryBuffer::new(&mut space);
@@ -189,7 +208,11 @@ impl AsyncRead for FdReader {
             if !fds.is_empty() {
                 this.inbox.push(fds)?;
             }
-            buf.advance(msg.bytes);
+            if direct {
+                buf.advance(msg.bytes);
+            } else {
+                buf.put_slice(&this.scratch[..msg.bytes]);
+            }
             return Poll::Ready(Ok(()));
         }
     }
