@@ -10,7 +10,7 @@ use std::io::{IoSlice, IoSliceMut};
 use std::mem::MaybeUninit;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -18,10 +18,9 @@ use common::{pattern, u8_meta};
 use redstone::client::{ClientError, FastClient};
 use redstone::fast::local::LocalConfig;
 use redstone::fast::wire::{
-    decode_response, encode_head, Opcode, Prefix, Request, Status, WireMeta, FLAG_FD, PREFIX_LEN,
-    VERSION,
+    decode_response, encode_head, Opcode, Prefix, Request, Status, FLAG_FD, PREFIX_LEN, VERSION,
 };
-use redstone::metrics::ServerMetrics;
+use redstone::fast::FastConfig;
 use redstone::server::{Config, Server, ServerHandle};
 use redstone::tensor::meta::{DType, StorageLayout, TensorMeta};
 use redstone::tensor::Tensor;
@@ -32,69 +31,10 @@ use rustix::net::{
 
 const MIB: usize = 1 << 20;
 
-/// A fresh directory for one test's socket.
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("redstone-local-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-struct Local {
-    server: ServerHandle,
-    metrics: ServerMetrics,
-    path: PathBuf,
-}
-
-impl Local {
-    fn addr(&self) -> String {
-        format!("unix:{}", self.path.display())
-    }
-
-    async fn client(&self) -> FastClient {
-        FastClient::connect(self.addr()).await.unwrap()
-    }
-
-    /// `redstone_local_leased_bytes` from the metrics.
-    fn leased(&self) -> u64 {
-        let text = self.metrics.encode();
-        text.lines()
-            .find_map(|l| l.strip_prefix("redstone_local_leased_bytes "))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("the leased gauge")
-    }
-
-    /// Waits (a bounded while) for the leased bytes to become `want`.
-    async fn leased_becomes(&self, want: u64) {
-        for _ in 0..200 {
-            if self.leased() == want {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(self.leased(), want, "leased bytes");
-    }
-}
+use common::local::{put_request, LocalServer as Local};
 
 async fn start(name: &str, limit: u64, max_leased: u64, mode: u32) -> Local {
-    let path = scratch(name).join("redstone.sock");
-    let config = Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        fast_addr: "127.0.0.1:0".parse().unwrap(),
-        memory_limit: limit,
-        local: Some(LocalConfig {
-            mode,
-            ..LocalConfig::new(&path, max_leased)
-        }),
-        ..Config::default()
-    };
-    let server = Server::bind(config).await.expect("bind");
-    let metrics = server.metrics().clone();
-    Local {
-        server: server.spawn(),
-        metrics,
-        path,
-    }
+    Local::start(name, limit, max_leased, mode, FastConfig::for_budget(limit)).await
 }
 
 /// Whether `bytes` lies in a shared file mapping of this process (as a
@@ -513,13 +453,6 @@ impl RawLocal {
                 Err(_) => return false,
             }
         }
-    }
-}
-
-fn put_request(key: &str, len: u64) -> Request {
-    Request::Put {
-        key: key.into(),
-        meta: WireMeta::from(&u8_meta(len)),
     }
 }
 

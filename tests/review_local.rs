@@ -44,8 +44,7 @@ use redstone::fast::wire::{
     Request, Response, Status, WireMeta, FLAG_END, FLAG_FD, FLAG_RESPONSE, PREFIX_LEN,
 };
 use redstone::fast::FastConfig;
-use redstone::metrics::ServerMetrics;
-use redstone::server::{Config, Server, ServerHandle};
+use redstone::server::{Config, Server};
 use rustix::fs::SealFlags;
 use rustix::net::{
     RecvAncillaryBuffer, RecvAncillaryMessage, RecvFlags, SendAncillaryBuffer,
@@ -61,64 +60,10 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 // ---------------------------------------------------------------- helpers
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("redstone-review-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-struct Local {
-    server: ServerHandle,
-    metrics: ServerMetrics,
-    path: PathBuf,
-}
-
-impl Local {
-    fn addr(&self) -> String {
-        format!("unix:{}", self.path.display())
-    }
-
-    async fn client(&self) -> FastClient {
-        FastClient::connect(self.addr()).await.unwrap()
-    }
-
-    fn leased(&self) -> u64 {
-        let text = self.metrics.encode();
-        text.lines()
-            .find_map(|l| l.strip_prefix("redstone_local_leased_bytes "))
-            .and_then(|v| v.trim().parse().ok())
-            .expect("the leased gauge")
-    }
-
-    async fn leased_becomes(&self, want: u64) {
-        for _ in 0..300 {
-            if self.leased() == want {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        assert_eq!(self.leased(), want, "leased bytes");
-    }
-}
+use common::local::{put_request, scratch, LocalServer as Local};
 
 async fn start_with(name: &str, limit: u64, max_leased: u64, fast: FastConfig) -> Local {
-    let path = scratch(name).join("redstone.sock");
-    let config = Config {
-        grpc_addr: "127.0.0.1:0".parse().unwrap(),
-        fast_addr: "127.0.0.1:0".parse().unwrap(),
-        memory_limit: limit,
-        fast,
-        local: Some(LocalConfig::new(&path, max_leased)),
-        ..Config::default()
-    };
-    let server = Server::bind(config).await.expect("bind");
-    let metrics = server.metrics().clone();
-    Local {
-        server: server.spawn(),
-        metrics,
-        path,
-    }
+    Local::start(name, limit, max_leased, 0o600, fast).await
 }
 
 async fn start(name: &str, limit: u64, max_leased: u64) -> Local {
@@ -159,13 +104,6 @@ fn memfd_of(data: &[u8], seals: SealFlags) -> OwnedFd {
 
 fn memfd(len: usize, fill: u8, seals: SealFlags) -> OwnedFd {
     memfd_of(&vec![fill; len], seals)
-}
-
-fn put_request(key: &str, len: u64) -> Request {
-    Request::Put {
-        key: key.into(),
-        meta: WireMeta::from(&u8_meta(len)),
-    }
 }
 
 /// A raw local-door connection: frames and descriptors by hand.

@@ -229,18 +229,9 @@ impl Server {
         let _stop_fast_on_drop = fast_stop.clone().drop_guard();
         // One set of byte budgets for both fast-path doors.
         let budgets = Budgets::new(&self.config.fast, &self.metrics);
-        let fast = tokio::spawn(crate::fast::serve(
-            Listener::Tcp(self.fast),
-            self.engine.clone(),
-            self.config.fast.clone(),
-            budgets.clone(),
-            fast_stop.clone(),
-            self.config.shutdown_grace,
-            self.metrics.clone(),
-        ));
-        let local = self.local.map(|local| {
+        let serve = |listener| {
             tokio::spawn(crate::fast::serve(
-                Listener::Local(local),
+                listener,
                 self.engine.clone(),
                 self.config.fast.clone(),
                 budgets.clone(),
@@ -248,7 +239,9 @@ impl Server {
                 self.config.shutdown_grace,
                 self.metrics.clone(),
             ))
-        });
+        };
+        let fast = serve(Listener::Tcp(self.fast));
+        let local = self.local.map(|local| serve(Listener::Local(local)));
         // The metrics endpoint outlives the doors' grace period: `/health`
         // says 503 while they drain.
         let http_stop = CancellationToken::new();
