@@ -18,7 +18,7 @@ use crate::fast::local::fds::{Inbox, Outbox};
 use crate::fast::local::memfd;
 use crate::fast::stream::{write_loop, FrameReader, OutFrame, Queued};
 use crate::fast::wire::{
-    decode_response, encode_frame, Limits, Request, Response, Status, FLAG_FD, PREFIX_LEN,
+    decode_response, encode_frame, Limits, Request, Response, Status, FLAG_FD,
 };
 
 /// A reply frame: its decoded header and payload, or (the local door) the
@@ -97,11 +97,6 @@ pub(super) struct Link {
     /// The writer task, aborted by [`Link::abort`].
     writer: Mutex<Option<tokio::task::AbortHandle>>,
     pub(super) next_id: AtomicU64,
-    /// Whether this is a local-door connection (descriptors pass on it).
-    pub(super) local: bool,
-    /// Leases whose mappings were dropped, not yet released to the
-    /// server.
-    releases: Mutex<Vec<u64>>,
     /// The runtime the link's tasks run on: a release that finds the
     /// queue full waits for room on it (a mapping may be dropped on any
     /// thread).
@@ -128,8 +123,6 @@ impl Link {
             pending: Mutex::new(Pending::default()),
             writer: Mutex::new(None),
             next_id: AtomicU64::new(1),
-            local: inbox.is_some(),
-            releases: Mutex::default(),
             runtime: tokio::runtime::Handle::current(),
         });
         // A server that stops reading closes the connection after the
@@ -164,34 +157,17 @@ impl Link {
         link
     }
 
-    /// Tells the server (now, or with the next request if the queue is
-    /// full) that the mapping of lease `id` is gone.
-    pub(super) fn release(&self, id: u64) {
-        self.releases
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(id);
-        self.flush_releases();
-    }
-
-    /// Sends the releases waiting (no reply is waited for): now if the
-    /// writer's queue has room, else from a task that waits for room.
-    pub(super) fn flush_releases(&self) {
-        let leases = {
-            let mut waiting = self.releases.lock().unwrap_or_else(PoisonError::into_inner);
-            if waiting.is_empty() {
-                return;
-            }
-            std::mem::take(&mut *waiting)
-        };
+    /// Tells the server that the mapping of lease `id` is gone (no reply
+    /// is waited for): now if the writer's queue has room, else from a
+    /// task that waits for room.
+    pub(super) fn release(&self, lease: u64) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let request = Request::Release {
-            leases: leases.iter().map(|l| l.to_le_bytes()).collect(),
+            leases: vec![lease.to_le_bytes()],
         };
         let Ok(head) = encode_frame(request.opcode(), 0, id, &request, 0) else {
             return;
         };
-        debug_assert!(head.len() > PREFIX_LEN);
         match self.tx.try_send(OutFrame::new(head, Bytes::new()).into()) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(frame)) => {

@@ -429,19 +429,12 @@ impl FastClient {
     ) -> Result<Option<TensorMeta>, ClientError> {
         crate::engine::validate_key(key)?;
         if let Some(held) = self.inner.l1.as_ref().and_then(|l1| l1.lookup(key)) {
-            accept(held.meta())?;
-            if held.data().len() != dst.len() {
-                return Err(ClientError::Invalid(crate::Error::InvalidSize {
-                    expected: held.meta().byte_size(),
-                    actual: dst.len() as u64,
-                }));
-            }
-            dst.copy_from_slice(held.data());
+            let meta = copy_into(&held, dst, accept)?;
             // Yields once the task's budget is spent (see `L1::get`).
             tokio::task::consume_budget().await;
-            return Ok(Some(held.meta().clone()));
+            return Ok(Some(meta));
         }
-        if let Endpoint::Local(_) = self.inner.peer {
+        if self.is_local() {
             // A large tensor is mapped: copied once, at memory speed.
             return self.get_into_local(key, dst, accept).await;
         }
@@ -456,6 +449,11 @@ impl FastClient {
         result
     }
 
+    /// Whether this client talks to the local door.
+    fn is_local(&self) -> bool {
+        matches!(self.inner.peer, Endpoint::Local(_))
+    }
+
     /// `get_into` over the local door: the tensor mapped (or received:
     /// see `fetch`), then one copy.
     async fn get_into_local(
@@ -464,18 +462,10 @@ impl FastClient {
         dst: &mut [u8],
         accept: impl FnOnce(&TensorMeta) -> Result<(), ClientError>,
     ) -> Result<Option<TensorMeta>, ClientError> {
-        let Some(tensor) = self.fetch(key).await? else {
-            return Ok(None);
-        };
-        accept(tensor.meta())?;
-        if tensor.data().len() != dst.len() {
-            return Err(ClientError::Invalid(crate::Error::InvalidSize {
-                expected: tensor.meta().byte_size(),
-                actual: dst.len() as u64,
-            }));
+        match self.fetch(key).await? {
+            Some(tensor) => copy_into(&tensor, dst, accept).map(Some),
+            None => Ok(None),
         }
-        dst.copy_from_slice(tensor.data());
-        Ok(Some(tensor.meta().clone()))
     }
 
     /// An exclusive connection (an idle one kept from an earlier call,
@@ -794,14 +784,13 @@ impl FastClient {
         let passed = self.passed(&request, &payload).await?;
         for attempt in 0..2 {
             let link = self.link().await?;
-            link.flush_releases();
             let id = link.next_id.fetch_add(1, Ordering::Relaxed);
             // Over TCP, every GET on the shared connection leaves large
             // payloads to an exclusive one (see `fetch`); over the local
             // door they are passed as memfds, and a large PUT's payload is
             // too.
             let flags = match (&request, &passed) {
-                (Request::Get { .. }, _) if !link.local => FLAG_NOT_BULK,
+                (Request::Get { .. }, _) if !self.is_local() => FLAG_NOT_BULK,
                 (Request::Get { .. }, _) => FLAG_FD,
                 (_, Some(_)) => FLAG_FD,
                 _ => 0,
@@ -848,10 +837,7 @@ impl FastClient {
         payload: &Bytes,
     ) -> Result<Option<Arc<std::os::fd::OwnedFd>>, ClientError> {
         let is_put = matches!(request, Request::Put { .. } | Request::PutIf(_));
-        if !is_put
-            || payload.len() < SHARE_THRESHOLD
-            || !matches!(self.inner.peer, Endpoint::Local(_))
-        {
+        if !is_put || payload.len() < SHARE_THRESHOLD || !self.is_local() {
             return Ok(None);
         }
         let failed =
@@ -897,6 +883,24 @@ impl FastClient {
             .await
             .unwrap_or(Err(ClientError::Timeout(limit)))
     }
+}
+
+/// `tensor`'s bytes copied into `dst`, which must be exactly their size,
+/// once `accept` has seen its metadata; `dst` is untouched on an error.
+fn copy_into(
+    tensor: &Tensor,
+    dst: &mut [u8],
+    accept: impl FnOnce(&TensorMeta) -> Result<(), ClientError>,
+) -> Result<TensorMeta, ClientError> {
+    accept(tensor.meta())?;
+    if tensor.data().len() != dst.len() {
+        return Err(ClientError::Invalid(crate::Error::InvalidSize {
+            expected: tensor.meta().byte_size(),
+            actual: dst.len() as u64,
+        }));
+    }
+    dst.copy_from_slice(tensor.data());
+    Ok(tensor.meta().clone())
 }
 
 /// Refuses a key the server would refuse, before it is sent (a key long

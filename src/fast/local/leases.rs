@@ -14,6 +14,8 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 
+use super::memfd::key;
+
 /// The most leases one connection holds at once.
 pub(crate) const MAX_LEASES_PER_CONNECTION: usize = 4096;
 
@@ -172,10 +174,6 @@ impl Drop for ConnLeases {
             self.leases.release(key(payload));
         }
     }
-}
-
-fn key(payload: &Bytes) -> (usize, usize) {
-    (payload.as_ptr() as usize, payload.len())
 }
 
 #[cfg(test)]

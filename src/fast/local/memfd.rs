@@ -44,9 +44,9 @@ pub enum MemfdError {
     Io(#[from] std::io::Error),
 }
 
-/// A read-only mapping of a sealed memfd the server stores, and the memfd
-/// (to share again). Owns the bytes of a [`Bytes`]; dropping the last
-/// clone unmaps it and forgets it.
+/// A read-only mapping of a sealed memfd the server stores (the memfd,
+/// to share again, is in the registry). Owns the bytes of a [`Bytes`];
+/// dropping the last clone forgets it and unmaps it.
 struct Region {
     map: Mmap,
 }
@@ -59,7 +59,7 @@ impl AsRef<[u8]> for Region {
 
 impl Drop for Region {
     fn drop(&mut self) {
-        registry().remove(&(self.map.as_ptr() as usize, self.map.len()));
+        registry().remove(&key(&self.map));
     }
 }
 
@@ -80,8 +80,7 @@ pub(crate) fn shared_fd(payload: &Bytes) -> Option<Arc<OwnedFd>> {
     if payload.is_empty() {
         return None;
     }
-    let key = (payload.as_ptr() as usize, payload.len());
-    registry().get(&key).cloned()
+    registry().get(&key(payload)).cloned()
 }
 
 /// Checks that `fd` is a memfd sealed immutable and exactly `len` bytes
@@ -167,9 +166,9 @@ fn checked(fd: &OwnedFd, len: u64) -> Result<usize, MemfdError> {
     }
 }
 
+/// `map` of `fd` as a stored payload that [`shared_fd`] knows.
 fn register(map: Mmap, fd: OwnedFd) -> Bytes {
-    let key = (map.as_ptr() as usize, map.len());
-    registry().insert(key, Arc::new(fd));
+    registry().insert(key(&map), Arc::new(fd));
     Bytes::from_owner(Region { map })
 }
 
@@ -185,7 +184,7 @@ impl<K: Send + 'static> Mapping<K> {
     /// `map` as the bytes of a [`Bytes`], holding `keep` until the last
     /// clone is dropped.
     pub(crate) fn into_bytes(map: Mmap, keep: K) -> Bytes {
-        mappings().insert(key_of(&map));
+        mappings().insert(key(&map));
         Bytes::from_owner(Mapping { map, _keep: keep })
     }
 }
@@ -198,12 +197,14 @@ impl<K> AsRef<[u8]> for Mapping<K> {
 
 impl<K> Drop for Mapping<K> {
     fn drop(&mut self) {
-        mappings().remove(&key_of(&self.map));
+        mappings().remove(&key(&self.map));
     }
 }
 
-fn key_of(map: &Mmap) -> (usize, usize) {
-    (map.as_ptr() as usize, map.len())
+/// What the registries know a buffer by: where it starts and how long it
+/// is (unique while the buffer lives).
+pub(crate) fn key(bytes: &[u8]) -> (usize, usize) {
+    (bytes.as_ptr() as usize, bytes.len())
 }
 
 fn mappings() -> std::sync::MutexGuard<'static, std::collections::HashSet<(usize, usize)>> {
@@ -219,7 +220,7 @@ fn mappings() -> std::sync::MutexGuard<'static, std::collections::HashSet<(usize
 /// Python client hands such a tensor out as a read-only array instead of
 /// copying it.
 pub fn is_mapping(data: &[u8]) -> bool {
-    !data.is_empty() && mappings().contains(&(data.as_ptr() as usize, data.len()))
+    !data.is_empty() && mappings().contains(&key(data))
 }
 
 /// A new memfd holding `data`, sealed immutable: what a client hands the
@@ -266,9 +267,9 @@ mod tests {
         // A slice is not the stored payload; dropping the last clone
         // forgets it.
         assert!(shared_fd(&stored.slice(1..)).is_none());
-        let key = (stored.as_ptr() as usize, stored.len());
+        let stored_key = key(&stored);
         drop(stored);
-        assert!(!registry().contains_key(&key));
+        assert!(!registry().contains_key(&stored_key));
     }
 
     #[test]

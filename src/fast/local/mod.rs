@@ -34,6 +34,17 @@ pub use memfd::{is_mapping, MemfdError};
 pub const SHARE_THRESHOLD: usize = 256 * 1024;
 
 /// The local door's settings (`server --uds PATH`).
+///
+/// ```
+/// use redstone::fast::local::LocalConfig;
+/// use redstone::server::Config;
+///
+/// let config = Config {
+///     local: Some(LocalConfig { mode: 0o660, ..LocalConfig::new("/run/redstone.sock", 8 << 30) }),
+///     ..Config::default()
+/// };
+/// assert_eq!(config.local.unwrap().max_leased, 8 << 30);
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalConfig {
     /// The socket's path.
