@@ -353,7 +353,7 @@ impl FastClient {
         // One deadline for the whole get, the bulk fetch included (the wait
         // for an exclusive connection too).
         self.with_timeout(async {
-            let reply = self.round_trip(request, Bytes::new()).await?;
+            let reply = self.exchange(request, Bytes::new()).await?;
             match reply.response.status() {
                 Status::NotFound => Ok(None),
                 Status::Bulk => self.fetch_bulk(key).await,
@@ -730,15 +730,20 @@ impl FastClient {
         Ok(reply)
     }
 
-    /// Sends one request and waits for its one reply, whatever its status.
+    /// Sends one request and waits for its one reply, whatever its status,
+    /// within the request timeout.
     async fn round_trip(&self, request: Request, payload: Bytes) -> Result<Reply, ClientError> {
+        self.with_timeout(self.exchange(request, payload)).await
+    }
+
+    /// [`round_trip`](Self::round_trip) without a deadline of its own, for
+    /// a caller whose deadline covers more work (one timer per call, not
+    /// two).
+    async fn exchange(&self, request: Request, payload: Bytes) -> Result<Reply, ClientError> {
         let (tx, rx) = oneshot::channel();
         let _call = self.send(request, payload, Waiter::One(tx)).await?;
-        self.with_timeout(async {
-            rx.await
-                .map_err(|_| ClientError::Unavailable("the connection closed".into()))?
-        })
-        .await
+        rx.await
+            .map_err(|_| ClientError::Unavailable("the connection closed".into()))?
     }
 
     /// The open connection, or a new one if it has closed (the server

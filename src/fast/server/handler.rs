@@ -20,6 +20,7 @@ use tokio_util::task::AbortOnDropHandle;
 use tracing::Instrument;
 
 use super::budget::{Closed, Queue, Shared};
+use super::deadline::Deadline;
 use super::FastConfig;
 use crate::engine::{Engine, Lookup};
 use crate::fast::local::{memfd, Local, SHARE_THRESHOLD};
@@ -91,85 +92,96 @@ pub(crate) async fn serve_connection<R, W>(
         max_header: config.max_header,
         max_payload: config.max_payload.min(config.max_ingress),
     };
-    loop {
-        let head = tokio::select! {
-            biased;
-            () = shutdown.cancelled() => {
-                let err = ProtocolError::new(Status::ShuttingDown, 0, "the server is shutting down");
-                send_error(&queue, None, &err).await;
-                break;
-            }
-            // The writer gave up (a stalled reader): the connection is over.
-            () = queue.closed() => break,
-            head = tokio::time::timeout(config.idle_timeout, reader.read_head(&limits)) => head,
-        };
-        let head = match head {
-            Err(_elapsed) => {
-                let err = ProtocolError::new(Status::Timeout, 0, "idle timeout");
-                recorder.refused("idle");
-                send_error(&queue, None, &err).await;
-                break;
-            }
-            Ok(Ok(Some(head))) => head,
-            Ok(Ok(None)) => break,
-            Ok(Err(e)) => {
-                fail(&queue, None, e, &recorder).await;
-                break;
-            }
-        };
-        let started = Instant::now();
-        let prefix = head.prefix;
-        let request = match aligned
-            .request(&head.header, prefix.request_id)
-            .and_then(|r| check_framing(&prefix, r, local.is_some()))
-        {
-            Ok(request) => request,
-            Err(e) => {
-                recorder.refused(refusal(e.status));
-                send_error(&queue, Some(&prefix), &e).await;
-                break;
-            }
-        };
-        let conn = Conn {
-            engine: &engine,
-            queue: &queue,
-            max_tensor: limits.max_payload,
-            local: local.as_ref(),
-        };
-        let op = prefix.opcode;
-        // Free unless debug logging is on for this module.
-        let span = tracing::debug_span!(
-            "request",
-            door = "fast",
-            op = op.name(),
-            key = request_key(request),
-            size = prefix.payload_len,
-        );
-        let per_frame = tokio::time::timeout(
-            config.idle_timeout,
-            conn.handle(&mut reader, &prefix, request)
-                .instrument(span.clone()),
-        );
-        let status = match per_frame.await {
-            Ok(Ok(status)) => status,
-            Ok(Err(e)) => {
-                let status = fail(&queue, Some(&prefix), e, &recorder).await;
-                record(&recorder, &span, op, status, started);
-                break;
-            }
-            Err(_elapsed) => {
-                let err = ProtocolError::new(
-                    Status::Timeout,
-                    prefix.request_id,
-                    "the request did not complete within the idle timeout",
-                );
-                recorder.refused(refusal(err.status));
-                send_error(&queue, Some(&prefix), &err).await;
-                record(&recorder, &span, op, outcome(err.status), started);
-                break;
-            }
-        };
-        record(&recorder, &span, op, outcome(status), started);
+    // The loop's own scope: its pinned futures borrow the queue.
+    {
+        // Built once, not per request: each registers a waiter.
+        let mut stopping = std::pin::pin!(shutdown.cancelled());
+        let mut writer_gone = std::pin::pin!(queue.closed());
+        // The idle limit and the per-request limit, one timer for both.
+        let mut deadline = Deadline::new(config.idle_timeout);
+        loop {
+            let head = tokio::select! {
+                biased;
+                () = &mut stopping => {
+                    let err = ProtocolError::new(Status::ShuttingDown, 0, "the server is shutting down");
+                    send_error(&queue, None, &err).await;
+                    break;
+                }
+                // The writer gave up (a stalled reader): the connection is over.
+                () = &mut writer_gone => break,
+                head = deadline.within(reader.read_head(&limits)) => head,
+            };
+            let head = match head {
+                None => {
+                    let err = ProtocolError::new(Status::Timeout, 0, "idle timeout");
+                    recorder.refused("idle");
+                    send_error(&queue, None, &err).await;
+                    break;
+                }
+                Some(Ok(Some(head))) => head,
+                Some(Ok(None)) => break,
+                Some(Err(e)) => {
+                    fail(&queue, None, e, &recorder).await;
+                    break;
+                }
+            };
+            let started = Instant::now();
+            // The request must complete within the limit from here.
+            deadline.touch(started.into());
+            let prefix = head.prefix;
+            let request = match aligned
+                .request(&head.header, prefix.request_id)
+                .and_then(|r| check_framing(&prefix, r, local.is_some()))
+            {
+                Ok(request) => request,
+                Err(e) => {
+                    recorder.refused(refusal(e.status));
+                    send_error(&queue, Some(&prefix), &e).await;
+                    break;
+                }
+            };
+            let conn = Conn {
+                engine: &engine,
+                queue: &queue,
+                max_tensor: limits.max_payload,
+                local: local.as_ref(),
+            };
+            let op = prefix.opcode;
+            // Free unless debug logging is on for this module.
+            let span = tracing::debug_span!(
+                "request",
+                door = "fast",
+                op = op.name(),
+                key = request_key(request),
+                size = prefix.payload_len,
+            );
+            let per_frame = deadline.within(
+                conn.handle(&mut reader, &prefix, request)
+                    .instrument(span.clone()),
+            );
+            let status = match per_frame.await {
+                Some(Ok(status)) => status,
+                Some(Err(e)) => {
+                    let status = fail(&queue, Some(&prefix), e, &recorder).await;
+                    record(&recorder, &span, op, status, started);
+                    break;
+                }
+                None => {
+                    let err = ProtocolError::new(
+                        Status::Timeout,
+                        prefix.request_id,
+                        "the request did not complete within the idle timeout",
+                    );
+                    recorder.refused(refusal(err.status));
+                    send_error(&queue, Some(&prefix), &err).await;
+                    record(&recorder, &span, op, outcome(err.status), started);
+                    break;
+                }
+            };
+            record(&recorder, &span, op, outcome(status), started);
+            // The next request may take the limit from here.
+            deadline.touch(tokio::time::Instant::now());
+        }
     }
     drop(queue);
     // Bounded: the writer gives up on a write that makes no progress for

@@ -10,6 +10,7 @@
 //! grace period, for connections to finish their current request.
 
 mod budget;
+mod deadline;
 mod handler;
 
 use std::sync::Arc;
