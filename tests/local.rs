@@ -575,3 +575,74 @@ async fn many_concurrent_puts_and_gets_never_cross_descriptors() {
     let _ = Bytes::new();
     drop(local.server.shutdown().await);
 }
+
+/// A client of `local` that keeps `keep` bytes of mappings.
+async fn keeping_client(local: &Local, keep: u64) -> FastClient {
+    let options = redstone::client::FastClientOptions {
+        keep_mapped: keep,
+        ..Default::default()
+    };
+    FastClient::connect_with(&local.addr(), options)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_mappings_answer_repeat_gets_and_never_a_replaced_tensor() {
+    let local = start("kept", 64 << 20, 64 << 20, 0o600).await;
+    let client = keeping_client(&local, 16 << 20).await;
+    let first = pattern(2 * MIB, 1);
+    client
+        .put("a", u8_meta(first.len() as u64), first.clone())
+        .await
+        .unwrap();
+    let got = client.get("a").await.unwrap().unwrap();
+    assert!(is_memfd_mapping(got.data()));
+    let at = got.data().as_ptr();
+    drop(got);
+    // Kept after the drop: still leased, and the next get is the same
+    // mapping (its own lease released at once).
+    let again = client.get("a").await.unwrap().unwrap();
+    assert_eq!(again.data().as_ptr(), at, "the kept mapping, not a new one");
+    assert!(again.data()[..] == first[..]);
+    drop(again);
+    local.leased_becomes(2 * MIB as u64).await;
+    // Replaced under the same key: another memfd, so not the kept mapping.
+    assert!(client.delete("a").await.unwrap());
+    let second = pattern(2 * MIB, 2);
+    client
+        .put("a", u8_meta(second.len() as u64), second.clone())
+        .await
+        .unwrap();
+    let replaced = client.get("a").await.unwrap().unwrap();
+    assert!(replaced.data()[..] == second[..], "never the old tensor");
+    assert_ne!(replaced.data().as_ptr(), at);
+    // The client gone, every kept lease goes with it.
+    drop((replaced, client));
+    local.leased_becomes(0).await;
+    drop(local.server.shutdown().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_mappings_are_let_go_when_the_server_is_short_of_leases() {
+    let local = start("kept-limit", 64 << 20, 5 * MIB as u64, 0o600).await;
+    let client = keeping_client(&local, 64 << 20).await;
+    for (key, fill) in [("x", 1), ("y", 2)] {
+        client
+            .put(key, u8_meta(3 * MIB as u64), pattern(3 * MIB, fill))
+            .await
+            .unwrap();
+    }
+    drop(client.get("x").await.unwrap().unwrap());
+    local.leased_becomes(3 * MIB as u64).await;
+    // x's kept lease leaves no room for y's: y comes as bytes, and the
+    // kept mappings are let go.
+    let y = client.get("y").await.unwrap().unwrap();
+    assert!(!is_memfd_mapping(y.data()));
+    assert!(y.data()[..] == pattern(3 * MIB, 2)[..]);
+    local.leased_becomes(0).await;
+    // So the next get may lease again.
+    let y = client.get("y").await.unwrap().unwrap();
+    assert!(is_memfd_mapping(y.data()));
+    drop(local.server.shutdown().await);
+}

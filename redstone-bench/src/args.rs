@@ -126,6 +126,11 @@ pub(crate) struct Args {
     /// (e.g. 256MiB).
     #[arg(long, value_parser = parse_size)]
     pub(crate) l1: Option<u64>,
+    /// uds only: keep up to this many bytes of mappings after their
+    /// tensors are dropped, for the next gets of the same tensors
+    /// (`FastClientOptions::keep_mapped`; e.g. 1GiB). Default: none.
+    #[arg(long, value_parser = parse_size, default_value = "0")]
+    pub(crate) keep_mapped: u64,
     /// fast only: one more worker, on the first connection's client (a
     /// clone, sharing its connection), loops plain gets of one tensor of
     /// this size (e.g. 64MiB) for the whole run; the measured op's figures

@@ -81,6 +81,7 @@ async fn run(mut args: Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     let fast_options = FastClientOptions {
         l1: args.l1.map(L1Options::new),
+        keep_mapped: args.keep_mapped,
         ..FastClientOptions::default()
     };
     let addr = args.addr.clone().unwrap_or_else(|| {

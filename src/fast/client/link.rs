@@ -41,6 +41,16 @@ pub(super) struct Passed {
 }
 
 impl Passed {
+    /// The memfd's identity.
+    pub(super) fn file_id(&self) -> Result<memfd::FileId, ClientError> {
+        memfd::file_id(&self.fd).map_err(|e| ClientError::Protocol(e.to_string()))
+    }
+
+    /// The payload's length.
+    pub(super) fn len(&self) -> u64 {
+        self.len
+    }
+
     /// Maps the memfd read-only: the tensor's bytes, no copy.
     pub(super) fn map(self) -> Result<Bytes, ClientError> {
         let Passed { fd, len, lease } = self;

@@ -13,6 +13,7 @@
 //! - `reply`: statuses to [`ClientError`], tensors out of replies.
 
 mod exclusive;
+mod kept;
 mod link;
 mod pool;
 mod reply;
@@ -39,6 +40,7 @@ use crate::tensor::codec::{Compression, Encoding};
 use crate::tensor::meta::TensorMeta;
 use crate::tensor::Tensor;
 use exclusive::Exclusive;
+use kept::Kept;
 use link::{Link, Registration, Reply, Waiter};
 use pool::BufferPool;
 use reply::{check, tensor_from, unexpected};
@@ -79,6 +81,16 @@ pub struct FastClientOptions {
     /// `0` keeps none (each such tensor is a `Bytes` over a `Vec` of its
     /// own). Default 128 MiB.
     pub buffer_pool: u64,
+    /// The local door only: bytes of mappings kept after their tensors
+    /// are dropped, so that the next get of the same stored tensor reuses
+    /// the mapping instead of mapping the memfd again (with 4 KiB pages,
+    /// most of a large get's cost). A kept mapping holds its lease on the
+    /// server: after the server evicts the tensor, its pages stay in
+    /// memory (counted in `redstone_local_leased_bytes`, within
+    /// `--max-leased`) until the mapping is let go. The least recently got
+    /// are let go first, and all of them when the server answers
+    /// `LeaseLimit`. `0` (the default) keeps none.
+    pub keep_mapped: u64,
 }
 
 impl Default for FastClientOptions {
@@ -93,6 +105,7 @@ impl Default for FastClientOptions {
             max_exclusive: 16,
             l1: None,
             buffer_pool: 128 << 20,
+            keep_mapped: 0,
         }
     }
 }
@@ -138,6 +151,9 @@ struct Inner {
     /// Receive buffers for large `get`s; `None` when
     /// [`buffer_pool`](FastClientOptions::buffer_pool) is 0.
     pool: Option<Arc<BufferPool>>,
+    /// The local door's kept mappings; `None` when
+    /// [`keep_mapped`](FastClientOptions::keep_mapped) is 0.
+    kept: Option<Kept>,
 }
 
 /// A client of the fast path. Cheap to clone; clones share one connection
@@ -204,6 +220,7 @@ impl FastClient {
             request_timeout: options.request_timeout,
             l1: options.l1.as_ref().map(L1::new),
             pool: (options.buffer_pool > 0).then(|| BufferPool::new(options.buffer_pool)),
+            kept: Kept::new(options.keep_mapped),
             options,
         });
         Ok(FastClient { inner })
@@ -360,7 +377,14 @@ impl FastClient {
                 // The local door's leases are used up: the bytes through
                 // the socket instead (a `GET_MANY` is never answered with
                 // a memfd).
-                Status::LeaseLimit => Ok(self.fetch_many(&[key]).await?.pop().flatten()),
+                // Kept mappings hold leases too: let them go, so that
+                // the next gets may lease again.
+                Status::LeaseLimit => {
+                    if let Some(kept) = &self.inner.kept {
+                        kept.clear();
+                    }
+                    Ok(self.fetch_many(&[key]).await?.pop().flatten())
+                }
                 status => {
                     check(status, &reply.response.message)?;
                     tensor_from(self.mapped(reply)?, self.inner.options.max_payload).map(Some)
@@ -371,11 +395,26 @@ impl FastClient {
     }
 
     /// A reply whose payload was passed as a memfd, with the mapping as its
-    /// payload; any other reply as it is.
+    /// payload (a kept one, if this client keeps mappings and has one of
+    /// that memfd: the new descriptor is closed and its lease released);
+    /// any other reply as it is.
     fn mapped(&self, mut reply: Reply) -> Result<Reply, ClientError> {
-        if let Some(passed) = reply.fd.take() {
+        let Some(passed) = reply.fd.take() else {
+            return Ok(reply);
+        };
+        let Some(kept) = &self.inner.kept else {
             reply.payload = passed.map()?;
-        }
+            return Ok(reply);
+        };
+        let id = passed.file_id()?;
+        reply.payload = match kept.get(id, passed.len()) {
+            Some(mapping) => mapping,
+            None => {
+                let mapping = passed.map()?;
+                kept.insert(id, mapping.clone());
+                mapping
+            }
+        };
         Ok(reply)
     }
 

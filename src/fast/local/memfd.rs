@@ -146,6 +146,28 @@ pub(crate) fn map(fd: OwnedFd, len: u64) -> Result<Mmap, MemfdError> {
     Ok(unsafe { MmapOptions::new().len(size).populate().map(&fd)? })
 }
 
+/// The identity of the file `fd` is open on: device, inode and change
+/// time. The inode alone names one file among the living (a mapping holds
+/// its file, so its number is not given to another while it is mapped);
+/// the change time guards against the kernel's inode counter for memfds,
+/// which is 32 bits and not checked for uniqueness once it wraps.
+pub(crate) fn file_id(fd: &OwnedFd) -> std::io::Result<FileId> {
+    let stat = rustix::fs::fstat(fd)?;
+    Ok(FileId {
+        dev: stat.st_dev as u64,
+        ino: stat.st_ino as u64,
+        ctime: (stat.st_ctime as i64, stat.st_ctime_nsec as i64),
+    })
+}
+
+/// What [`file_id`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct FileId {
+    dev: u64,
+    ino: u64,
+    ctime: (i64, i64),
+}
+
 /// Checks that `fd` is a regular file sealed immutable and exactly `len`
 /// bytes long; returns the length.
 fn checked(fd: &OwnedFd, len: u64) -> Result<usize, MemfdError> {
