@@ -30,14 +30,19 @@ BENCH = os.path.join(RELEASE, "redstone-bench")
 SERVER = os.path.join(RELEASE, "server")
 HOLD = os.path.join(RELEASE, "examples", "local_hold")
 
-# (label, op, size, concurrency, fast_extra): the TCP side of a large get
-# is `get_into` (its fastest way to a usable tensor), of a small one `get`.
+# (label, op, size, concurrency, fast_extra, uds_extra): the TCP side of a
+# large get is `get_into` (its fastest way to a usable tensor), of a small
+# one `get`. The "kept" cells give the local client `--keep-mapped`: a get
+# of a tensor it mapped before reuses that mapping.
+KEEP = ["--keep-mapped", "1GiB"]
 CELLS = [
-    ("64 MiB get", "get", 64 << 20, 1, ["--into"]),
-    ("1 MiB get", "get", 1 << 20, 1, ["--into"]),
-    ("64 MiB put", "put", 64 << 20, 1, []),
-    ("3 KiB get, 1 conn", "get", 3 << 10, 1, []),
-    ("3 KiB get, 16 conns", "get", 3 << 10, 16, []),
+    ("64 MiB get", "get", 64 << 20, 1, ["--into"], []),
+    ("64 MiB get, kept mappings", "get", 64 << 20, 1, ["--into"], KEEP),
+    ("1 MiB get", "get", 1 << 20, 1, ["--into"], []),
+    ("1 MiB get, kept mappings", "get", 1 << 20, 1, ["--into"], KEEP),
+    ("64 MiB put", "put", 64 << 20, 1, [], []),
+    ("3 KiB get, 1 conn", "get", 3 << 10, 1, [], []),
+    ("3 KiB get, 16 conns", "get", 3 << 10, 16, [], []),
 ]
 
 
@@ -132,24 +137,24 @@ def main():
         sock = os.path.join(tmp, "redstone.sock")
         results = {(c[0], t): [] for c in CELLS for t in ("uds", "fast")}
         for r in range(args.rounds):
-            for label, op, size, conc, fast_extra in CELLS:
+            for label, op, size, conc, fast_extra, uds_extra in CELLS:
                 for target in ("uds", "fast"):
                     # A fresh server per cell: puts fill it.
                     proc, tcp = start(sock)
                     try:
                         addr = sock if target == "uds" else tcp
-                        extra = fast_extra if target == "fast" else []
+                        extra = fast_extra if target == "fast" else uds_extra
                         res = bench(target, addr, op, size, conc, args.duration, extra)
                     finally:
                         proc.terminate()
                         proc.wait(10)
                     results[(label, target)].append(res)
-                    print(f"  round {r + 1} {label:>20} {target:>4}: "
+                    print(f"  round {r + 1} {label:>26} {target:>4}: "
                           f"{res['mb_per_sec']:9.1f} MB/s {res['ops_per_sec']:9.0f} ops/s",
                           file=sys.stderr)
         print(f"\n| cell | local door | TCP fast path | local ÷ TCP |")
         print("|---|---|---|---|")
-        for label, op, size, conc, fast_extra in CELLS:
+        for label, op, size, conc, fast_extra, _ in CELLS:
             key = "mb_per_sec" if size >= (1 << 20) else "ops_per_sec"
             unit = "MB/s" if key == "mb_per_sec" else "ops/s"
             u = statistics.median(r[key] for r in results[(label, "uds")])

@@ -39,6 +39,7 @@ class Native:
         max_tensor: Optional[int] = None,
         l1: Optional[int] = None,
         l1_ttl: Optional[float] = None,
+        keep_mapped: Optional[int] = None,
     ) -> None: ...
     def put(
         self,

@@ -20,6 +20,7 @@ def _native(
     max_tensor: Optional[int],
     l1: Optional[int],
     l1_ttl: Optional[float],
+    keep_mapped: Optional[int],
 ) -> Native:
     if addr is not None and nodes is not None:
         raise ValueError("give either an address or nodes=[...], not both")
@@ -31,6 +32,7 @@ def _native(
         max_tensor=max_tensor,
         l1=l1,
         l1_ttl=l1_ttl,
+        keep_mapped=keep_mapped,
     )
     if nodes is not None:
         if isinstance(nodes, str):
@@ -64,9 +66,19 @@ class _Connected:
         max_tensor: Optional[int] = None,
         l1: Optional[int] = None,
         l1_ttl: Optional[float] = None,
+        keep_mapped: Optional[int] = None,
     ) -> None:
         self._native = _native(
-            addr, nodes, replicas, write_quorum, connect_timeout, timeout, max_tensor, l1, l1_ttl
+            addr,
+            nodes,
+            replicas,
+            write_quorum,
+            connect_timeout,
+            timeout,
+            max_tensor,
+            l1,
+            l1_ttl,
+            keep_mapped,
         )
 
 
@@ -123,6 +135,15 @@ class Client(_Connected):
             array is yours again as soon as ``put`` returns).
         l1_ttl: seconds an L1 entry may be served (``None``: until evicted
             or deleted by this client).
+        keep_mapped: the local door only (``addr="unix:PATH"``): bytes of
+            shared-memory mappings kept after the arrays over them are
+            gone (off by default), so that the next ``get`` of the same
+            stored tensor returns a view of the kept mapping instead of
+            mapping it again (with 4 KiB pages, most of a large get's
+            cost). A kept mapping keeps its tensor's memory on the host
+            after the server evicts it, counted in the server's leased
+            bytes (``--max-leased``), until it is let go: least recently
+            got first, and all at once when the server is short of leases.
     """
 
     def put(self, key: str, value: Any, *, compress: Optional[str] = None) -> None:

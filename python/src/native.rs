@@ -67,7 +67,7 @@ impl Native {
     #[new]
     #[pyo3(signature = (addr=None, *, nodes=None, replicas=None, write_quorum=None,
                         connect_timeout=5.0, timeout=None, max_tensor=None, l1=None,
-                        l1_ttl=None))]
+                        l1_ttl=None, keep_mapped=None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -80,6 +80,7 @@ impl Native {
         max_tensor: Option<u64>,
         l1: Option<u64>,
         l1_ttl: Option<f64>,
+        keep_mapped: Option<u64>,
     ) -> PyResult<Native> {
         let connect_timeout = seconds("connect_timeout", connect_timeout)?;
         let timeout = timeout.map(|t| seconds("timeout", t)).transpose()?;
@@ -101,6 +102,7 @@ impl Native {
             // Arrays take their buffer over (no copy) only from a `Bytes`
             // over a plain `Vec`; a pooled one would be copied.
             buffer_pool: 0,
+            keep_mapped: keep_mapped.unwrap_or(0),
             ..FastClientOptions::default()
         };
         if let Some(max) = max_tensor {
@@ -114,6 +116,11 @@ impl Native {
                     ));
                 }
                 Spec::Node(addr, options)
+            }
+            (None, Some(_)) if keep_mapped.is_some() => {
+                return Err(PyValueError::new_err(
+                    "keep_mapped applies to one server's local door (addr=\"unix:PATH\")",
+                ));
             }
             (None, Some(nodes)) => {
                 let mut config = ClusterConfig::new(nodes);

@@ -56,3 +56,28 @@ def test_a_small_tensor_is_a_writable_array_as_over_tcp(local):
     assert got.flags.writeable
     got[0] = 7
     assert client.get(key).tolist() == [1] * 16
+
+
+def test_kept_mappings_serve_repeat_gets_and_never_a_replaced_tensor(local):
+    _, addr = local
+    client = redstone.Client(addr, keep_mapped=64 << 20)
+    key = unique("kept")
+    first = np.full(1 << 18, 1.0, np.float32)  # 1 MiB: shared
+    client.put(key, first)
+    got = client.get(key)
+    at = got.__array_interface__["data"][0]
+    del got
+    # The array is gone, the mapping kept: the next get is a view of it.
+    again = client.get(key)
+    assert again.__array_interface__["data"][0] == at
+    assert np.array_equal(again, first) and not again.flags.writeable
+    # Replaced under the same key: the new tensor, never the kept one.
+    assert client.delete(key)
+    second = np.full(1 << 18, 2.0, np.float32)
+    client.put(key, second)
+    assert np.array_equal(client.get(key), second)
+
+
+def test_keep_mapped_is_for_one_servers_local_door():
+    with pytest.raises(ValueError, match="keep_mapped"):
+        redstone.Client(nodes=["127.0.0.1:1"], keep_mapped=1 << 20)
