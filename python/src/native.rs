@@ -117,7 +117,7 @@ impl Native {
                 }
                 Spec::Node(addr, options)
             }
-            (None, Some(_)) if keep_mapped.is_some() => {
+            (None, Some(_)) if keep_mapped.is_some_and(|bytes| bytes > 0) => {
                 return Err(PyValueError::new_err(
                     "keep_mapped applies to one server's local door (addr=\"unix:PATH\")",
                 ));

@@ -104,8 +104,14 @@ pub(crate) struct Limited {
 
 impl Limited {
     fn touch(&mut self) {
-        let idle = self.idle;
-        self.deadline.as_mut().reset(Instant::now() + idle);
+        // An idle limit too long to add to now (`--idle-timeout` of
+        // `u64::MAX` seconds) is a deadline that never comes, as for
+        // `tokio::time::sleep`.
+        let now = Instant::now();
+        let due = now
+            .checked_add(self.idle)
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600));
+        self.deadline.as_mut().reset(due);
     }
 }
 

@@ -27,6 +27,7 @@ use bytes::Bytes;
 use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio::sync::{mpsc, oneshot};
 
+use super::local::memfd::FileId;
 use super::local::{fds, memfd, SHARE_THRESHOLD};
 use super::stream::OutFrame;
 use super::wire::{
@@ -387,7 +388,14 @@ impl FastClient {
                 }
                 status => {
                     check(status, &reply.response.message)?;
-                    tensor_from(self.mapped(reply)?, self.inner.options.max_payload).map(Some)
+                    let (reply, fresh) = self.mapped(reply)?;
+                    let kept = fresh.map(|id| (id, reply.payload.clone()));
+                    let tensor = tensor_from(reply, self.inner.options.max_payload)?;
+                    // Kept only once it proved a valid tensor.
+                    if let (Some(store), Some((id, mapping))) = (&self.inner.kept, kept) {
+                        store.insert(id, mapping);
+                    }
+                    Ok(Some(tensor))
                 }
             }
         })
@@ -397,25 +405,27 @@ impl FastClient {
     /// A reply whose payload was passed as a memfd, with the mapping as its
     /// payload (a kept one, if this client keeps mappings and has one of
     /// that memfd: the new descriptor is closed and its lease released);
-    /// any other reply as it is.
-    fn mapped(&self, mut reply: Reply) -> Result<Reply, ClientError> {
+    /// any other reply as it is. With the reply, the identity of a memfd
+    /// newly mapped that this client would keep.
+    fn mapped(&self, mut reply: Reply) -> Result<(Reply, Option<FileId>), ClientError> {
         let Some(passed) = reply.fd.take() else {
-            return Ok(reply);
+            return Ok((reply, None));
         };
         let Some(kept) = &self.inner.kept else {
             reply.payload = passed.map()?;
-            return Ok(reply);
+            return Ok((reply, None));
         };
         let id = passed.file_id()?;
-        reply.payload = match kept.get(id, passed.len()) {
-            Some(mapping) => mapping,
-            None => {
-                let mapping = passed.map()?;
-                kept.insert(id, mapping.clone());
-                mapping
+        match kept.get(id, passed.len()) {
+            Some(mapping) => {
+                reply.payload = mapping;
+                Ok((reply, None))
             }
-        };
-        Ok(reply)
+            None => {
+                reply.payload = passed.map()?;
+                Ok((reply, Some(id)))
+            }
+        }
     }
 
     /// A plain GET on an exclusive connection.
@@ -804,6 +814,11 @@ impl FastClient {
         let mut slot = inner.link.lock().unwrap_or_else(PoisonError::into_inner);
         if slot.is_closed() {
             *slot = Arc::clone(&fresh);
+            // The server let go of the old connection's leases: mappings
+            // kept past them would hold its memory uncounted.
+            if let Some(kept) = &inner.kept {
+                kept.clear();
+            }
             Ok(fresh)
         } else {
             // Another call reconnected first; use its connection.

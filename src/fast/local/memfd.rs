@@ -149,8 +149,9 @@ pub(crate) fn map(fd: OwnedFd, len: u64) -> Result<Mmap, MemfdError> {
 /// The identity of the file `fd` is open on: device, inode and change
 /// time. The inode alone names one file among the living (a mapping holds
 /// its file, so its number is not given to another while it is mapped);
-/// the change time guards against the kernel's inode counter for memfds,
-/// which is 32 bits and not checked for uniqueness once it wraps.
+/// the change time guards against kernels whose inode counter for memfds
+/// is 32 bits wide and not checked for uniqueness once it wraps (older
+/// kernels; hugetlb memfds).
 pub(crate) fn file_id(fd: &OwnedFd) -> std::io::Result<FileId> {
     let stat = rustix::fs::fstat(fd)?;
     Ok(FileId {

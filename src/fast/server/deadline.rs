@@ -30,7 +30,7 @@ impl Deadline {
         Deadline {
             limit,
             last: now,
-            sleep: Box::pin(sleep_until(now + limit)),
+            sleep: Box::pin(sleep_until(later(now, limit))),
         }
     }
 
@@ -48,7 +48,7 @@ impl Deadline {
                 biased;
                 out = &mut work => return Some(out),
                 () = self.sleep.as_mut() => {
-                    let due = self.last + self.limit;
+                    let due = later(self.last, self.limit);
                     if Instant::now() >= due {
                         return None;
                     }
@@ -58,6 +58,14 @@ impl Deadline {
             }
         }
     }
+}
+
+/// `limit` after `at`, or a century on for a limit too long to add (an
+/// `--idle-timeout` of `u64::MAX` seconds means "never").
+fn later(at: Instant, limit: Duration) -> Instant {
+    const CENTURY: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    at.checked_add(limit)
+        .unwrap_or_else(|| at + CENTURY.min(limit))
 }
 
 #[cfg(test)]

@@ -127,7 +127,7 @@ pub(crate) async fn serve_connection<R, W>(
             };
             let started = Instant::now();
             // The request must complete within the limit from here.
-            deadline.touch(started.into());
+            deadline.touch(tokio::time::Instant::now());
             let prefix = head.prefix;
             let request = match aligned
                 .request(&head.header, prefix.request_id)
