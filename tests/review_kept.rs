@@ -97,7 +97,10 @@ async fn d2_a_trickling_put_payload_is_cut_one_limit_after_its_head() {
             break;
         }
         let mut probe = [0u8; 1];
-        if let Ok(_) = tokio::time::timeout(Duration::from_millis(1), s.peek(&mut probe)).await {
+        if tokio::time::timeout(Duration::from_millis(1), s.peek(&mut probe))
+            .await
+            .is_ok()
+        {
             cut = Some(t0.elapsed());
             break;
         }
