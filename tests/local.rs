@@ -31,31 +31,16 @@ use rustix::net::{
 
 const MIB: usize = 1 << 20;
 
-use common::local::{put_request, LocalServer as Local};
+use common::local::{memfd_mapped_at, put_request, LocalServer as Local};
 
 async fn start(name: &str, limit: u64, max_leased: u64, mode: u32) -> Local {
     Local::start(name, limit, max_leased, mode, FastConfig::for_budget(limit)).await
 }
 
-/// Whether `bytes` lies in a shared file mapping of this process (as a
-/// mapped tensor does), per /proc/self/maps.
+/// Whether `bytes` lies in a shared memfd mapping of this process (as a
+/// mapped tensor does).
 fn is_memfd_mapping(bytes: &[u8]) -> bool {
-    let addr = bytes.as_ptr() as usize;
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines().any(|line| {
-        let mut fields = line.split_whitespace();
-        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
-            return false;
-        };
-        let Some((lo, hi)) = range.split_once('-') else {
-            return false;
-        };
-        let (lo, hi) = (
-            usize::from_str_radix(lo, 16).unwrap(),
-            usize::from_str_radix(hi, 16).unwrap(),
-        );
-        lo <= addr && addr < hi && perms.starts_with("r--s") && line.contains("memfd:")
-    })
+    memfd_mapped_at(bytes.as_ptr() as usize)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -576,21 +561,10 @@ async fn many_concurrent_puts_and_gets_never_cross_descriptors() {
     drop(local.server.shutdown().await);
 }
 
-/// A client of `local` that keeps `keep` bytes of mappings.
-async fn keeping_client(local: &Local, keep: u64) -> FastClient {
-    let options = redstone::client::FastClientOptions {
-        keep_mapped: keep,
-        ..Default::default()
-    };
-    FastClient::connect_with(&local.addr(), options)
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_mappings_answer_repeat_gets_and_never_a_replaced_tensor() {
     let local = start("kept", 64 << 20, 64 << 20, 0o600).await;
-    let client = keeping_client(&local, 16 << 20).await;
+    let client = local.client_keeping(16 << 20).await;
     let first = pattern(2 * MIB, 1);
     client
         .put("a", u8_meta(first.len() as u64), first.clone())
@@ -626,7 +600,7 @@ async fn kept_mappings_answer_repeat_gets_and_never_a_replaced_tensor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_mappings_are_let_go_when_the_server_is_short_of_leases() {
     let local = start("kept-limit", 64 << 20, 5 * MIB as u64, 0o600).await;
-    let client = keeping_client(&local, 64 << 20).await;
+    let client = local.client_keeping(64 << 20).await;
     for (key, fill) in [("x", 1), ("y", 2)] {
         client
             .put(key, u8_meta(3 * MIB as u64), pattern(3 * MIB, fill))

@@ -9,7 +9,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::local::LocalServer as Local;
+use common::local::{memfd_mapped_at, LocalServer as Local};
 use common::{pattern, start_server_with, u8_meta};
 use redstone::client::{FastClient, FastClientOptions};
 use redstone::fast::wire::{
@@ -188,39 +188,12 @@ fn fast_with_idle_budget(idle: Duration) -> FastConfig {
     }
 }
 
-async fn keeping(local: &Local, keep: u64) -> FastClient {
-    let options = FastClientOptions {
-        keep_mapped: keep,
-        ..Default::default()
-    };
-    FastClient::connect_with(&local.addr(), options)
-        .await
-        .unwrap()
-}
-
-/// Whether `addr` lies in a shared memfd mapping of this process.
-fn memfd_mapped_at(addr: usize) -> bool {
-    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
-    maps.lines().any(|line| {
-        let mut f = line.split_whitespace();
-        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
-            return false;
-        };
-        let Some((lo, hi)) = range.split_once('-') else {
-            return false;
-        };
-        let lo = usize::from_str_radix(lo, 16).unwrap();
-        let hi = usize::from_str_radix(hi, 16).unwrap();
-        lo <= addr && addr < hi && perms.starts_with("r--s") && line.contains("memfd:")
-    })
-}
-
 const LONG: Duration = Duration::from_secs(300);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k1_overwrites_and_delete_reput_never_serve_a_kept_stale_tensor() {
     let local = start("rk-overwrite", 256 << 20, LONG).await;
-    let client = keeping(&local, 64 << 20).await;
+    let client = local.client_keeping(64 << 20).await;
     let other = local.client().await;
     let mut held = Vec::new();
     for round in 0..30u64 {
@@ -252,7 +225,7 @@ async fn k1_overwrites_and_delete_reput_never_serve_a_kept_stale_tensor() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k2_equal_contents_and_changed_lengths_under_many_keys() {
     let local = start("rk-keys", 256 << 20, LONG).await;
-    let client = keeping(&local, 64 << 20).await;
+    let client = local.client_keeping(64 << 20).await;
     let same = pattern(MIB, 42);
     for k in ["a", "b", "c"] {
         client
@@ -298,7 +271,7 @@ async fn k2_equal_contents_and_changed_lengths_under_many_keys() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn k3_repeated_hits_release_their_leases() {
     let local = start("rk-repeat", 256 << 20, LONG).await;
-    let client = keeping(&local, 64 << 20).await;
+    let client = local.client_keeping(64 << 20).await;
     let data = pattern(512 * 1024, 3);
     client
         .put("k", u8_meta(data.len() as u64), data.clone())
@@ -326,13 +299,13 @@ async fn k4_odd_budgets_do_not_panic_and_leases_settle() {
         .await
         .unwrap();
     // Smaller than any shared tensor: nothing is kept.
-    let tiny = keeping(&local, 1).await;
+    let tiny = local.client_keeping(1).await;
     for _ in 0..3 {
         assert!(tiny.get("k").await.unwrap().unwrap().data()[..] == data[..]);
     }
     local.leased_becomes(0).await;
     // Unbounded.
-    let huge = keeping(&local, u64::MAX).await;
+    let huge = local.client_keeping(u64::MAX).await;
     for _ in 0..3 {
         assert!(huge.get("k").await.unwrap().unwrap().data()[..] == data[..]);
     }
@@ -349,7 +322,7 @@ async fn k4_odd_budgets_do_not_panic_and_leases_settle() {
 async fn k5_concurrent_clones_with_replacing_puts_and_small_budget() {
     let local = start("rk-concurrent", 256 << 20, LONG).await;
     // Room for about two of the four tensors: constant eviction.
-    let client = keeping(&local, 2 * MIB as u64 + 1).await;
+    let client = local.client_keeping(2 * MIB as u64 + 1).await;
     let keys = ["w", "x", "y", "z"];
     for (i, k) in keys.iter().enumerate() {
         client
@@ -423,7 +396,7 @@ async fn k5_concurrent_clones_with_replacing_puts_and_small_budget() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kept_mappings_are_let_go_when_the_connection_is_replaced() {
     let local = start("rk-reconnect", 5 * MIB as u64, Duration::from_secs(1)).await;
-    let client = keeping(&local, 64 << 20).await;
+    let client = local.client_keeping(64 << 20).await;
     client
         .put("x", u8_meta(3 * MIB as u64), pattern(3 * MIB, 1))
         .await

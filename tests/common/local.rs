@@ -69,6 +69,18 @@ impl LocalServer {
         FastClient::connect(self.addr()).await.unwrap()
     }
 
+    /// A client that keeps `keep` bytes of mappings
+    /// (`FastClientOptions::keep_mapped`).
+    pub async fn client_keeping(&self, keep: u64) -> FastClient {
+        let options = redstone::client::FastClientOptions {
+            keep_mapped: keep,
+            ..Default::default()
+        };
+        FastClient::connect_with(&self.addr(), options)
+            .await
+            .unwrap()
+    }
+
     /// `redstone_local_leased_bytes` from the metrics.
     pub fn leased(&self) -> u64 {
         let text = self.metrics.encode();
@@ -96,4 +108,24 @@ pub fn put_request(key: &str, len: u64) -> Request {
         key: key.into(),
         meta: WireMeta::from(&u8_meta(len)),
     }
+}
+
+/// Whether `addr` lies in a read-only shared memfd mapping of this process
+/// (as a mapped tensor does), per /proc/self/maps.
+pub fn memfd_mapped_at(addr: usize) -> bool {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    maps.lines().any(|line| {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            return false;
+        };
+        let Some((lo, hi)) = range.split_once('-') else {
+            return false;
+        };
+        let (lo, hi) = (
+            usize::from_str_radix(lo, 16).unwrap(),
+            usize::from_str_radix(hi, 16).unwrap(),
+        );
+        lo <= addr && addr < hi && perms.starts_with("r--s") && line.contains("memfd:")
+    })
 }
