@@ -884,7 +884,7 @@ async fn f9_a_release_deferred_by_a_full_queue_waits_for_the_next_request() {
 
 // ---------------------------------------------------------- passing checks
 
-/// PASSES. Descriptors of other kinds, memfds sealed short of immutable, a
+/// Descriptors of other kinds, memfds sealed short of immutable, a
 /// write-only reopen of a sealed memfd: each a fatal `Malformed`, the
 /// connection closed, nothing stored, no descriptor left in the server,
 /// and the server serves on.
@@ -945,7 +945,7 @@ async fn ok_hostile_descriptor_kinds_are_refused_without_leaking() {
     drop(local.server.shutdown().await);
 }
 
-/// PASSES. More than 64 descriptors in one message, or more than 256
+/// More than 64 descriptors in one message, or more than 128
 /// waiting unclaimed, cut the connection, and every one of them is closed
 /// in the server; other connections are unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -986,7 +986,7 @@ async fn ok_descriptor_floods_cut_the_connection_and_are_closed() {
     drop(local.server.shutdown().await);
 }
 
-/// PASSES. A memfd of the claimed size whose length is not the metadata's
+/// A memfd of the claimed size whose length is not the metadata's
 /// is a request error (`InvalidSize`), and an LZ4 payload with broken
 /// framing in a memfd is `InvalidEncoding`: both answered, the connection
 /// kept, the descriptor closed (the registry entry too).
@@ -1061,7 +1061,7 @@ async fn ok_bad_payloads_in_memfds_are_request_errors_and_leak_nothing() {
     drop(local.server.shutdown().await);
 }
 
-/// PASSES. Lease bookkeeping under abuse: unknown and repeated releases,
+/// Lease bookkeeping under abuse: unknown and repeated releases,
 /// a duplicate request id, a GET_MANY and a TCP GET (never flagged FD),
 /// the 4096-lease cap, a lease of a deleted tensor; the leased gauge is
 /// back to 0 after every path, and a connection's end releases all.
@@ -1213,7 +1213,7 @@ fn fake_server(path: &Path, claim: u64, fd: OwnedFd) -> std::thread::JoinHandle<
     })
 }
 
-/// PASSES. A hostile server's descriptor (unsealed memfd, a memfd of the
+/// A hostile server's descriptor (unsealed memfd, a memfd of the
 /// wrong size, a pipe) is refused by the client with an error, not a
 /// crash, and the client's connection serves on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1246,7 +1246,7 @@ async fn ok_the_client_refuses_a_hostile_servers_descriptor() {
     }
 }
 
-/// PASSES. A stale socket file is replaced; a live one, or any other
+/// A stale socket file is replaced; a live one, or any other
 /// file, is refused; the socket has the mode asked for before anyone can
 /// connect (bound in a private directory); the private directory is gone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1277,7 +1277,7 @@ async fn ok_bind_replaces_stale_sockets_and_leaves_no_private_dir() {
     let _ = Instant::now();
 }
 
-/// PASSES. A reader handed a stored tensor's memfd cannot change it by
+/// A reader handed a stored tensor's memfd cannot change it by
 /// reopening it through /proc (O_TRUNC, O_RDWR + write), punching a hole,
 /// or allocating past its end; the tensor reads the same.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1330,7 +1330,7 @@ async fn ok_a_reader_cannot_change_a_shared_tensor_through_proc_or_fallocate() {
     drop(local.server.shutdown().await);
 }
 
-/// PASSES. A stray descriptor is claimed only by a later flagged frame of
+/// A stray descriptor is claimed only by a later flagged frame of
 /// the connection it came on (as the spec says), never by another
 /// connection's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

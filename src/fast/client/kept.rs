@@ -2,11 +2,12 @@
 //!
 //! A get over the local door maps the tensor's memfd; with 4 KiB pages
 //! that costs about a quarter of a microsecond a page (a 64 MiB tensor:
-//! ~4 ms here, most of the get's cost). The server hands out the same sealed memfd each
-//! time it is asked for the same stored tensor, so a client that keeps a
-//! few mappings after their tensors are dropped can answer the next get of
-//! one with the mapping it has: the reply's descriptor is recognised by its
-//! file identity, closed, and its lease released at once.
+//! ~4 ms here, most of the get's cost). The server hands out the same
+//! sealed memfd each time it is asked for the same stored tensor, so a
+//! client that keeps a few mappings after their tensors are dropped can
+//! answer the next get of one with the mapping it has: the reply's
+//! descriptor is recognised by its file identity, closed, and its lease
+//! released at once.
 //!
 //! The identity is the memfd's device, inode and change time
 //! ([`memfd::file_id`](crate::fast::local::memfd::file_id)), which no
@@ -14,7 +15,9 @@
 //! so its inode stays taken. A sealed memfd's bytes never change, so a
 //! kept mapping is always the bytes the server would send. A kept mapping
 //! still holds its lease: after the server evicts the tensor, its pages
-//! stay counted in the server's leased bytes until the mapping is let go.
+//! stay counted in the server's leased bytes until the mapping is let go
+//! (the client lets every kept mapping go when its connection is replaced:
+//! the server released that connection's leases).
 
 use std::sync::{Mutex, PoisonError};
 

@@ -377,9 +377,8 @@ impl FastClient {
                 Status::Bulk => self.fetch_bulk(key).await,
                 // The local door's leases are used up: the bytes through
                 // the socket instead (a `GET_MANY` is never answered with
-                // a memfd).
-                // Kept mappings hold leases too: let them go, so that
-                // the next gets may lease again.
+                // a memfd). Kept mappings hold leases too: they go, so
+                // that the next gets may lease again.
                 Status::LeaseLimit => {
                     if let Some(kept) = &self.inner.kept {
                         kept.clear();
@@ -907,7 +906,7 @@ impl FastClient {
             let payload = payload.clone();
             tokio::task::spawn_blocking(move || memfd::fill(&payload))
                 .await
-                .map_err(|e| ClientError::Unavailable(format!("cannot fill a memfd: {e}")))?
+                .map_err(|e| failed(std::io::Error::other(e)))?
                 .map_err(failed)?
         };
         Ok(Some(Arc::new(fd)))

@@ -125,9 +125,10 @@ pub(crate) async fn serve_connection<R, W>(
                     break;
                 }
             };
-            let started = Instant::now();
             // The request must complete within the limit from here.
-            deadline.touch(tokio::time::Instant::now());
+            let now = tokio::time::Instant::now();
+            deadline.touch(now);
+            let started = now.into_std();
             let prefix = head.prefix;
             let request = match aligned
                 .request(&head.header, prefix.request_id)
