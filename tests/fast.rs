@@ -689,3 +689,66 @@ async fn get_into_is_not_failed_by_a_spare_connection_the_server_closed() {
     assert_eq!((meta, buf), (Some(u8_meta(100)), data));
     server.shutdown().await.unwrap();
 }
+
+/// A reply the server writes at once, from the handler, never overtakes one
+/// queued before it: with a 16 MiB reply still draining to a client that
+/// reads slowly, each small GET sent meanwhile is answered after it, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replies_written_at_once_never_overtake_queued_ones() {
+    use redstone::fast::wire::{encode_head, Limits};
+    use tokio::io::AsyncWriteExt;
+
+    let server = start_server(64 << 20).await;
+    let client = FastClient::connect(server.fast_addr()).await.unwrap();
+    let big = pattern(16 << 20, 1);
+    let small = pattern(100, 2);
+    client
+        .put("big", u8_meta(big.len() as u64), big.clone())
+        .await
+        .unwrap();
+    client
+        .put("small", u8_meta(small.len() as u64), small.clone())
+        .await
+        .unwrap();
+    let mut raw = RawConn::connect(server.fast_addr()).await;
+    raw.send(1, &Request::Get { key: "big".into() }, &[]).await;
+    // Read the big reply a little at a time, sending a small GET between
+    // reads: the socket keeps having room while the reply is unwritten.
+    let sender = {
+        let writer = &mut raw.writer;
+        async move {
+            for id in 2..=65u64 {
+                let header = encode(&Request::Get {
+                    key: "small".into(),
+                })
+                .unwrap();
+                let frame = encode_head(Opcode::Get, 0, id, &header, 0);
+                writer.write_all(&frame).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        }
+    };
+    let limits = Limits {
+        max_header: 1 << 20,
+        max_payload: 1 << 40,
+    };
+    let reader = &mut raw.reader;
+    let receiver = async move {
+        let head = reader.read_head(&limits).await.unwrap().unwrap();
+        assert_eq!(head.prefix.request_id, 1, "the big reply comes first");
+        let mut got = vec![0u8; head.prefix.payload_len as usize];
+        for chunk in got.chunks_mut(256 << 10) {
+            reader.read_payload_into(chunk).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        assert!(got == big, "the big payload arrived intact");
+        for id in 2..=65u64 {
+            let head = reader.read_head(&limits).await.unwrap().unwrap();
+            assert_eq!(head.prefix.request_id, id, "small replies in order");
+            let payload = reader.read_payload(head.prefix.payload_len).await.unwrap();
+            assert_eq!(payload.as_ref(), small.as_slice());
+        }
+    };
+    tokio::join!(sender, receiver);
+    server.shutdown().await.unwrap();
+}

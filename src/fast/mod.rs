@@ -6,6 +6,9 @@
 //!   status codes and the one mapping from [`Error`](crate::Error).
 //! - [`stream`]: frames over a byte stream: a reader that gives each
 //!   payload its own exactly-sized allocation, and a vectored writer.
+//! - `direct`: a connection's write half shared by its writer task and
+//!   the task that makes its frames, which writes a frame at once when
+//!   nothing is queued ahead of it.
 //! - `server`: the accept loop, its limits ([`FastConfig`]) and the
 //!   per-connection handler.
 //! - `client`: [`FastClient`]: a shared pipelined connection, exclusive
@@ -15,6 +18,7 @@
 //!   large tensors passed as sealed memfds instead of bytes.
 
 mod client;
+mod direct;
 pub mod local;
 mod server;
 pub mod stream;

@@ -94,6 +94,11 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         self.stall = limit;
     }
 
+    /// Bytes read from the stream and not yet consumed.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Reads the next prefix and header. `Ok(None)` is a clean end of stream
     /// between frames. The prefix is checked against `limits` before the
     /// header is read, so nothing is allocated for an oversize claim.
@@ -352,7 +357,11 @@ fn queue_chunks<H>(
                 .unwrap_or_else(PoisonError::into_inner)
                 .push_back(fd);
         }
-        chunks.push_back(frame.head);
+        // Empty for the rest of a frame written in part elsewhere (see
+        // `direct`), or for one written all but its flush.
+        if !frame.head.is_empty() {
+            chunks.push_back(frame.head);
+        }
         if !frame.payload.is_empty() {
             chunks.push_back(frame.payload);
         }

@@ -17,12 +17,13 @@
 //! request. Waiters are woken on every release and take room as it comes
 //! (no FIFO order).
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
+use crate::fast::direct::SharedWriter;
 use crate::fast::stream::{OutFrame, Queued};
 
 /// A budget of bytes.
@@ -131,6 +132,27 @@ pub(super) struct Reservation {
     _server: Taken,
 }
 
+/// What a queued frame holds until it is written, or dropped unwritten
+/// with its queue: its reservation, if any, and its place in the count of
+/// frames not yet written.
+#[derive(Debug)]
+pub(super) struct Hold {
+    _reservation: Option<Reservation>,
+    _unwritten: Unwritten,
+}
+
+/// One frame counted in [`Queue`]'s `unwritten` until dropped.
+#[derive(Debug)]
+struct Unwritten(Arc<AtomicUsize>);
+
+impl Drop for Unwritten {
+    fn drop(&mut self) {
+        // Release: the writer's writes of this frame happen before a
+        // `write_now` that sees the count at zero.
+        self.0.fetch_sub(1, Ordering::Release);
+    }
+}
+
 /// The connection is going away: its writer's queue has closed, or the
 /// server is shutting down.
 #[derive(Debug)]
@@ -139,18 +161,32 @@ pub(super) struct Closed;
 /// One connection's response queue, bounded in frames (the channel) and in
 /// bytes (its own budget and the server's), and its share of the server's
 /// ingress budget.
+///
+/// A frame answering the last request the connection has buffered goes
+/// out at once, from the handler, when no frame is queued or being written
+/// ahead of it ([`SharedWriter::write_now`]): one request at a time, the
+/// writer task then never wakes. Answers to pipelined requests are queued,
+/// and the writer task sends many per system call.
 #[derive(Debug)]
 pub(super) struct Queue {
-    tx: mpsc::Sender<Queued<Option<Reservation>>>,
+    tx: mpsc::Sender<Queued<Hold>>,
     connection: Arc<Budget>,
     shared: Arc<Shared>,
     /// Cancelled when the server shuts down: no wait for room outlives it.
     stop: CancellationToken,
+    /// The connection's write half, shared with its writer task.
+    out: SharedWriter,
+    /// Frames queued and not yet written (or dropped).
+    unwritten: Arc<AtomicUsize>,
+    /// Whether frames may be written at once: set by the handler for each
+    /// request (see [`Queue::set_direct`]).
+    direct: AtomicBool,
 }
 
 impl Queue {
     pub(super) fn new(
-        tx: mpsc::Sender<Queued<Option<Reservation>>>,
+        tx: mpsc::Sender<Queued<Hold>>,
+        out: SharedWriter,
         max_bytes: u64,
         shared: Arc<Shared>,
         stop: CancellationToken,
@@ -160,7 +196,18 @@ impl Queue {
             connection: Budget::new(max_bytes),
             shared,
             stop,
+            out,
+            unwritten: Arc::new(AtomicUsize::new(0)),
+            direct: AtomicBool::new(false),
         }
+    }
+
+    /// Whether the frames answering the request at hand may be written at
+    /// once: the handler says yes when it is the last request buffered and
+    /// its answer is one frame. Otherwise they are queued, to share the
+    /// writer's system calls with the answers after them.
+    pub(super) fn set_direct(&self, direct: bool) {
+        self.direct.store(direct, Ordering::Relaxed);
     }
 
     /// Room for a PUT payload of `bytes` among the payloads being received
@@ -231,8 +278,16 @@ impl Queue {
         self.queue(frame, None).await
     }
 
-    async fn queue(&self, frame: OutFrame, hold: Option<Reservation>) -> Result<(), Closed> {
-        let queued = Queued { frame, hold };
+    async fn queue(&self, mut frame: OutFrame, hold: Option<Reservation>) -> Result<(), Closed> {
+        // Acquire: pairs with `Unwritten`'s release. The handler is this
+        // queue's only sender, so the count cannot rise meanwhile.
+        if self.direct.load(Ordering::Relaxed)
+            && self.unwritten.load(Ordering::Acquire) == 0
+            && self.out.write_now(&mut frame)
+        {
+            return Ok(());
+        }
+        let queued = self.queued(frame, hold);
         // The common case, room in the queue, without building a select.
         let queued = match self.tx.try_send(queued) {
             Ok(()) => return Ok(()),
@@ -248,6 +303,18 @@ impl Queue {
         }
     }
 
+    /// `frame` counted among the unwritten until it is written or dropped.
+    fn queued(&self, frame: OutFrame, reservation: Option<Reservation>) -> Queued<Hold> {
+        self.unwritten.fetch_add(1, Ordering::Relaxed);
+        Queued {
+            frame,
+            hold: Hold {
+                _reservation: reservation,
+                _unwritten: Unwritten(Arc::clone(&self.unwritten)),
+            },
+        }
+    }
+
     /// Completes once the writer is gone (the peer left, or stalled past
     /// the write timeout).
     pub(super) async fn closed(&self) {
@@ -258,7 +325,7 @@ impl Queue {
     /// is small, and one per connection. Waits at most `patience` for room
     /// in the queue; a peer that is not reading would not hear it anyway.
     pub(super) async fn last_word(&self, frame: OutFrame, patience: std::time::Duration) {
-        let queued = Queued { frame, hold: None };
+        let queued = self.queued(frame, None);
         let _ = self.tx.send_timeout(queued, patience).await;
     }
 }
@@ -292,7 +359,8 @@ mod tests {
             queued: Budget::new(4096),
             ingress: Budget::new(1024),
         });
-        let queue = Queue::new(tx, 4096, Arc::clone(&shared), CancellationToken::new());
+        let out = SharedWriter::new(tokio::io::sink());
+        let queue = Queue::new(tx, out, 4096, Arc::clone(&shared), CancellationToken::new());
         let held = queue.reserve(4096).await.expect("room");
         drop(rx);
         // Full and nobody draining: the wait ends, it does not hang.

@@ -23,6 +23,7 @@ use super::budget::{Closed, Queue, Shared};
 use super::deadline::Deadline;
 use super::FastConfig;
 use crate::engine::{Engine, Lookup};
+use crate::fast::direct::SharedWriter;
 use crate::fast::local::{memfd, Local, SHARE_THRESHOLD};
 use crate::fast::stream::{write_loop, FrameReader, OutFrame, ReadError};
 use crate::fast::wire::{
@@ -74,14 +75,17 @@ pub(crate) async fn serve_connection<R, W>(
         recorder,
     } = serving;
     let (tx, rx) = mpsc::channel(config.max_in_flight.max(1));
+    // Shared by the writer task and the queue, which writes a frame at
+    // once when none is ahead of it.
+    let out = SharedWriter::new(writer);
     // Aborted if this future is dropped (the server's grace period ran out).
     let writer = AbortOnDropHandle::new(tokio::spawn(write_loop(
-        writer,
+        out.clone(),
         rx,
         Some(config.write_timeout),
         local.as_ref().map(|l| Arc::clone(&l.outbox)),
     )));
-    let queue = Queue::new(tx, config.max_queued_bytes, shared, shutdown.clone());
+    let queue = Queue::new(tx, out, config.max_queued_bytes, shared, shutdown.clone());
     let mut reader = FrameReader::new(reader);
     // An upload that stops sending gives back its ingress room.
     reader.set_stall_timeout(Some(config.write_timeout));
@@ -148,6 +152,12 @@ pub(crate) async fn serve_connection<R, W>(
                 local: local.as_ref(),
             };
             let op = prefix.opcode;
+            // The answer goes out at once if it is one frame and no other
+            // request is buffered behind this one (else it is queued, to
+            // share a system call with theirs).
+            queue.set_direct(
+                op != Opcode::GetMany && reader.buffered() as u64 <= prefix.payload_len,
+            );
             // Free unless debug logging is on for this module.
             let span = tracing::debug_span!(
                 "request",

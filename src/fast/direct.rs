@@ -1,0 +1,167 @@
+//! A connection's write half shared by its writer task and the task that
+//! makes its frames, so that a frame can go out at once, from the task that
+//! made it, when nothing is queued ahead of it.
+//!
+//! One request at a time, a writer task costs a wakeup and a task switch
+//! per reply: the frame goes into a queue, the writer task is woken, takes
+//! it and writes it. [`SharedWriter::write_now`] skips that: it writes
+//! what the socket accepts without waiting, and hands back what is left
+//! for the queue. Whoever calls it must know that nothing queued is still
+//! unwritten (frames must not overtake each other); see the server's
+//! `Queue`.
+
+use std::io::{self, IoSlice};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Buf;
+use tokio::io::AsyncWrite;
+
+use super::stream::OutFrame;
+
+/// The write half of a connection, locked for each poll (never across an
+/// await): the writer task writes through it as an [`AsyncWrite`], and
+/// [`write_now`](SharedWriter::write_now) beside it.
+#[derive(Clone)]
+pub(crate) struct SharedWriter(Arc<Mutex<dyn AsyncWrite + Unpin + Send>>);
+
+impl std::fmt::Debug for SharedWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedWriter")
+    }
+}
+
+impl SharedWriter {
+    pub(crate) fn new(io: impl AsyncWrite + Unpin + Send + 'static) -> SharedWriter {
+        SharedWriter(Arc::new(Mutex::new(io)))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, dyn AsyncWrite + Unpin + Send + 'static> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes as much of `frame` as the socket takes now, without waiting,
+    /// and advances `frame` past it; `true` once all of it is written.
+    /// A frame passing a descriptor is not written here (the writer task
+    /// sends descriptors with its bytes). An error writes nothing more and
+    /// returns `false`: the writer task, given the rest, meets the error
+    /// again and ends the connection the usual way.
+    pub(crate) fn write_now(&self, frame: &mut OutFrame) -> bool {
+        if frame.fd.is_some() {
+            return false;
+        }
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut io = self.lock();
+        while !frame.is_empty() {
+            let both = [IoSlice::new(&frame.head), IoSlice::new(&frame.payload)];
+            let slices = if frame.head.is_empty() {
+                &both[1..]
+            } else if frame.payload.is_empty() {
+                &both[..1]
+            } else {
+                &both[..]
+            };
+            match Pin::new(&mut *io).poll_write_vectored(&mut cx, slices) {
+                Poll::Ready(Ok(n)) if n > 0 => {
+                    let from_head = n.min(frame.head.len());
+                    frame.head.advance(from_head);
+                    frame.payload.advance(n - from_head);
+                }
+                // Full (the no-op waker is replaced by the writer task's
+                // when it polls), closed, or failed: the rest is the
+                // writer task's.
+                _ => return false,
+            }
+        }
+        // A flush not done yet is the writer task's too: given the empty
+        // rest of the frame, it writes nothing and flushes.
+        matches!(Pin::new(&mut *io).poll_flush(&mut cx), Poll::Ready(Ok(())))
+    }
+}
+
+impl AsyncWrite for SharedWriter {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.lock()).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.lock().is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.lock()).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fast::stream::write_frames;
+    use bytes::Bytes;
+    use std::os::fd::OwnedFd;
+    use tokio::io::AsyncReadExt;
+
+    fn frame(head: &'static [u8], payload: &'static [u8]) -> OutFrame {
+        OutFrame::new(Bytes::from_static(head), Bytes::from_static(payload))
+    }
+
+    #[tokio::test]
+    async fn a_frame_the_socket_has_room_for_is_written_whole() {
+        let (near, mut far) = tokio::io::duplex(1024);
+        let out = SharedWriter::new(near);
+        let mut f = frame(b"head", b"payload");
+        assert!(out.write_now(&mut f));
+        assert!(f.is_empty());
+        let mut got = [0u8; 11];
+        far.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"headpayload");
+    }
+
+    #[tokio::test]
+    async fn the_rest_of_a_frame_the_socket_cannot_take_is_left_in_order() {
+        let (near, mut far) = tokio::io::duplex(6);
+        let mut out = SharedWriter::new(near);
+        let mut f = frame(b"head", b"payload");
+        assert!(!out.write_now(&mut f), "only 6 bytes fit");
+        assert_eq!((&f.head[..], &f.payload[..]), (&b""[..], &b"yload"[..]));
+        // The writer's path sends the rest, behind what went first.
+        let reader = tokio::spawn(async move {
+            let mut got = vec![0u8; 11 + 3];
+            far.read_exact(&mut got).await.unwrap();
+            got
+        });
+        write_frames(&mut out, [f, frame(b"n", b"xt")])
+            .await
+            .unwrap();
+        assert_eq!(reader.await.unwrap(), b"headpayloadnxt");
+    }
+
+    #[tokio::test]
+    async fn a_frame_passing_a_descriptor_is_left_to_the_writer() {
+        let (near, _far) = tokio::io::duplex(1024);
+        let out = SharedWriter::new(near);
+        let mut f = frame(b"head", b"");
+        f.fd = Some(Arc::new(OwnedFd::from(
+            std::fs::File::open("/dev/null").unwrap(),
+        )));
+        assert!(!out.write_now(&mut f));
+        assert_eq!(&f.head[..], b"head", "nothing written");
+    }
+}
