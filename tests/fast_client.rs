@@ -232,3 +232,72 @@ async fn a_refused_upload_reports_why_even_as_its_writes_fail() {
     }
     server.shutdown().await.unwrap();
 }
+
+/// A request a caller writes at once (nothing queued ahead of it) never
+/// lands inside one queued before it, nor inside the rest of one written
+/// in part: callers sharing one connection put 1 MiB tensors and ping a
+/// server that reads slowly, so the socket keeps filling and draining, and
+/// every frame the server reads is whole, its payload intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_written_at_once_never_split_queued_ones() {
+    use redstone::fast::wire::{decode_request, Request};
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (socket, _) = listener.accept().await.unwrap();
+        let (read, mut write) = socket.into_split();
+        let mut reader = FrameReader::new(read);
+        let mut seen = 0usize;
+        while let Some(head) = reader.read_head(&LIMITS).await.unwrap() {
+            let id = head.prefix.request_id;
+            match decode_request(&head.header, id).unwrap() {
+                Request::Put { key, .. } => {
+                    let mut payload = vec![0u8; head.prefix.payload_len as usize];
+                    for chunk in payload.chunks_mut(16 << 10) {
+                        reader.read_payload_into(chunk).await.unwrap();
+                        tokio::time::sleep(Duration::from_micros(100)).await;
+                    }
+                    let seed: u64 = key.parse().unwrap();
+                    assert!(payload == pattern(1 << 20, seed), "put {key} intact");
+                }
+                Request::Ping => {}
+                other => panic!("unexpected {other:?}"),
+            }
+            let ok = Response::ok(Body::Empty);
+            let frame =
+                encode_frame(head.prefix.opcode, FLAG_RESPONSE | FLAG_END, id, &ok, 0).unwrap();
+            write.write_all(&frame).await.unwrap();
+            seen += 1;
+        }
+        seen
+    });
+    let client = FastClient::connect(addr).await.unwrap();
+    let mut calls = Vec::new();
+    for t in 0..4u64 {
+        let putter = client.clone();
+        calls.push(tokio::spawn(async move {
+            for i in 0..4u64 {
+                let seed = t * 100 + i;
+                let data = pattern(1 << 20, seed);
+                putter
+                    .put(&seed.to_string(), u8_meta(data.len() as u64), data)
+                    .await
+                    .unwrap();
+            }
+        }));
+    }
+    for _ in 0..8 {
+        let pinger = client.clone();
+        calls.push(tokio::spawn(async move {
+            for _ in 0..200 {
+                pinger.ping().await.unwrap();
+            }
+        }));
+    }
+    for call in calls {
+        call.await.unwrap();
+    }
+    drop(client);
+    assert_eq!(server.await.unwrap(), 4 * 4 + 8 * 200);
+}

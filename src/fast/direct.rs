@@ -12,6 +12,7 @@
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll, Waker};
 
@@ -22,9 +23,12 @@ use super::stream::OutFrame;
 
 /// The write half of a connection, locked for each poll (never across an
 /// await): the writer task writes through it as an [`AsyncWrite`], and
-/// [`write_now`](SharedWriter::write_now) beside it.
+/// [`write_now`](SharedWriter::write_now) beside it. `None` once
+/// [`close`](SharedWriter::close)d.
 #[derive(Clone)]
-pub(crate) struct SharedWriter(Arc<Mutex<dyn AsyncWrite + Unpin + Send>>);
+pub(crate) struct SharedWriter(Arc<Mutex<Option<Half>>>);
+
+type Half = Box<dyn AsyncWrite + Unpin + Send>;
 
 impl std::fmt::Debug for SharedWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -34,11 +38,17 @@ impl std::fmt::Debug for SharedWriter {
 
 impl SharedWriter {
     pub(crate) fn new(io: impl AsyncWrite + Unpin + Send + 'static) -> SharedWriter {
-        SharedWriter(Arc::new(Mutex::new(io)))
+        SharedWriter(Arc::new(Mutex::new(Some(Box::new(io)))))
     }
 
-    fn lock(&self) -> MutexGuard<'_, dyn AsyncWrite + Unpin + Send + 'static> {
+    fn lock(&self) -> MutexGuard<'_, Option<Half>> {
         self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Drops the write half now (a socket's peer sees the end of the
+    /// stream), whoever else holds this; later writes fail.
+    pub(crate) fn close(&self) {
+        drop(self.lock().take());
     }
 
     /// Writes as much of `frame` as the socket takes now, without waiting,
@@ -52,7 +62,10 @@ impl SharedWriter {
             return false;
         }
         let mut cx = Context::from_waker(Waker::noop());
-        let mut io = self.lock();
+        let mut guard = self.lock();
+        let Some(io) = guard.as_mut() else {
+            return false;
+        };
         while !frame.is_empty() {
             let both = [IoSlice::new(&frame.head), IoSlice::new(&frame.payload)];
             let slices = if frame.head.is_empty() {
@@ -62,7 +75,7 @@ impl SharedWriter {
             } else {
                 &both[..]
             };
-            match Pin::new(&mut *io).poll_write_vectored(&mut cx, slices) {
+            match Pin::new(&mut **io).poll_write_vectored(&mut cx, slices) {
                 Poll::Ready(Ok(n)) if n > 0 => {
                     let from_head = n.min(frame.head.len());
                     frame.head.advance(from_head);
@@ -76,7 +89,50 @@ impl SharedWriter {
         }
         // A flush not done yet is the writer task's too: given the empty
         // rest of the frame, it writes nothing and flushes.
-        matches!(Pin::new(&mut *io).poll_flush(&mut cx), Poll::Ready(Ok(())))
+        matches!(Pin::new(&mut **io).poll_flush(&mut cx), Poll::Ready(Ok(())))
+    }
+
+    /// Polls the write half with `f`, or fails once it is closed.
+    fn with<T>(
+        &self,
+        f: impl FnOnce(Pin<&mut Half>) -> Poll<io::Result<T>>,
+    ) -> Poll<io::Result<T>> {
+        match self.lock().as_mut() {
+            Some(io) => f(Pin::new(io)),
+            None => Poll::Ready(Err(io::ErrorKind::BrokenPipe.into())),
+        }
+    }
+}
+
+/// The frames queued for a writer task and not yet written (or dropped
+/// unwritten): a frame may be written at once only while there are none,
+/// or it would overtake them.
+#[derive(Debug, Default)]
+pub(crate) struct Unwritten(Arc<AtomicUsize>);
+
+impl Unwritten {
+    /// Whether every frame queued so far has been written (or dropped).
+    pub(crate) fn none(&self) -> bool {
+        // Acquire: pairs with `Queued`'s release, so the writer task's
+        // writes of those frames happen before what the caller writes.
+        self.0.load(Ordering::Acquire) == 0
+    }
+
+    /// Counts one more frame, until the returned guard (the frame's hold
+    /// in the writer's queue) is dropped.
+    pub(crate) fn one(&self) -> QueuedFrame {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        QueuedFrame(Arc::clone(&self.0))
+    }
+}
+
+/// One frame counted in an [`Unwritten`] until dropped.
+#[derive(Debug)]
+pub(crate) struct QueuedFrame(Arc<AtomicUsize>);
+
+impl Drop for QueuedFrame {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Release);
     }
 }
 
@@ -86,7 +142,7 @@ impl AsyncWrite for SharedWriter {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.lock()).poll_write(cx, buf)
+        self.with(|io| io.poll_write(cx, buf))
     }
 
     fn poll_write_vectored(
@@ -94,19 +150,21 @@ impl AsyncWrite for SharedWriter {
         cx: &mut Context<'_>,
         bufs: &[IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut *self.lock()).poll_write_vectored(cx, bufs)
+        self.with(|io| io.poll_write_vectored(cx, bufs))
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.lock().is_write_vectored()
+        self.lock()
+            .as_ref()
+            .is_some_and(|io| io.is_write_vectored())
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_flush(cx)
+        self.with(|io| io.poll_flush(cx))
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.lock()).poll_shutdown(cx)
+        self.with(|io| io.poll_shutdown(cx))
     }
 }
 

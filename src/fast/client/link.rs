@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::reply::read_error;
 use super::{limits, FastClientOptions};
 use crate::client::ClientError;
+use crate::fast::direct::{QueuedFrame, SharedWriter, Unwritten};
 use crate::fast::local::fds::{Inbox, Outbox};
 use crate::fast::local::memfd;
 use crate::fast::stream::{write_loop, FrameReader, OutFrame, Queued};
@@ -103,9 +104,21 @@ pub(super) struct Pending {
 
 /// One multiplexed connection: the writer task's queue and the calls
 /// waiting for replies.
+///
+/// A request goes out at once, from the caller's task, when no frame is
+/// queued or being written ahead of it ([`SharedWriter::write_now`]); one
+/// call at a time, the writer task then never wakes. Otherwise, or for
+/// what the socket does not take at once, it is queued for the writer.
 #[derive(Debug)]
 pub(super) struct Link {
-    pub(super) tx: mpsc::Sender<Queued<()>>,
+    tx: mpsc::Sender<Queued<QueuedFrame>>,
+    /// The connection's write half, shared with the writer task.
+    out: SharedWriter,
+    /// Frames queued for the writer task and not yet written.
+    unwritten: Unwritten,
+    /// Held by a sender from its check of `unwritten` until its frame is
+    /// written or queued: no two senders' frames interleave.
+    gate: Mutex<()>,
     pending: Mutex<Pending>,
     /// The writer task, aborted by [`Link::abort`].
     writer: Mutex<Option<tokio::task::AbortHandle>>,
@@ -131,8 +144,12 @@ impl Link {
     {
         let (tx, rx) = mpsc::channel(options.queue.max(1));
         let (inbox, outbox) = fds.unzip();
+        let out = SharedWriter::new(writer);
         let link = Arc::new(Link {
             tx,
+            out: out.clone(),
+            unwritten: Unwritten::default(),
+            gate: Mutex::new(()),
             pending: Mutex::new(Pending::default()),
             writer: Mutex::new(None),
             next_id: AtomicU64::new(1),
@@ -148,9 +165,12 @@ impl Link {
         let write_timeout = options.write_timeout;
         let writer_link = Arc::downgrade(&link);
         let task = tokio::spawn(async move {
-            let Err(e) = write_loop(writer, rx, write_timeout, outbox).await else {
+            let Err(e) = write_loop(out.clone(), rx, write_timeout, outbox).await else {
                 return;
             };
+            // Nothing more is written on this connection, by this task or
+            // at once by a caller: the server sees its end.
+            out.close();
             if e.kind() == std::io::ErrorKind::TimedOut {
                 if let Some(link) = writer_link.upgrade() {
                     link.close(format!("the server stopped reading: {e}"));
@@ -181,9 +201,9 @@ impl Link {
         let Ok(head) = encode_frame(request.opcode(), 0, id, &request, 0) else {
             return;
         };
-        match self.tx.try_send(OutFrame::new(head, Bytes::new()).into()) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(frame)) => {
+        match self.try_send(OutFrame::new(head, Bytes::new())) {
+            Sent::Done => {}
+            Sent::Full(frame) => {
                 // Bounded: the writer drains the queue, or gives up after
                 // the write timeout and closes it.
                 let tx = self.tx.clone();
@@ -193,7 +213,45 @@ impl Link {
             }
             // The connection is gone, and the server let go of its
             // leases with it.
-            Err(mpsc::error::TrySendError::Closed(_)) => {}
+            Sent::Closed => {}
+        }
+    }
+
+    /// Sends `frame`: writes it at once if nothing is ahead of it, else
+    /// queues it for the writer task, waiting for room in the queue. `Err`
+    /// once the writer has stopped: then nothing was queued (a frame the
+    /// writer never took was not sent whole, and may go out again on a
+    /// new connection).
+    pub(super) async fn send(&self, frame: OutFrame) -> Result<(), ()> {
+        match self.try_send(frame) {
+            Sent::Done => Ok(()),
+            Sent::Closed => Err(()),
+            // Counted among the unwritten already: nobody writes ahead of
+            // it while it waits for room.
+            Sent::Full(queued) => self.tx.send(queued).await.map_err(drop),
+        }
+    }
+
+    /// Writes `frame` at once if no frame is queued ahead of it, else
+    /// queues (what is left of) it if the queue has room; never waits.
+    fn try_send(&self, mut frame: OutFrame) -> Sent {
+        let _gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.tx.is_closed() {
+            return Sent::Closed;
+        }
+        if self.unwritten.none() && self.out.write_now(&mut frame) {
+            return Sent::Done;
+        }
+        // The rest of a frame written in part goes first: with none
+        // unwritten the queue is empty, and the gate keeps other senders
+        // out until it is in.
+        match self.tx.try_send(Queued {
+            frame,
+            hold: self.unwritten.one(),
+        }) {
+            Ok(()) => Sent::Done,
+            Err(mpsc::error::TrySendError::Full(queued)) => Sent::Full(queued),
+            Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
         }
     }
 
@@ -208,6 +266,9 @@ impl Link {
     /// written or not.
     pub(super) fn abort(&self, why: &str) {
         self.close(why.to_owned());
+        // The server sees the connection end now, not when the last
+        // clone of this link is dropped.
+        self.out.close();
         if let Some(writer) = self
             .writer
             .lock()
@@ -233,6 +294,17 @@ impl Link {
             waiter.send(Err(ClientError::Unavailable(why.clone())));
         }
     }
+}
+
+/// What became of a frame [`Link::try_send`] was given.
+enum Sent {
+    /// Written, or queued for the writer task.
+    Done,
+    /// Not written, and the queue is full: the frame, counted among the
+    /// unwritten, to queue when there is room.
+    Full(Queued<QueuedFrame>),
+    /// The writer has stopped.
+    Closed,
 }
 
 /// A call's place in its link's pending table. Dropping it — the call got
@@ -321,5 +393,35 @@ async fn read_loop<R: AsyncRead + Unpin>(
         // The writer stops too: nothing more is sent on a connection whose
         // replies can no longer be read.
         link.abort(&why);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// The second frame finds room in the socket while the first one's
+    /// rest waits for the writer task, which has not run yet (one thread,
+    /// no yield between): it must be queued behind that rest, not written
+    /// into the room.
+    #[tokio::test]
+    async fn a_frame_never_lands_inside_the_rest_of_another() {
+        let (near, mut far) = tokio::io::duplex(64);
+        let (_replies, reader) = tokio::io::duplex(64);
+        let link = Link::open(reader, near, None, &FastClientOptions::default());
+        let first = OutFrame::new(Bytes::from(vec![1u8; 24]), Bytes::from(vec![2u8; 1000]));
+        link.send(first).await.unwrap();
+        let mut got = vec![0u8; 10];
+        far.read_exact(&mut got).await.unwrap();
+        link.send(OutFrame::new(Bytes::from_static(b"second"), Bytes::new()))
+            .await
+            .unwrap();
+        let mut rest = vec![0u8; 1024 - 10 + 6];
+        far.read_exact(&mut rest).await.unwrap();
+        got.extend_from_slice(&rest);
+        assert_eq!(&got[..24], &[1u8; 24][..]);
+        assert_eq!(&got[24..1024], &[2u8; 1000][..]);
+        assert_eq!(&got[1024..], b"second");
     }
 }

@@ -875,7 +875,7 @@ impl FastClient {
                 None => OutFrame::new(head, payload.clone()),
             };
             frame.fd = passed.clone();
-            match call.link.tx.send(frame.into()).await {
+            match call.link.send(frame).await {
                 Ok(()) => return Ok(call),
                 Err(_) if attempt == 0 => {
                     // Take the waiter back for the next attempt.

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::fast::direct::SharedWriter;
+use crate::fast::direct::{QueuedFrame, SharedWriter, Unwritten};
 use crate::fast::stream::{OutFrame, Queued};
 
 /// A budget of bytes.
@@ -138,19 +138,7 @@ pub(super) struct Reservation {
 #[derive(Debug)]
 pub(super) struct Hold {
     _reservation: Option<Reservation>,
-    _unwritten: Unwritten,
-}
-
-/// One frame counted in [`Queue`]'s `unwritten` until dropped.
-#[derive(Debug)]
-struct Unwritten(Arc<AtomicUsize>);
-
-impl Drop for Unwritten {
-    fn drop(&mut self) {
-        // Release: the writer's writes of this frame happen before a
-        // `write_now` that sees the count at zero.
-        self.0.fetch_sub(1, Ordering::Release);
-    }
+    _unwritten: QueuedFrame,
 }
 
 /// The connection is going away: its writer's queue has closed, or the
@@ -177,7 +165,7 @@ pub(super) struct Queue {
     /// The connection's write half, shared with its writer task.
     out: SharedWriter,
     /// Frames queued and not yet written (or dropped).
-    unwritten: Arc<AtomicUsize>,
+    unwritten: Unwritten,
     /// Whether frames may be written at once: set by the handler for each
     /// request (see [`Queue::set_direct`]).
     direct: AtomicBool,
@@ -197,7 +185,7 @@ impl Queue {
             shared,
             stop,
             out,
-            unwritten: Arc::new(AtomicUsize::new(0)),
+            unwritten: Unwritten::default(),
             direct: AtomicBool::new(false),
         }
     }
@@ -279,10 +267,10 @@ impl Queue {
     }
 
     async fn queue(&self, mut frame: OutFrame, hold: Option<Reservation>) -> Result<(), Closed> {
-        // Acquire: pairs with `Unwritten`'s release. The handler is this
-        // queue's only sender, so the count cannot rise meanwhile.
+        // The handler is this queue's only sender, so no frame can be
+        // queued between the check and the write.
         if self.direct.load(Ordering::Relaxed)
-            && self.unwritten.load(Ordering::Acquire) == 0
+            && self.unwritten.none()
             && self.out.write_now(&mut frame)
         {
             return Ok(());
@@ -305,12 +293,11 @@ impl Queue {
 
     /// `frame` counted among the unwritten until it is written or dropped.
     fn queued(&self, frame: OutFrame, reservation: Option<Reservation>) -> Queued<Hold> {
-        self.unwritten.fetch_add(1, Ordering::Relaxed);
         Queued {
             frame,
             hold: Hold {
                 _reservation: reservation,
-                _unwritten: Unwritten(Arc::clone(&self.unwritten)),
+                _unwritten: self.unwritten.one(),
             },
         }
     }
