@@ -442,6 +442,11 @@ pub async fn write_loop<W: AsyncWrite + Unpin, H>(
         };
         if let Err(e) = written {
             tracing::debug!("write failed: {e}");
+            // Closed before the batch's holds are dropped: a sender that
+            // then sees no frame unwritten (`direct::Unwritten`) sees the
+            // queue closed too, and writes nothing after the cut-short
+            // frame.
+            rx.close();
             return Err(e);
         }
         holds.clear();

@@ -1,6 +1,7 @@
 //! The shared, pipelined connection: a writer task draining a queue of
-//! request frames, a reader task routing reply frames to the calls waiting
-//! for them by request id.
+//! request frames (a request with nothing queued ahead of it is written at
+//! once, by its caller), a reader task routing reply frames to the calls
+//! waiting for them by request id.
 
 use std::collections::HashMap;
 use std::os::fd::OwnedFd;
@@ -236,10 +237,14 @@ impl Link {
     /// queues (what is left of) it if the queue has room; never waits.
     fn try_send(&self, mut frame: OutFrame) -> Sent {
         let _gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
+        // In this order: the writer closes the queue before it lets go of
+        // a batch it failed to write, so with none unwritten an open queue
+        // means no frame was cut short.
+        let none_unwritten = self.unwritten.none();
         if self.tx.is_closed() {
             return Sent::Closed;
         }
-        if self.unwritten.none() && self.out.write_now(&mut frame) {
+        if none_unwritten && self.out.write_now(&mut frame) {
             return Sent::Done;
         }
         // The rest of a frame written in part goes first: with none

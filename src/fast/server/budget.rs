@@ -268,9 +268,12 @@ impl Queue {
 
     async fn queue(&self, mut frame: OutFrame, hold: Option<Reservation>) -> Result<(), Closed> {
         // The handler is this queue's only sender, so no frame can be
-        // queued between the check and the write.
+        // queued between the check and the write. The writer closes the
+        // queue before it lets go of a batch it failed to write: checked
+        // after `none`, so nothing is written after a cut-short frame.
         if self.direct.load(Ordering::Relaxed)
             && self.unwritten.none()
+            && !self.tx.is_closed()
             && self.out.write_now(&mut frame)
         {
             return Ok(());

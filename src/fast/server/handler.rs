@@ -4,7 +4,9 @@
 //! The reader executes each request as soon as it is decoded (engine calls
 //! never block) and pushes the response frames into a bounded queue. A
 //! writer task drains the queue with vectored writes, many responses per
-//! system call. When a client stops reading, the socket fills, the writer
+//! system call. The answer to the last request buffered goes out at once
+//! instead, from this task, when nothing is queued ahead of it (see
+//! `Queue`): one request at a time, the writer task never wakes. When a client stops reading, the socket fills, the writer
 //! blocks, the queue fills, and the reader stops reading requests: memory
 //! stays bounded by the queue length, and queued GET payloads are shared
 //! with the engine, not copied.
@@ -78,13 +80,21 @@ pub(crate) async fn serve_connection<R, W>(
     // Shared by the writer task and the queue, which writes a frame at
     // once when none is ahead of it.
     let out = SharedWriter::new(writer);
+    let outbox = local.as_ref().map(|l| Arc::clone(&l.outbox));
+    let write_timeout = config.write_timeout;
     // Aborted if this future is dropped (the server's grace period ran out).
-    let writer = AbortOnDropHandle::new(tokio::spawn(write_loop(
-        out.clone(),
-        rx,
-        Some(config.write_timeout),
-        local.as_ref().map(|l| Arc::clone(&l.outbox)),
-    )));
+    let writer = AbortOnDropHandle::new(tokio::spawn({
+        let out = out.clone();
+        async move {
+            let written = write_loop(out.clone(), rx, Some(write_timeout), outbox).await;
+            if written.is_err() {
+                // The client sees the end of the stream now, after the
+                // part of the frame that was written.
+                out.close();
+            }
+            written
+        }
+    }));
     let queue = Queue::new(tx, out, config.max_queued_bytes, shared, shutdown.clone());
     let mut reader = FrameReader::new(reader);
     // An upload that stops sending gives back its ingress room.
