@@ -2,8 +2,9 @@
 //! server's `Queue::queue` and the client's `Link::send` write a frame
 //! from the task that made it when nothing is queued ahead of it.
 //!
-//! FAILS (a real bug): `a_reply_is_never_written_after_the_writer_gave_up`.
-//! The others pass and cover the new paths.
+//! `a_reply_is_never_written_after_the_writer_gave_up` failed before its
+//! fix (a reply written into a GET payload the writer had given up on);
+//! the others cover the new paths.
 
 mod common;
 
@@ -52,15 +53,13 @@ async fn read_to_end(socket: &mut TcpStream, got: &mut Vec<u8>, limit: Duration)
     }
 }
 
-/// FAILS. The writer task gives up on a client that stopped reading (the
-/// write timeout) in the middle of a 32 MiB reply, while the handler is
-/// inside a PUT whose payload still trickles in. Before the change the
-/// writer's exit dropped the write half: the client read the reply's
-/// first part, then the end of the stream. Now the write half lives on in
-/// the `Queue`, the writer's holds are gone (`unwritten.none()`), and the
-/// PUT's answer is written at once into the middle of the truncated GET
-/// payload: the client reads a frame whose payload bytes are another
-/// frame's.
+/// The writer task gives up on a client that stopped reading (the write
+/// timeout) in the middle of a 32 MiB reply, while the handler is inside a
+/// PUT whose payload still trickles in: the client must read the reply's
+/// first part, then the end of the stream. Before its fix the write half
+/// lived on in the `Queue`, the writer's holds were gone
+/// (`unwritten.none()`), and the PUT's answer was written at once into the
+/// middle of the truncated GET payload.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_is_never_written_after_the_writer_gave_up() {
     let fast = FastConfig {
