@@ -4,11 +4,11 @@
 //!
 //! One request at a time, a writer task costs a wakeup and a task switch
 //! per reply: the frame goes into a queue, the writer task is woken, takes
-//! it and writes it. [`SharedWriter::write_now`] skips that: it writes
-//! what the socket accepts without waiting, and hands back what is left
-//! for the queue. Whoever calls it must know that nothing queued is still
-//! unwritten (frames must not overtake each other); see the server's
-//! `Queue`.
+//! it and writes it. [`AtOnce::write_now`] skips that: it writes what the
+//! socket accepts without waiting, and hands back what is left for the
+//! queue; only while no queued frame is still unwritten (frames must not
+//! overtake each other). Its callers: the server's `Queue` (one sender per
+//! connection) and the client's `Link` (many, behind a gate).
 
 use std::io::{self, IoSlice};
 use std::pin::Pin;
@@ -18,8 +18,69 @@ use std::task::{Context, Poll, Waker};
 
 use bytes::Buf;
 use tokio::io::AsyncWrite;
+use tokio::sync::mpsc;
 
-use super::stream::OutFrame;
+use super::stream::{write_loop, OutFrame, Outbox, Queued};
+
+/// What a connection's senders need to write a frame at once: its write
+/// half, shared with its writer task, and the count of frames queued for
+/// that task and not yet written.
+#[derive(Debug)]
+pub(crate) struct AtOnce {
+    out: SharedWriter,
+    unwritten: Unwritten,
+}
+
+impl AtOnce {
+    pub(crate) fn new(out: SharedWriter) -> AtOnce {
+        AtOnce {
+            out,
+            unwritten: Unwritten::default(),
+        }
+    }
+
+    /// Writes `frame` at once if every frame queued on `queue` has been
+    /// written and the queue is open; otherwise, or for what the socket
+    /// does not take now, `false`, and `frame` is what is left to queue.
+    /// The caller keeps other senders from queueing between this and its
+    /// queueing of the rest (the rest must go first).
+    pub(crate) fn write_now<T>(&self, queue: &mpsc::Sender<T>, frame: &mut OutFrame) -> bool {
+        // In this order: a writer closes its queue before it lets go of a
+        // batch it failed to write (`write_loop`), so with none unwritten
+        // an open queue means no frame was cut short.
+        self.unwritten.none() && !queue.is_closed() && self.out.write_now(frame)
+    }
+
+    /// `frame` as queued, with `hold`, counted among the unwritten until
+    /// the writer drops it (written, or dropped with its queue).
+    pub(crate) fn queued<H>(&self, frame: OutFrame, hold: H) -> Queued<(H, QueuedFrame)> {
+        Queued {
+            frame,
+            hold: (hold, self.unwritten.one()),
+        }
+    }
+
+    /// Drops the write half now: the peer sees the end of the stream.
+    pub(crate) fn close(&self) {
+        self.out.close();
+    }
+}
+
+/// The writer task of a connection written through `out`: [`write_loop`],
+/// then, if it failed, `out` closed, so that nothing is written after a
+/// frame it cut short and the peer sees the stream end there.
+pub(crate) async fn drain<H>(
+    out: SharedWriter,
+    rx: mpsc::Receiver<Queued<H>>,
+    stall: Option<std::time::Duration>,
+    outbox: Option<Outbox>,
+) -> io::Result<()> {
+    let written = write_loop(out.clone(), rx, stall, outbox).await;
+    if written.is_err() {
+        out.close();
+    }
+    written
+}
 
 /// The write half of a connection, locked for each poll (never across an
 /// await): the writer task writes through it as an [`AsyncWrite`], and
@@ -47,7 +108,7 @@ impl SharedWriter {
 
     /// Drops the write half now (a socket's peer sees the end of the
     /// stream), whoever else holds this; later writes fail.
-    pub(crate) fn close(&self) {
+    fn close(&self) {
         drop(self.lock().take());
     }
 
@@ -57,7 +118,7 @@ impl SharedWriter {
     /// sends descriptors with its bytes). An error writes nothing more and
     /// returns `false`: the writer task, given the rest, meets the error
     /// again and ends the connection the usual way.
-    pub(crate) fn write_now(&self, frame: &mut OutFrame) -> bool {
+    fn write_now(&self, frame: &mut OutFrame) -> bool {
         if frame.fd.is_some() {
             return false;
         }
@@ -108,11 +169,11 @@ impl SharedWriter {
 /// unwritten): a frame may be written at once only while there are none,
 /// or it would overtake them.
 #[derive(Debug, Default)]
-pub(crate) struct Unwritten(Arc<AtomicUsize>);
+struct Unwritten(Arc<AtomicUsize>);
 
 impl Unwritten {
     /// Whether every frame queued so far has been written (or dropped).
-    pub(crate) fn none(&self) -> bool {
+    fn none(&self) -> bool {
         // Acquire: pairs with `Queued`'s release, so the writer task's
         // writes of those frames happen before what the caller writes.
         self.0.load(Ordering::Acquire) == 0
@@ -120,7 +181,7 @@ impl Unwritten {
 
     /// Counts one more frame, until the returned guard (the frame's hold
     /// in the writer's queue) is dropped.
-    pub(crate) fn one(&self) -> QueuedFrame {
+    fn one(&self) -> QueuedFrame {
         self.0.fetch_add(1, Ordering::Relaxed);
         QueuedFrame(Arc::clone(&self.0))
     }

@@ -15,10 +15,10 @@ use tokio::sync::{mpsc, oneshot};
 use super::reply::read_error;
 use super::{limits, FastClientOptions};
 use crate::client::ClientError;
-use crate::fast::direct::{QueuedFrame, SharedWriter, Unwritten};
+use crate::fast::direct::{drain, AtOnce, QueuedFrame, SharedWriter};
 use crate::fast::local::fds::{Inbox, Outbox};
 use crate::fast::local::memfd;
-use crate::fast::stream::{write_loop, FrameReader, OutFrame, Queued};
+use crate::fast::stream::{FrameReader, OutFrame, Queued};
 use crate::fast::wire::{
     decode_response, encode_frame, Limits, Request, Response, Status, FLAG_FD,
 };
@@ -107,18 +107,16 @@ pub(super) struct Pending {
 /// waiting for replies.
 ///
 /// A request goes out at once, from the caller's task, when no frame is
-/// queued or being written ahead of it ([`SharedWriter::write_now`]); one
+/// queued or being written ahead of it ([`AtOnce::write_now`]); one
 /// call at a time, the writer task then never wakes. Otherwise, or for
 /// what the socket does not take at once, it is queued for the writer.
 #[derive(Debug)]
 pub(super) struct Link {
-    tx: mpsc::Sender<Queued<QueuedFrame>>,
-    /// The connection's write half, shared with the writer task.
-    out: SharedWriter,
-    /// Frames queued for the writer task and not yet written.
-    unwritten: Unwritten,
-    /// Held by a sender from its check of `unwritten` until its frame is
-    /// written or queued: no two senders' frames interleave.
+    tx: mpsc::Sender<Queued<Unwritten>>,
+    /// The connection's write half and its frames not yet written.
+    at_once: AtOnce,
+    /// Held by a sender from its check of what is unwritten until its
+    /// frame is written or queued: no two senders' frames interleave.
     gate: Mutex<()>,
     pending: Mutex<Pending>,
     /// The writer task, aborted by [`Link::abort`].
@@ -148,8 +146,7 @@ impl Link {
         let out = SharedWriter::new(writer);
         let link = Arc::new(Link {
             tx,
-            out: out.clone(),
-            unwritten: Unwritten::default(),
+            at_once: AtOnce::new(out.clone()),
             gate: Mutex::new(()),
             pending: Mutex::new(Pending::default()),
             writer: Mutex::new(None),
@@ -166,12 +163,11 @@ impl Link {
         let write_timeout = options.write_timeout;
         let writer_link = Arc::downgrade(&link);
         let task = tokio::spawn(async move {
-            let Err(e) = write_loop(out.clone(), rx, write_timeout, outbox).await else {
+            // On failure `drain` closes the write half: nothing more is
+            // written on this connection, and the server sees its end.
+            let Err(e) = drain(out, rx, write_timeout, outbox).await else {
                 return;
             };
-            // Nothing more is written on this connection, by this task or
-            // at once by a caller: the server sees its end.
-            out.close();
             if e.kind() == std::io::ErrorKind::TimedOut {
                 if let Some(link) = writer_link.upgrade() {
                     link.close(format!("the server stopped reading: {e}"));
@@ -237,23 +233,13 @@ impl Link {
     /// queues (what is left of) it if the queue has room; never waits.
     fn try_send(&self, mut frame: OutFrame) -> Sent {
         let _gate = self.gate.lock().unwrap_or_else(PoisonError::into_inner);
-        // In this order: the writer closes the queue before it lets go of
-        // a batch it failed to write, so with none unwritten an open queue
-        // means no frame was cut short.
-        let none_unwritten = self.unwritten.none();
-        if self.tx.is_closed() {
-            return Sent::Closed;
-        }
-        if none_unwritten && self.out.write_now(&mut frame) {
+        if self.at_once.write_now(&self.tx, &mut frame) {
             return Sent::Done;
         }
         // The rest of a frame written in part goes first: with none
         // unwritten the queue is empty, and the gate keeps other senders
         // out until it is in.
-        match self.tx.try_send(Queued {
-            frame,
-            hold: self.unwritten.one(),
-        }) {
+        match self.tx.try_send(self.at_once.queued(frame, ())) {
             Ok(()) => Sent::Done,
             Err(mpsc::error::TrySendError::Full(queued)) => Sent::Full(queued),
             Err(mpsc::error::TrySendError::Closed(_)) => Sent::Closed,
@@ -273,7 +259,7 @@ impl Link {
         self.close(why.to_owned());
         // The server sees the connection end now, not when the last
         // clone of this link is dropped.
-        self.out.close();
+        self.at_once.close();
         if let Some(writer) = self
             .writer
             .lock()
@@ -301,13 +287,16 @@ impl Link {
     }
 }
 
+/// A queued request's hold: its place among the frames not yet written.
+type Unwritten = ((), QueuedFrame);
+
 /// What became of a frame [`Link::try_send`] was given.
 enum Sent {
     /// Written, or queued for the writer task.
     Done,
     /// Not written, and the queue is full: the frame, counted among the
     /// unwritten, to queue when there is room.
-    Full(Queued<QueuedFrame>),
+    Full(Queued<Unwritten>),
     /// The writer has stopped.
     Closed,
 }

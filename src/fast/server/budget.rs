@@ -23,7 +23,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
-use crate::fast::direct::{QueuedFrame, SharedWriter, Unwritten};
+use crate::fast::direct::{AtOnce, QueuedFrame, SharedWriter};
 use crate::fast::stream::{OutFrame, Queued};
 
 /// A budget of bytes.
@@ -135,11 +135,7 @@ pub(super) struct Reservation {
 /// What a queued frame holds until it is written, or dropped unwritten
 /// with its queue: its reservation, if any, and its place in the count of
 /// frames not yet written.
-#[derive(Debug)]
-pub(super) struct Hold {
-    _reservation: Option<Reservation>,
-    _unwritten: QueuedFrame,
-}
+pub(super) type Hold = (Option<Reservation>, QueuedFrame);
 
 /// The connection is going away: its writer's queue has closed, or the
 /// server is shutting down.
@@ -152,7 +148,7 @@ pub(super) struct Closed;
 ///
 /// A frame answering the last request the connection has buffered goes
 /// out at once, from the handler, when no frame is queued or being written
-/// ahead of it ([`SharedWriter::write_now`]): one request at a time, the
+/// ahead of it ([`AtOnce::write_now`]): one request at a time, the
 /// writer task then never wakes. Answers to pipelined requests are queued,
 /// and the writer task sends many per system call.
 #[derive(Debug)]
@@ -162,10 +158,8 @@ pub(super) struct Queue {
     shared: Arc<Shared>,
     /// Cancelled when the server shuts down: no wait for room outlives it.
     stop: CancellationToken,
-    /// The connection's write half, shared with its writer task.
-    out: SharedWriter,
-    /// Frames queued and not yet written (or dropped).
-    unwritten: Unwritten,
+    /// The connection's write half and its frames not yet written.
+    at_once: AtOnce,
     /// Whether frames may be written at once: set by the handler for each
     /// request (see [`Queue::set_direct`]).
     direct: AtomicBool,
@@ -184,8 +178,7 @@ impl Queue {
             connection: Budget::new(max_bytes),
             shared,
             stop,
-            out,
-            unwritten: Unwritten::default(),
+            at_once: AtOnce::new(out),
             direct: AtomicBool::new(false),
         }
     }
@@ -268,17 +261,11 @@ impl Queue {
 
     async fn queue(&self, mut frame: OutFrame, hold: Option<Reservation>) -> Result<(), Closed> {
         // The handler is this queue's only sender, so no frame can be
-        // queued between the check and the write. The writer closes the
-        // queue before it lets go of a batch it failed to write: checked
-        // after `none`, so nothing is written after a cut-short frame.
-        if self.direct.load(Ordering::Relaxed)
-            && self.unwritten.none()
-            && !self.tx.is_closed()
-            && self.out.write_now(&mut frame)
-        {
+        // queued between the check and the write.
+        if self.direct.load(Ordering::Relaxed) && self.at_once.write_now(&self.tx, &mut frame) {
             return Ok(());
         }
-        let queued = self.queued(frame, hold);
+        let queued = self.at_once.queued(frame, hold);
         // The common case, room in the queue, without building a select.
         let queued = match self.tx.try_send(queued) {
             Ok(()) => return Ok(()),
@@ -294,17 +281,6 @@ impl Queue {
         }
     }
 
-    /// `frame` counted among the unwritten until it is written or dropped.
-    fn queued(&self, frame: OutFrame, reservation: Option<Reservation>) -> Queued<Hold> {
-        Queued {
-            frame,
-            hold: Hold {
-                _reservation: reservation,
-                _unwritten: self.unwritten.one(),
-            },
-        }
-    }
-
     /// Completes once the writer is gone (the peer left, or stalled past
     /// the write timeout).
     pub(super) async fn closed(&self) {
@@ -315,7 +291,7 @@ impl Queue {
     /// is small, and one per connection. Waits at most `patience` for room
     /// in the queue; a peer that is not reading would not hear it anyway.
     pub(super) async fn last_word(&self, frame: OutFrame, patience: std::time::Duration) {
-        let queued = self.queued(frame, None);
+        let queued = self.at_once.queued(frame, None);
         let _ = self.tx.send_timeout(queued, patience).await;
     }
 }

@@ -6,10 +6,11 @@
 //! writer task drains the queue with vectored writes, many responses per
 //! system call. The answer to the last request buffered goes out at once
 //! instead, from this task, when nothing is queued ahead of it (see
-//! `Queue`): one request at a time, the writer task never wakes. When a client stops reading, the socket fills, the writer
-//! blocks, the queue fills, and the reader stops reading requests: memory
-//! stays bounded by the queue length, and queued GET payloads are shared
-//! with the engine, not copied.
+//! `Queue`): one request at a time, the writer task never wakes. When a
+//! client stops reading, the socket fills, the writer blocks, the queue
+//! fills, and the reader stops reading requests: memory stays bounded by
+//! the queue length, and queued GET payloads are shared with the engine,
+//! not copied.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,9 +26,9 @@ use super::budget::{Closed, Queue, Shared};
 use super::deadline::Deadline;
 use super::FastConfig;
 use crate::engine::{Engine, Lookup};
-use crate::fast::direct::SharedWriter;
+use crate::fast::direct::{drain, SharedWriter};
 use crate::fast::local::{memfd, Local, SHARE_THRESHOLD};
-use crate::fast::stream::{write_loop, FrameReader, OutFrame, ReadError};
+use crate::fast::stream::{FrameReader, OutFrame, ReadError};
 use crate::fast::wire::{
     encode_frame_as, AlignedHeader, ArchivedRequest, ArchivedWireMeta, Body, EncodeError, Limits,
     Opcode, Prefix, ProtocolError, Response, Status, WireMeta, BULK_THRESHOLD, FLAG_END, FLAG_FD,
@@ -80,21 +81,13 @@ pub(crate) async fn serve_connection<R, W>(
     // Shared by the writer task and the queue, which writes a frame at
     // once when none is ahead of it.
     let out = SharedWriter::new(writer);
-    let outbox = local.as_ref().map(|l| Arc::clone(&l.outbox));
-    let write_timeout = config.write_timeout;
     // Aborted if this future is dropped (the server's grace period ran out).
-    let writer = AbortOnDropHandle::new(tokio::spawn({
-        let out = out.clone();
-        async move {
-            let written = write_loop(out.clone(), rx, Some(write_timeout), outbox).await;
-            if written.is_err() {
-                // The client sees the end of the stream now, after the
-                // part of the frame that was written.
-                out.close();
-            }
-            written
-        }
-    }));
+    let writer = AbortOnDropHandle::new(tokio::spawn(drain(
+        out.clone(),
+        rx,
+        Some(config.write_timeout),
+        local.as_ref().map(|l| Arc::clone(&l.outbox)),
+    )));
     let queue = Queue::new(tx, out, config.max_queued_bytes, shared, shutdown.clone());
     let mut reader = FrameReader::new(reader);
     // An upload that stops sending gives back its ingress room.
